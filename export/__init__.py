@@ -1,0 +1,1 @@
+"""Export of trained Q-CLIP models: folds, ONNX and TensorRT engines."""

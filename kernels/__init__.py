@@ -1,0 +1,1 @@
+"""Custom CUDA kernels and their launchers."""

@@ -1,0 +1,215 @@
+"""Save and load trained Q-CLIP models as artifact directories.
+
+An artifact is ``config.json`` (everything needed to rebuild the model: backbone name
+and weights source, widths, K, r, prompts, frames, sampler, preprocessing,
+calibration, versions) and ``adapters.safetensors`` (the trainable tensors only; the
+frozen backbone is rebuilt from its name or file). A fingerprint of the backbone's
+weights is stored too, so an artifact refuses to run on a backbone other than the one
+it was trained on.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import ArtifactError
+from .model import QCLIP, QUALITY_LEVELS, QCLIPConfig
+
+FORMAT = "qclip-artifact"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+ADAPTERS_FILE = "adapters.safetensors"
+CALIBRATION_KEYS = ("pred_mean", "pred_std", "target_mean", "target_std")
+_FINGERPRINT_ELEMENTS = 4096
+_FROM_ARTIFACT = object()  # load_artifact's default: the weights source saved in the artifact
+
+
+def backbone_fingerprint(model: QCLIP) -> str:
+    """A cheap, deterministic hash of the backbone weights.
+
+    Names, shapes and the first elements of every tensor: any two different weight
+    sets (another checkpoint, another random init) differ there.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.backbone.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        head = tensor.detach().reshape(-1)[:_FINGERPRINT_ELEMENTS].to("cpu", torch.float32)
+        digest.update(head.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_calibration(calibration: dict[str, Any] | None) -> dict[str, float] | None:
+    if calibration is None:
+        return None
+    missing = [k for k in CALIBRATION_KEYS if k not in calibration]
+    if missing:
+        raise ValueError(f"calibration lacks {missing}; it needs {CALIBRATION_KEYS}")
+    values = {k: float(calibration[k]) for k in CALIBRATION_KEYS}
+    if not all(np.isfinite(v) for v in values.values()) or values["pred_std"] <= 0:
+        raise ValueError(f"calibration must be finite with pred_std > 0: {values}")
+    return values
+
+
+def calibrated_mos(scores: np.ndarray | torch.Tensor, calibration: dict[str, float]) -> np.ndarray:
+    """Raw scores → the training set's MOS scale (the linear rescale stored at training time)."""
+    s = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
+    c = calibration
+    return (s - c["pred_mean"]) / c["pred_std"] * c["target_std"] + c["target_mean"]
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("qclip-engine", "torch", "open-clip-torch", "timm"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_artifact(model: QCLIP, directory: str | os.PathLike, calibration: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to ``directory`` (created if needed); returns the directory."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    calibration = _check_calibration(calibration if calibration is not None else model.calibration)
+    model_cfg = model.config.to_dict()
+    pretrained = model_cfg["pretrained"]
+    if pretrained is not None and Path(pretrained).expanduser().is_file():
+        model_cfg["pretrained"] = str(Path(pretrained).expanduser().resolve())
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model_cfg,
+        "mode": "zero_shot" if model.zero_shot else "trained",
+        "backbone": {
+            "name": model.config.backbone,
+            "pretrained": model_cfg["pretrained"],
+            "visual_width": model.visual_tower.width,
+            "text_width": model.text_tower.width,
+            "embed_dim": model.embed_dim,
+            "visual_blocks": len(model.visual_tower.blocks),
+            "text_blocks": len(model.text_tower.blocks),
+            "fingerprint": backbone_fingerprint(model),
+        },
+        "prompts": {
+            "levels": list(QUALITY_LEVELS),
+            "texts": model.prompts.texts,
+            "zero_shot_texts": model.prompts.zero_shot_texts,
+        },
+        "preprocess": model.preprocess,
+        "calibration": calibration,
+        "versions": _versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    tensors = {k: v.to("cpu").contiguous() for k, v in model.trainable_state_dict().items()}
+    _atomic_write(out / ADAPTERS_FILE, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
+    _atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    return out
+
+
+def read_artifact_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """``config.json`` of an artifact, validated; raises ``ArtifactError``."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ArtifactError(f"artifact directory not found: {root}", code="not_found")
+    for name in (CONFIG_FILE, ADAPTERS_FILE):
+        if not (root / name).is_file():
+            raise ArtifactError(f"artifact {root} lacks {name}")
+    try:
+        config = json.loads((root / CONFIG_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{root / CONFIG_FILE} is not valid JSON: {exc}") from exc
+    if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{root} is not a {FORMAT} v{FORMAT_VERSION} artifact "
+            f"(format={config.get('format')!r}, version={config.get('format_version')!r})"
+        )
+    return config
+
+
+def load_artifact(
+    directory: str | os.PathLike,
+    *,
+    pretrained: str | None | object = _FROM_ARTIFACT,
+    map_location: str | torch.device = "cpu",
+    check_backbone: bool = True,
+) -> QCLIP:
+    """Rebuild the model saved by ``save_artifact``.
+
+    ``pretrained`` overrides where the backbone weights come from (e.g. the same
+    weights file at another path on this machine); by default the artifact's own
+    source is used. The backbone's fingerprint must match the one saved unless
+    ``check_backbone=False``.
+    """
+    root = Path(directory)
+    config = read_artifact_config(root)
+    model_cfg = dict(config["model"])
+    known = {f.name for f in fields(QCLIPConfig)}
+    unknown = sorted(set(model_cfg) - known)
+    if unknown:
+        raise ArtifactError(f"{root / CONFIG_FILE} has model settings this version does not know: {unknown}")
+    if pretrained is not _FROM_ARTIFACT:
+        model_cfg["pretrained"] = pretrained
+    try:
+        model = QCLIP(QCLIPConfig(**model_cfg))
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{root / CONFIG_FILE}: invalid model settings: {exc}") from exc
+
+    if check_backbone:
+        expected = config["backbone"].get("fingerprint")
+        actual = backbone_fingerprint(model)
+        if expected != actual:
+            raise ArtifactError(
+                f"the backbone built from {model_cfg['pretrained']!r} is not the one {root} was trained on "
+                "(weights fingerprint differs). Pass the same weights (load_artifact(..., pretrained=PATH)); "
+                "a random-init backbone must be rebuilt with the same torch/open_clip versions "
+                f"(saved with {config.get('versions')})."
+            )
+
+    try:
+        tensors = load_file(str(root / ADAPTERS_FILE))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise ArtifactError(f"{root / ADAPTERS_FILE} is unreadable: {exc}") from exc
+    expected_state = model.trainable_state_dict()
+    missing = sorted(set(expected_state) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected_state))
+    if missing or unexpected:
+        raise ArtifactError(f"{root / ADAPTERS_FILE} does not fit the model: missing {missing}, unexpected {unexpected}")
+    for name, value in tensors.items():
+        if value.shape != expected_state[name].shape:
+            raise ArtifactError(
+                f"{root / ADAPTERS_FILE}: {name} has shape {tuple(value.shape)}, "
+                f"the model expects {tuple(expected_state[name].shape)}"
+            )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in tensors:
+                param.copy_(tensors[name])
+    model.zero_shot = config.get("mode") == "zero_shot"
+    model.calibration = config.get("calibration")
+    return model.to(map_location).eval()

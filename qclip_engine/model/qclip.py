@@ -1,0 +1,191 @@
+"""The Q-CLIP model, defined once for training, export and the torch backend.
+
+A frozen open_clip backbone made quality-aware by E-SCMA/P-SCMA adapters (``scma``),
+five learnable quality-level prompts (``prompts``) and a learned weighting of the five
+video–prompt similarities. Semantics follow the official Q-CLIP code:
+
+* frame features are projected per frame, averaged over frames, then L2-normalised;
+* text features are L2-normalised; ``s_k = v · t_k``; ``score = Σ_k w_k s_k``;
+* adapters act after each of the last K blocks of *both* towers, with ``Core`` shared.
+
+Zero-shot mode (``model.zero_shot = True``) is the model before any training: no
+adapters, the prompts without the X tokens, and ``score = Σ_k k · softmax(100 s)_k``
+(the expected level on a 1–5 scale).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import load_backbone
+from .prompts import QUALITY_LEVELS, QualityPrompts
+from .scma import ESCMA, PSCMA
+
+SAMPLERS = (
+    "uniform",
+    "random",
+    "uniform_random_start",
+    "mse_sorted_uniform",
+    "segment_mse_mean",
+    "segment_mse_median",
+    "mixed",
+)
+ZERO_SHOT_LOGIT_SCALE = 100.0
+
+
+@dataclass
+class QCLIPConfig:
+    """What defines a Q-CLIP model; stored in every artifact's ``config.json``.
+
+    ``pretrained``: an open_clip tag of ``backbone`` (``"meta"`` for PE-Core), an
+    ``hf-hub:org/repo`` name, a local ``.safetensors``/``.pt`` file, or ``None`` for a
+    random-init backbone (tests and demos only) seeded by ``init_seed``.
+    """
+
+    backbone: str = "PE-Core-L-14-336"
+    pretrained: str | None = "meta"
+    adapter_layers: int = 6
+    shared_dim: int = 128
+    context_tokens: int = 3
+    num_frames: int = 8
+    image_size: int | None = None
+    sampler: str = "mixed"
+    init_seed: int = 0
+
+    def __post_init__(self):
+        if self.adapter_layers < 1:
+            raise ValueError(f"adapter_layers must be ≥ 1, got {self.adapter_layers}")
+        if self.shared_dim < 1 or self.context_tokens < 0 or self.num_frames < 1:
+            raise ValueError(f"shared_dim, num_frames must be ≥ 1 and context_tokens ≥ 0: {self}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {SAMPLERS}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class QCLIP(nn.Module):
+    """Q-CLIP: ``model(video)`` maps normalised frames ``[B, F, 3, H, W]`` to scores ``[B]``."""
+
+    def __init__(self, config: QCLIPConfig):
+        super().__init__()
+        self.config = config
+        bb = load_backbone(
+            config.backbone, config.pretrained, image_size=config.image_size, init_seed=config.init_seed
+        )
+        self.backbone = bb.clip  # frozen, eval mode, never in the optimizer
+        self.visual_tower, self.text_tower = bb.visual, bb.text  # views of backbone modules
+        self.tokenizer = bb.tokenizer
+        self.preprocess = bb.preprocess
+        self.image_size = bb.image_size
+        self.embed_dim = bb.embed_dim
+
+        k = config.adapter_layers
+        depth = min(len(bb.visual.blocks), len(bb.text.blocks))
+        if k > depth:
+            raise ValueError(f"adapter_layers={k} exceeds the depth of the shallower tower ({depth})")
+        self.escma = ESCMA(bb.visual.width, bb.text.width, config.shared_dim, k)
+        self.pscma = PSCMA(bb.visual.width, bb.text.width, config.shared_dim, bb.embed_dim)
+        self.prompts = QualityPrompts(bb.tokenizer, bb.text.token_embedding, config.context_tokens)
+        levels = len(QUALITY_LEVELS)
+        self.level_weights = nn.Parameter(torch.randn(levels) * levels**-0.5)
+        self.register_buffer(
+            "zero_shot_level_values", torch.arange(1, levels + 1, dtype=torch.float32), persistent=False
+        )
+        self.zero_shot = False
+        self.calibration: dict | None = None
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def train(self, mode: bool = True) -> QCLIP:
+        super().train(mode)
+        self.backbone.eval()  # the frozen backbone never leaves eval mode
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors training changes: what an artifact stores."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def adapted_blocks(self, modality: str) -> range:
+        blocks = (self.visual_tower if modality == "visual" else self.text_tower).blocks
+        return range(len(blocks) - self.config.adapter_layers, len(blocks))
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB frames ``[..., H, W, 3]`` at model size → normalised float ``[..., 3, H, W]``.
+
+        The backbone's own mean/std; frames are expected already resized to
+        ``image_size`` (resizing belongs to decoding).
+        """
+        if frames.dtype != torch.uint8 or frames.shape[-1] != 3:
+            raise ValueError(f"expected uint8 RGB frames [..., H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+        if tuple(frames.shape[-3:-1]) != tuple(self.image_size):
+            raise ValueError(f"frames are {tuple(frames.shape[-3:-1])}, the model takes {tuple(self.image_size)}")
+        dtype = self.level_weights.dtype
+        mean = torch.tensor(self.preprocess["mean"], dtype=dtype, device=frames.device)
+        std = torch.tensor(self.preprocess["std"], dtype=dtype, device=frames.device)
+        x = (frames.to(dtype) / 255.0 - mean) / std
+        return x.movedim(-1, -3)
+
+    # -- towers ------------------------------------------------------------------------
+    def _run_blocks(self, tower, modality: str, x: torch.Tensor, block_kwargs: dict) -> torch.Tensor:
+        first_adapted = self.adapted_blocks(modality).start
+        for i in range(len(tower.blocks)):
+            x = tower.run_block(i, x, block_kwargs)
+            if not self.zero_shot and i >= first_adapted:
+                x = self.escma(x, modality, i - first_adapted)
+        return x
+
+    def encode_frames(self, images: torch.Tensor) -> torch.Tensor:
+        """Projected (unnormalised) features of normalised images ``[N, 3, H, W]`` → ``[N, D]``."""
+        tower = self.visual_tower
+        x, block_kwargs = tower.embed(images)
+        x = self._run_blocks(tower, "visual", x, block_kwargs)
+        pooled = tower.pool(x)
+        projected = tower.project(pooled)
+        if self.zero_shot:
+            return projected
+        return self.pscma(pooled, projected, "visual")
+
+    def forward_video(self, video: torch.Tensor) -> torch.Tensor:
+        """Mean of the frame features, ``[B, F, 3, H, W]`` → ``[B, D]`` (unnormalised)."""
+        if video.ndim != 5:
+            raise ValueError(f"expected video [B, F, 3, H, W], got shape {tuple(video.shape)}")
+        b, f = video.shape[:2]
+        features = self.encode_frames(video.flatten(0, 1))
+        return features.view(b, f, -1).mean(dim=1)
+
+    def forward_text(self) -> torch.Tensor:
+        """Projected (unnormalised) features of the five level prompts, ``[5, D]``."""
+        tower = self.text_tower
+        if self.zero_shot:
+            embeddings, tokens = self.prompts.zero_shot_embeddings, self.prompts.zero_shot_tokens
+        else:
+            embeddings, tokens = self.prompts.embeddings(), self.prompts.tokens
+        x, block_kwargs = tower.embed(embeddings, tokens)
+        x = self._run_blocks(tower, "text", x, block_kwargs)
+        pooled = tower.pool(x, tokens)
+        projected = tower.project(pooled)
+        if self.zero_shot:
+            return projected
+        return self.pscma(pooled, projected, "text")
+
+    # -- head --------------------------------------------------------------------------
+    def level_sims(self, video: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each video to each level prompt, ``[B, 5]`` (bad … excellent)."""
+        v = F.normalize(self.forward_video(video), dim=-1)
+        t = F.normalize(self.forward_text(), dim=-1)
+        return v @ t.T
+
+    def score_from_sims(self, sims: torch.Tensor) -> torch.Tensor:
+        if self.zero_shot:
+            return (sims * ZERO_SHOT_LOGIT_SCALE).softmax(dim=-1) @ self.zero_shot_level_values.to(sims.dtype)
+        return sims @ self.level_weights
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.score_from_sims(self.level_sims(video))

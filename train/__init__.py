@@ -1,0 +1,1 @@
+"""Training of the Q-CLIP adapters and the embedded demo data."""
