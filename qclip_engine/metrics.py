@@ -14,7 +14,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 
 def _pair(pred, target) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +60,17 @@ def plcc(pred, target) -> float:
 
 def logistic_4(x, beta1, beta2, beta3, beta4):
     """``β2 + (β1 − β2) / (1 + exp(−(x − β3) / |β4|))``: the VQEG 4-parameter logistic."""
-    return beta2 + (beta1 - beta2) / (1.0 + np.exp(-(x - beta3) / np.abs(beta4)))
+    return beta2 + (beta1 - beta2) * special.expit((x - beta3) / np.abs(beta4))
+
+
+def _logistic_4_jacobian(x, beta1, beta2, beta3, beta4):
+    # Analytic: finite differences stall on a parameter that starts at exactly 0 (β3 = mean of
+    # centred predictions), because their step is relative to the parameter's value.
+    s = special.expit((x - beta3) / np.abs(beta4))
+    slope = (beta1 - beta2) * s * (1 - s)
+    return np.stack(
+        [s, 1 - s, -slope / np.abs(beta4), -slope * (x - beta3) / beta4**2 * np.sign(beta4)], axis=-1
+    )
 
 
 def fit_logistic(pred, target) -> np.ndarray:
@@ -68,7 +78,7 @@ def fit_logistic(pred, target) -> np.ndarray:
     p, t = _pair(pred, target)
     scale = np.std(p) or 1.0
     beta0 = [np.max(t), np.min(t), np.mean(p), scale]
-    beta, _ = optimize.curve_fit(logistic_4, p, t, p0=beta0, maxfev=20000)
+    beta, _ = optimize.curve_fit(logistic_4, p, t, p0=beta0, jac=_logistic_4_jacobian, maxfev=20000)
     return beta
 
 

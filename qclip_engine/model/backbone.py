@@ -263,7 +263,7 @@ def create_clip(
             )
     try:
         return open_clip.create_model(model_name, pretrained=weights, require_pretrained=True, **kwargs)
-    except (RuntimeError, OSError, ValueError) as exc:
+    except Exception as exc:  # open_clip, huggingface_hub and safetensors each raise their own types
         if weights is not None and Path(weights).is_file():
             raise WeightsUnavailableError(f"could not load backbone weights from {weights}: {exc}") from exc
         raise WeightsUnavailableError(_offline_hint(backbone, pretrained)) from exc
