@@ -39,3 +39,55 @@ class ArtifactError(QCLIPError):
     """An artifact directory is missing, incomplete or does not match its backbone."""
 
     code = "artifact_invalid"
+
+
+class VideoError(QCLIPError):
+    """A video that cannot be used as input; ``code`` says why."""
+
+    code = "decode_failed"
+
+    def __init__(self, message: str, *, path: str | None = None, code: str | None = None):
+        super().__init__(message, code=code)
+        self.path = path
+
+    def to_record(self) -> dict:
+        record = super().to_record()
+        if self.path is not None:
+            record["path"] = self.path
+        return record
+
+
+class VideoNotFoundError(VideoError):
+    code = "not_found"
+
+
+class EmptyFileError(VideoError):
+    code = "empty_file"
+
+
+class NotAVideoError(VideoError):
+    """Not a media container FFmpeg recognises (wrong extension, text, random bytes)."""
+
+    code = "not_a_video"
+
+
+class AudioOnlyError(VideoError):
+    code = "audio_only"
+
+
+class UnsupportedCodecError(VideoError):
+    """A video stream whose codec this FFmpeg build cannot decode."""
+
+    code = "unsupported_codec"
+
+
+class TruncatedVideoError(VideoError):
+    """The file ends before the frames its container announces."""
+
+    code = "truncated"
+
+
+class DecodeFailedError(VideoError):
+    """Corrupt data: the decoder failed or produced no frame."""
+
+    code = "decode_failed"

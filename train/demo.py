@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from qclip_engine import QCLIP, QUALITY_LEVELS, QCLIPConfig, load_artifact, save_artifact
+from qclip_engine.video.sampling import uniform
 
 
 def generated_clip(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     h, w = model.image_size
     clip = generated_clip(args.frames, h, w)
     k = model.config.num_frames
-    indices = np.round(np.linspace(0, len(clip) - 1, k)).astype(int)  # uniform sampling
+    indices = uniform(len(clip), k)
     print(f"Generated clip: {len(clip)} frames of {w}×{h} (noise burst in the middle third); sampled frames {indices.tolist()}")
     video = model.normalize(torch.from_numpy(clip[indices]).unsqueeze(0))
 

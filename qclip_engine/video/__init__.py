@@ -1,0 +1,1 @@
+"""Video in: decoding, frame-difference MSE and frame sampling."""

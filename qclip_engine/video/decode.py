@@ -1,0 +1,464 @@
+"""CPU video decoding with PyAV: probe, streamed candidate frames, sparse decoding by seeking.
+
+Frames come out as uint8 RGB ``[T, H, W, 3]``, resized by FFmpeg's swscale while they
+are converted from the decoder's pixel format (one C call per frame, no Python pixel
+work), with FFmpeg's threaded decoding.
+
+Frame identity. A file is first *scanned*: its video packets are demuxed (no
+decoding) into a frame table of presentation timestamps in display order. Frame ``i``
+is the ``i``-th entry of that table, and decoded frames are matched to it by their
+timestamp, never by counting — so a B-frame reorder, a dropped corrupt packet or a
+variable frame rate (VFR) cannot shift indices. VFR files are handled by timestamp: a
+frame's time is its own pts, not ``i / fps``; candidate frames are taken at a uniform
+stride of the table (uniform in frame index, which for VFR is not uniform in time);
+``VideoInfo.vfr`` flags such files.
+
+Rotation. The display matrix (phones' portrait video) is applied: frames come out
+upright, and ``VideoInfo.width/height`` are the displayed size.
+
+Memory. ``decode_candidates`` holds at most ``max_frames`` frames at the requested
+size, whatever the length of the video; nothing else grows with length except the
+frame table (16 bytes a frame).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from ..errors import (
+    AudioOnlyError,
+    DecodeFailedError,
+    EmptyFileError,
+    NotAVideoError,
+    TruncatedVideoError,
+    UnsupportedCodecError,
+    VideoError,
+    VideoNotFoundError,
+)
+
+DEFAULT_MAX_ANALYSIS_FRAMES = 512
+INTERPOLATION = "BILINEAR"  # PE-Core's preprocessing: bilinear squash-resize
+_SEEK_ATTEMPTS = 4
+# Containers whose open failing means "cut short" rather than "not a video": ISO BMFF
+# (mp4/mov, whose sample index may sit at the end) and EBML (mkv/webm).
+_ISO_BMFF_BOX = b"ftyp"
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    container: str
+    codec: str
+    width: int  # displayed size, rotation applied
+    height: int
+    fps: float  # average: frames / duration
+    frame_count: int
+    duration: float  # seconds from the first frame's start to the last frame's end
+    vfr: bool
+    rotation: int  # degrees counter-clockwise applied for display: 0, 90, 180 or 270
+    has_b_frames: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FrameTable:
+    """Display-order timestamps of every frame, and which are keyframes (seek points)."""
+
+    pts: np.ndarray  # int64 [N], sorted
+    keyframe_pts: np.ndarray  # int64 [K], sorted
+    time_base: Fraction
+
+    def times(self, indices: Iterable[int] | np.ndarray | None = None) -> np.ndarray:
+        pts = self.pts if indices is None else self.pts[np.asarray(indices, dtype=np.int64)]
+        return (pts - self.pts[0]).astype(np.float64) * float(self.time_base)
+
+
+@dataclass
+class Candidates:
+    """The analysis frames of one video: at most ``max_frames``, uniform stride, in time order."""
+
+    frames: np.ndarray  # uint8 [N, H, W, 3]
+    indices: np.ndarray  # int64 [N]: frame-table index of each candidate
+    times: np.ndarray  # float64 [N]: seconds from the first frame
+    info: VideoInfo
+
+
+# -- opening and scanning -----------------------------------------------------------------
+def _open(path: str | Path) -> av.container.InputContainer:
+    p = Path(path)
+    where = str(p)
+    if not p.exists():
+        raise VideoNotFoundError(f"no such file: {p}", path=where)
+    if not p.is_file():
+        raise NotAVideoError(f"not a regular file: {p}", path=where)
+    if p.stat().st_size == 0:
+        raise EmptyFileError(f"empty file (0 bytes): {p}", path=where)
+    try:
+        container = av.open(where, mode="r", metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        head = p.open("rb").read(12)
+        if head[4:8] == _ISO_BMFF_BOX or head[:4] == _EBML_MAGIC:
+            raise TruncatedVideoError(
+                f"{p.name}: an MP4/MOV/MKV file FFmpeg cannot open ({exc.strerror or exc}); "
+                "it is most likely cut short (its index is missing)",
+                path=where,
+            ) from exc
+        raise NotAVideoError(f"{p.name}: not a video FFmpeg recognises ({exc.strerror or exc})", path=where) from exc
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams})
+        container.close()
+        if "audio" in kinds:
+            raise AudioOnlyError(f"{p.name}: audio only, no video stream", path=where)
+        raise NotAVideoError(f"{p.name}: no video stream (streams: {kinds or 'none'})", path=where)
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        codec_id = getattr(stream, "codec_tag", "?")
+        container.close()
+        raise UnsupportedCodecError(f"{p.name}: no decoder for this video codec (tag {codec_id!r})", path=where)
+    return container
+
+
+def _rotation(angle: float | None) -> int:
+    """FFmpeg's display-matrix angle (counter-clockwise, [-180, 180]) → 0/90/180/270."""
+    if not angle:
+        return 0
+    return int(round(angle / 90.0)) % 4 * 90
+
+
+def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo, FrameTable]:
+    stream = container.streams.video[0]
+    pts, keys = [], []
+    demux_error = None
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's end-of-stream marker
+                continue
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is None:
+                stamp = pts[-1] + 1 if pts else 0
+            pts.append(stamp)
+            if packet.is_keyframe:
+                keys.append(stamp)
+    except av.error.FFmpegError as exc:
+        demux_error = exc
+    name = Path(where).name
+    announced = stream.frames or 0
+    if not pts:
+        raise DecodeFailedError(f"{name}: no video packets could be read ({demux_error or 'empty stream'})", path=where)
+    if demux_error is not None or (announced and len(pts) < announced):
+        raise TruncatedVideoError(
+            f"{name}: the file ends after {len(pts)} of {announced or 'its'} frames"
+            + (f" ({demux_error})" if demux_error else ""),
+            path=where,
+        )
+    table_pts = np.unique(np.asarray(pts, dtype=np.int64))  # display order
+    key_pts = np.unique(np.asarray(keys or pts[:1], dtype=np.int64))
+    time_base = stream.time_base or Fraction(1, 90000)
+    deltas = np.diff(table_pts)
+    if deltas.size:
+        frame_step = float(np.median(deltas))
+        vfr = bool(np.any(np.abs(deltas - frame_step) > max(1.0, 0.01 * frame_step)))
+    else:
+        frame_step = 1.0 / float(stream.average_rate or 25) / float(time_base)
+        vfr = False
+    duration = float((table_pts[-1] - table_pts[0] + frame_step) * time_base)
+    ctx = stream.codec_context
+    width, height = ctx.width, ctx.height
+    info = VideoInfo(
+        path=where,
+        container=container.format.name,
+        codec=ctx.name,
+        width=width,
+        height=height,
+        fps=len(table_pts) / duration if duration > 0 else float(stream.average_rate or 0),
+        frame_count=len(table_pts),
+        duration=duration,
+        vfr=vfr,
+        rotation=0,
+        has_b_frames=bool(ctx.has_b_frames),
+    )
+    return info, FrameTable(table_pts, key_pts, time_base)
+
+
+def _configure_decoder(container: av.container.InputContainer, threads: int) -> av.video.stream.VideoStream:
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"  # frame + slice threading
+    stream.thread_count = threads  # 0: FFmpeg picks (one per core)
+    return stream
+
+
+def _decoded(container, stream, where: str) -> Iterator[av.VideoFrame]:
+    """Frames of ``stream`` from the current position; a corrupt packet is skipped, as ffmpeg does."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError:
+            return  # demux error mid-file: what was decoded so far stands (the scan flags truncation)
+        try:
+            yield from packet.decode()
+        except av.error.FFmpegError:
+            continue
+
+
+def _display_rotation(frame: av.VideoFrame) -> int:
+    try:
+        return _rotation(frame.rotation)
+    except (AttributeError, ValueError):
+        return 0
+
+
+def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int) -> np.ndarray:
+    """One decoded frame → uint8 RGB ``[H, W, 3]`` upright, swscale-resized to ``size`` (H, W)."""
+    if size is None:
+        rgb = frame.to_ndarray(format="rgb24", threads=1)
+    else:
+        h, w = size
+        if rotation in (90, 270):  # resize in coded orientation, then turn
+            h, w = w, h
+        # One swscale thread: the decoder's frame threads already fill the cores.
+        rgb = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation=INTERPOLATION, threads=1)
+    if rotation:
+        rgb = np.rot90(rgb, k=rotation // 90)
+    return rgb
+
+
+def _open_scanned(path) -> tuple[av.container.InputContainer, VideoInfo, FrameTable]:
+    """Open, scan the frame table, read the display rotation off the first frame; return a fresh container.
+
+    The container is reopened after the scan rather than seeked back to the start, so
+    the decode pass sees the file exactly as a plain sequential decode would.
+    """
+    where = str(path)
+    container = _open(path)
+    try:
+        info, table = _scan(container, where)
+        container.seek(0, backward=True)  # in AV_TIME_BASE units: the start of the file
+        first = next(_decoded(container, container.streams.video[0], where), None)
+        if first is None:
+            raise DecodeFailedError(f"{Path(path).name}: no frame could be decoded", path=where)
+        rotation = _display_rotation(first)
+    except av.error.FFmpegError as exc:
+        raise DecodeFailedError(f"{Path(path).name}: {exc}", path=where) from exc
+    finally:
+        container.close()
+    if rotation in (90, 270):
+        info = VideoInfo(**{**info.to_dict(), "width": info.height, "height": info.width, "rotation": rotation})
+    elif rotation:
+        info = VideoInfo(**{**info.to_dict(), "rotation": rotation})
+    return _open(path), info, table
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Codec, displayed size, fps, frame count, duration, VFR flag and rotation of a video file.
+
+    Reads the packets once (no decoding beyond the first frame). Raises a ``VideoError``
+    subclass with the error code for unusable files.
+    """
+    container, info, _ = _open_scanned(path)
+    container.close()
+    return info
+
+
+# -- streamed decoding ----------------------------------------------------------------------
+def iter_frames(
+    path: str | Path,
+    size: tuple[int, int] | None = None,
+    *,
+    wanted: np.ndarray | None = None,
+    threads: int = 0,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode the whole file once, yielding ``(frame_index, rgb)`` for the ``wanted`` indices (all if None).
+
+    Frames not wanted are decoded (the codec needs them) but never converted. Memory
+    is one frame at a time.
+    """
+    container, info, table = _open_scanned(path)
+    try:
+        yield from _stream(container, table, size, info.rotation, wanted, threads, str(path))
+    finally:
+        container.close()
+
+
+def _stream(container, table: FrameTable, size, rotation, wanted, threads, where) -> Iterator[tuple[int, np.ndarray]]:
+    stream = _configure_decoder(container, threads)
+    keep = None if wanted is None else np.zeros(len(table.pts), dtype=bool)
+    if keep is not None:
+        keep[np.asarray(wanted, dtype=np.int64)] = True
+
+    def kept():
+        for frame in _decoded(container, stream, where):
+            index = _frame_index(table, frame)
+            if index is not None and (keep is None or keep[index]):
+                yield index, frame
+
+    yield from _convert_ahead(kept(), size, rotation)
+
+
+def _convert_ahead(items, size, rotation, depth: int = 4) -> Iterator[tuple[int, np.ndarray]]:
+    """Convert frames in a worker thread while the decoder runs ahead (swscale releases the GIL).
+
+    At most ``depth`` frames are in flight; order is kept.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qclip-swscale") as pool:
+        pending: deque = deque()
+        for index, frame in items:
+            pending.append((index, pool.submit(to_rgb, frame, size, rotation)))
+            if len(pending) >= depth:
+                i, converted = pending.popleft()
+                yield i, converted.result()
+        while pending:
+            i, converted = pending.popleft()
+            yield i, converted.result()
+
+
+def _frame_index(table: FrameTable, frame: av.VideoFrame) -> int | None:
+    stamp = frame.pts if frame.pts is not None else frame.dts
+    if stamp is None:
+        return None
+    i = int(np.searchsorted(table.pts, stamp))
+    return i if i < len(table.pts) and table.pts[i] == stamp else None
+
+
+def candidate_indices(frame_count: int, max_frames: int = DEFAULT_MAX_ANALYSIS_FRAMES) -> np.ndarray:
+    """At most ``max_frames`` frame indices at a uniform stride over ``frame_count`` frames."""
+    if frame_count <= max_frames:
+        return np.arange(frame_count, dtype=np.int64)
+    return np.unique(np.linspace(0, frame_count - 1, max_frames).round().astype(np.int64))
+
+
+def decode_candidates(
+    path: str | Path,
+    size: tuple[int, int],
+    *,
+    max_frames: int = DEFAULT_MAX_ANALYSIS_FRAMES,
+    threads: int = 0,
+) -> Candidates:
+    """The analysis frames of a video in one streamed pass, at ``size`` (H, W).
+
+    Memory is bounded by ``max_frames × H × W × 3`` bytes whatever the video's length.
+    """
+    container, info, table = _open_scanned(path)
+    try:
+        wanted = candidate_indices(info.frame_count, max_frames)
+        slot = np.full(info.frame_count, -1, dtype=np.int64)
+        slot[wanted] = np.arange(len(wanted))
+        frames = np.empty((len(wanted), *size, 3), dtype=np.uint8)
+        got = np.zeros(len(wanted), dtype=bool)
+        for index, rgb in _stream(container, table, size, info.rotation, wanted, threads, str(path)):
+            frames[slot[index]] = rgb
+            got[slot[index]] = True
+    finally:
+        container.close()
+    if not got.any():
+        raise DecodeFailedError(f"{Path(path).name}: no frame could be decoded", path=str(path))
+    # Frames the decoder could not produce (corrupt packets) are left out, not invented.
+    indices = wanted[got]
+    return Candidates(frames=frames[got], indices=indices, times=table.times(indices), info=info)
+
+
+# -- sparse decoding ------------------------------------------------------------------------
+def decode_frames(
+    path: str | Path,
+    size: tuple[int, int] | None = None,
+    indices: Iterable[int] | np.ndarray | None = None,
+    *,
+    seek: bool = True,
+    threads: int = 0,
+) -> np.ndarray:
+    """Frames of a video as uint8 RGB ``[T, H, W, 3]``, resized to ``size`` (H, W) if given.
+
+    ``indices=None`` decodes every frame (memory grows with length: for analysis of
+    long videos use ``decode_candidates``). With ``indices`` (any order, repeats
+    allowed) the result follows that order; ``seek=True`` jumps to the keyframe before
+    each wanted frame instead of decoding everything in between, with pixels equal to
+    a full decode's.
+    """
+    container, info, table = _open_scanned(path)
+    where = str(path)
+    try:
+        if indices is None:
+            frames = [rgb for _, rgb in _stream(container, table, size, info.rotation, None, threads, where)]
+            if not frames:
+                raise DecodeFailedError(f"{Path(path).name}: no frame could be decoded", path=where)
+            return np.stack(frames)
+        order = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64)
+        if order.size == 0:
+            raise ValueError("indices is empty")
+        if order.min() < 0 or order.max() >= info.frame_count:
+            raise IndexError(f"frame indices must lie in [0, {info.frame_count - 1}], got {order.min()}..{order.max()}")
+        targets = np.unique(order)
+        if seek:
+            found = _seek_decode(container, table, targets, size, info.rotation, threads, where)
+        else:
+            found = dict(_stream(container, table, size, info.rotation, targets, threads, where))
+    finally:
+        container.close()
+    missing = [int(i) for i in targets if i not in found]
+    if missing:
+        raise DecodeFailedError(f"{Path(path).name}: frames {missing[:10]} could not be decoded", path=where)
+    return np.stack([found[int(i)] for i in order])
+
+
+def _seek_decode(container, table: FrameTable, targets: np.ndarray, size, rotation, threads, where) -> dict[int, np.ndarray]:
+    """Decode ``targets`` (sorted) by seeking to the keyframe before each one that lies ahead.
+
+    A seek lands on a keyframe chosen by the demuxer (by dts for MP4), which for files
+    with B-frames can be one frame late; then we step back one keyframe and retry.
+    """
+    stream = _configure_decoder(container, threads)
+    found: dict[int, np.ndarray] = {}
+    frames: Iterator[av.VideoFrame] | None = None
+    position = None  # pts of the last frame decoded
+    keys = table.keyframe_pts
+    for target in targets:
+        target_pts = int(table.pts[target])
+        k = max(int(np.searchsorted(keys, target_pts, side="right")) - 1, 0)
+        for attempt in range(_SEEK_ATTEMPTS):
+            seek_pts = int(keys[max(k - attempt, 0)])
+            must_seek = frames is None or position is None or position >= target_pts or seek_pts > position
+            if must_seek or attempt:
+                container.seek(seek_pts, stream=stream, backward=True)
+                frames = _decoded(container, stream, where)
+                position = None
+            hit = _decode_until(frames, table, target_pts, size, rotation)
+            if hit is not None:
+                position, rgb = hit
+                if rgb is not None:
+                    found[int(target)] = rgb
+                    break
+            else:
+                frames, position = None, None  # ran off the end
+        else:
+            # Seeking is not reliable in this file: decode it in full for what is left.
+            rest = targets[targets >= target]
+            container.seek(int(keys[0]), stream=stream, backward=True)
+            found.update(_stream(container, table, size, rotation, rest, threads, where))
+            return found
+    return found
+
+
+def _decode_until(frames, table, target_pts, size, rotation):
+    """Advance to ``target_pts``: ``(pts, rgb)`` on a hit, ``(pts, None)`` if we passed it, None at the end."""
+    for frame in frames:
+        stamp = frame.pts if frame.pts is not None else frame.dts
+        if stamp is None:
+            continue
+        if stamp == target_pts:
+            return stamp, to_rgb(frame, size, rotation)
+        if stamp > target_pts:
+            return stamp, None
+    return None

@@ -1,0 +1,216 @@
+"""Frame sampling: which K of N candidate frames the quality model sees.
+
+Every strategy is a pure function of the per-frame motion ``m`` (``frame_mse``, float
+``[N]``; higher = more motion), ``K`` and, where it draws, a ``numpy`` Generator. All
+return ``K`` int64 indices in non-decreasing temporal order and repeat indices when
+``N < K`` instead of failing.
+
+=======================  ==============================================================
+strategy                 rule (``s = N / K``)
+=======================  ==============================================================
+uniform                  ``linspace(0, N-1, K).round()`` (numpy half-to-even, as the
+                         official Q-CLIP code); seed ignored
+random                   K distinct uniform draws, sorted; ``N < K``: every frame once
+                         plus ``K - N`` draws with replacement, sorted
+uniform_random_start     ``floor(r + i·s)`` clipped to ``N-1``; ``r ~ U[0, s)`` when
+                         training, ``r = s/2`` at evaluation
+mse_sorted_uniform       rank frames by ``m`` (stable: ties keep temporal order), take
+                         ranks ``linspace(0, N-1, K).round()``, re-sort by time
+segment_mse_mean         K contiguous segments ``[floor(i·N/K), floor((i+1)·N/K))``; in
+                         each, the frame whose ``m`` is closest to the segment mean
+                         (ties → earliest)
+segment_mse_median       the same with the segment median
+mixed                    training: one of the six above, uniformly, per call;
+                         evaluation: ``segment_mse_mean``
+=======================  ==============================================================
+
+Segments when ``N < K``: some ``[floor(i·N/K), floor((i+1)·N/K))`` are empty, so segment
+``i`` is taken to be the single frame ``floor(i·N/K)`` (for ``N < K`` every segment has at
+most one frame, so this is the rule for all of them). The segment strategies then return
+``floor(i·N/K)`` whatever ``m`` is, i.e. every frame, in order, each repeated about
+``K/N`` times. Segment boundaries are computed in exact integer arithmetic
+(``i·N // K``): ``floor(np.linspace(0, N, K+1))`` is the same rule but can land one frame
+early when ``i·N/K`` is an integer that ``linspace`` computes a hair below (e.g. N=122,
+K=14, i=7).
+
+``select_frames`` is the entry point. Determinism: the Generator is
+``np.random.default_rng(seed)``, so a given ``(strategy, mse, k, seed, training)`` always
+gives the same indices; the strategies that do not draw (every strategy at evaluation
+except ``random``) are deterministic even with ``seed=None``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..model.qclip import SAMPLERS as STRATEGIES
+
+# What ``mixed`` draws from during training: every strategy except itself.
+MIXED_CHOICES = tuple(s for s in STRATEGIES if s != "mixed")
+
+__all__ = [
+    "STRATEGIES",
+    "MIXED_CHOICES",
+    "select_frames",
+    "uniform",
+    "random_indices",
+    "uniform_random_start",
+    "mse_sorted_uniform",
+    "segment_bounds",
+    "segment_mse_mean",
+    "segment_mse_median",
+    "choose_mixed_strategy",
+]
+
+
+# -- validation ----------------------------------------------------------------------------
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if k < 1:
+        raise ValueError(f"k must be ≥ 1, got {k}")
+    return int(k)
+
+
+def _check_nk(n, k) -> tuple[int, int]:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    if n < 1:
+        raise ValueError(f"cannot sample from {n} frames: need at least one candidate frame")
+    return int(n), _check_k(k)
+
+
+def _check_mse(mse) -> np.ndarray:
+    """``mse`` as float64 ``[N]`` (float32 → float64 is exact, so ranks and ties are kept)."""
+    try:
+        m = np.asarray(mse, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"mse must be a 1-D array of numbers: {e}") from None
+    if m.ndim != 1:
+        raise ValueError(f"mse must be 1-D [N], got shape {m.shape}")
+    if m.size == 0:
+        raise ValueError("cannot sample from 0 frames: mse is empty")
+    if not np.isfinite(m).all():
+        bad = np.flatnonzero(~np.isfinite(m))
+        raise ValueError(f"mse must be finite; non-finite values at frames {bad[:10].tolist()}")
+    return m
+
+
+def _uniform_positions(n: int, k: int) -> np.ndarray:
+    # The official Q-CLIP formula, numpy's half-to-even round included.
+    return np.linspace(0, n - 1, k).round().astype(np.int64)
+
+
+# -- strategies ------------------------------------------------------------------------------
+def uniform(n: int, k: int) -> np.ndarray:
+    """``linspace(0, N-1, K).round()``: evenly spaced, first and last frame included (K > 1)."""
+    n, k = _check_nk(n, k)
+    return _uniform_positions(n, k)
+
+
+def random_indices(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """K distinct frames drawn uniformly, sorted; for ``N < K`` every frame plus ``K-N`` repeats."""
+    n, k = _check_nk(n, k)
+    if n >= k:
+        idx = rng.choice(n, size=k, replace=False)
+    else:
+        idx = np.concatenate([np.arange(n), rng.integers(0, n, size=k - n)])
+    return np.sort(idx).astype(np.int64)
+
+
+def uniform_random_start(n: int, k: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """``floor(r + i·s)`` with stride ``s = N/K``; ``r ~ U[0, s)`` from ``rng``, or ``s/2`` if ``rng`` is None."""
+    n, k = _check_nk(n, k)
+    s = n / k
+    r = rng.uniform(0.0, s) if rng is not None else s / 2
+    idx = np.floor(r + np.arange(k) * s).astype(np.int64)
+    return np.minimum(idx, n - 1)  # guards r + (K-1)·s rounding up to N
+
+
+def mse_sorted_uniform(mse: np.ndarray, k: int) -> np.ndarray:
+    """Uniform over the frames ranked by motion (stable), re-sorted by time."""
+    m = _check_mse(mse)
+    k = _check_k(k)
+    order = np.argsort(m, kind="stable")
+    return np.sort(order[_uniform_positions(m.size, k)]).astype(np.int64)
+
+
+def segment_bounds(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start and (exclusive) end of the K segments, ``floor(i·N/K)`` in exact integer arithmetic.
+
+    A segment that would be empty (only when ``N < K``) is widened to its single start
+    frame ``floor(i·N/K)``.
+    """
+    n, k = _check_nk(n, k)
+    b = np.arange(k + 1, dtype=np.int64) * n // k
+    starts = b[:-1]
+    return starts, np.maximum(b[1:], starts + 1)
+
+
+def _segment_closest(mse, k: int, centre) -> np.ndarray:
+    m = _check_mse(mse)
+    starts, ends = segment_bounds(m.size, k)
+    out = np.empty(len(starts), dtype=np.int64)
+    for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
+        seg = m[a:b]
+        out[i] = a + int(np.argmin(np.abs(seg - centre(seg))))  # argmin: first → earliest on ties
+    return out
+
+
+def segment_mse_mean(mse: np.ndarray, k: int) -> np.ndarray:
+    """Per segment, the frame whose motion is closest to the segment's mean (ties → earliest)."""
+    return _segment_closest(mse, k, np.mean)
+
+
+def segment_mse_median(mse: np.ndarray, k: int) -> np.ndarray:
+    """Per segment, the frame whose motion is closest to the segment's median (ties → earliest)."""
+    return _segment_closest(mse, k, np.median)
+
+
+def choose_mixed_strategy(rng: np.random.Generator) -> str:
+    """The strategy ``mixed`` uses for one training call: uniform over ``MIXED_CHOICES``."""
+    return MIXED_CHOICES[int(rng.integers(len(MIXED_CHOICES)))]
+
+
+# -- entry point -------------------------------------------------------------------------------
+def _apply(strategy: str, m: np.ndarray, k: int, rng: np.random.Generator, training: bool) -> np.ndarray:
+    n = m.size
+    if strategy == "uniform":
+        return uniform(n, k)
+    if strategy == "random":
+        return random_indices(n, k, rng)
+    if strategy == "uniform_random_start":
+        return uniform_random_start(n, k, rng if training else None)
+    if strategy == "mse_sorted_uniform":
+        return mse_sorted_uniform(m, k)
+    if strategy == "segment_mse_mean":
+        return segment_mse_mean(m, k)
+    if strategy == "segment_mse_median":
+        return segment_mse_median(m, k)
+    if strategy == "mixed":
+        if not training:
+            return segment_mse_mean(m, k)
+        return _apply(choose_mixed_strategy(rng), m, k, rng, training=True)
+    raise ValueError(f"unknown sampling strategy {strategy!r}; choose one of {STRATEGIES}")
+
+
+def select_frames(
+    strategy: str,
+    mse: np.ndarray,
+    k: int,
+    seed: int | None = None,
+    training: bool = False,
+) -> np.ndarray:
+    """Indices (int64 ``[k]``, non-decreasing) of the frames to feed the model.
+
+    ``mse`` is the per-frame motion ``m`` of the N candidate frames. ``seed`` seeds
+    ``np.random.default_rng``; ``None`` draws fresh entropy, which only matters for
+    ``random`` and for training-mode draws. Raises ValueError for an unknown strategy,
+    an empty, non-1-D or non-finite ``mse``, or ``k < 1``.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown sampling strategy {strategy!r}; choose one of {STRATEGIES}")
+    m = _check_mse(mse)
+    k = _check_k(k)
+    rng = np.random.default_rng(seed)
+    return _apply(strategy, m, k, rng, bool(training))

@@ -1,0 +1,286 @@
+"""Decoding: probe facts, sparse = full, rotation, VFR, bounded memory, typed errors on bad files."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from fractions import Fraction
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from media import audio_only, encode, lossless, moving_frames
+
+from qclip_engine.errors import (
+    AudioOnlyError,
+    EmptyFileError,
+    NotAVideoError,
+    TruncatedVideoError,
+    UnsupportedCodecError,
+    VideoError,
+    VideoNotFoundError,
+)
+from qclip_engine.video import decode
+
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+X264_BFRAMES = {"bf": "3", "g": "12", "preset": "veryfast"}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """The same 40 moving frames in h264 (B-frames, GOP 12), HEVC and VP9."""
+    root = tmp_path_factory.mktemp("clips")
+    frames = moving_frames(40)
+    return {
+        "h264": encode(root / "h264.mp4", frames, options=X264_BFRAMES),
+        "hevc": encode(root / "hevc.mp4", frames, codec="libx265", options={"x265-params": "log-level=error:bframes=3:keyint=12"}),
+        "vp9": encode(root / "vp9.webm", frames, codec="libvpx-vp9", options={"g": "12"}),
+    }
+
+
+def test_probe_reports_codec_size_rate_count_duration(clips):
+    info = decode.probe(clips["h264"])
+    assert (info.codec, info.width, info.height, info.frame_count) == ("h264", 96, 64, 40)
+    assert info.fps == pytest.approx(25.0) and info.duration == pytest.approx(1.6)
+    assert not info.vfr and info.rotation == 0 and info.has_b_frames
+    assert decode.probe(clips["vp9"]).codec == "vp9" and decode.probe(clips["hevc"]).codec == "hevc"
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc", "vp9"])
+def test_sparse_decoding_equals_full_decoding(clips, codec):
+    full = decode.decode_frames(clips[codec], size=(48, 80))
+    assert full.shape == (40, 48, 80, 3) and full.dtype == np.uint8
+    # Out of order, repeated, across GOPs, first and last, neighbours of keyframes.
+    indices = [39, 0, 13, 11, 12, 12, 25, 1, 38, 24, 36]
+    sparse = decode.decode_frames(clips[codec], size=(48, 80), indices=indices)
+    np.testing.assert_array_equal(sparse, full[indices])
+    streamed = decode.decode_frames(clips[codec], size=(48, 80), indices=indices, seek=False)
+    np.testing.assert_array_equal(streamed, full[indices])
+
+
+def test_native_size_decoding_is_lossless_for_a_lossless_file(tmp_path):
+    frames = moving_frames(6, h=32, w=48)
+    np.testing.assert_array_equal(decode.decode_frames(lossless(tmp_path / "l.mkv", frames)), frames)
+
+
+def test_candidates_take_a_uniform_stride_and_match_full_decoding(clips):
+    full = decode.decode_frames(clips["h264"], size=(32, 32))
+    cands = decode.decode_candidates(clips["h264"], (32, 32), max_frames=9)
+    np.testing.assert_array_equal(cands.indices, np.linspace(0, 39, 9).round().astype(int))
+    np.testing.assert_array_equal(cands.frames, full[cands.indices])
+    np.testing.assert_allclose(cands.times, cands.indices / 25.0)
+    assert decode.decode_candidates(clips["h264"], (32, 32)).frames.shape[0] == 40  # short: every frame
+
+
+def _ffmpeg_rgb(path: Path, w: int, h: int) -> np.ndarray:
+    """ffmpeg's own decode (it applies the display rotation by default)."""
+    raw = subprocess.run(
+        [FFMPEG, "-v", "error", "-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True, check=True,
+    ).stdout
+    return np.frombuffer(raw, np.uint8).reshape(h, w, 3)
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_rotation_metadata_is_applied_as_ffmpeg_does(tmp_path, degrees):
+    frames = np.zeros((3, 32, 64, 3), np.uint8)
+    frames[:, :16, :16] = 255  # a white block in the top-left corner of the coded picture
+    frames[:, 20:, 40:, 0] = 255  # and a red one bottom right
+    path = encode(tmp_path / f"r{degrees}.mp4", frames, pix_fmt="yuv444p", options={"qp": "0"}, rotation=degrees)
+    info = decode.probe(path)
+    assert info.rotation in (90, 180, 270)
+    expected_shape = (64, 32) if degrees in (90, 270) else (32, 64)
+    assert (info.height, info.width) == expected_shape
+    ours = decode.decode_frames(path, indices=[0])[0]
+    theirs = _ffmpeg_rgb(path, info.width, info.height)
+    assert ours.shape == theirs.shape
+    assert np.abs(ours.astype(int) - theirs).max() <= 2  # the same orientation (and pixels)
+    resized = decode.decode_frames(path, size=(20, 30), indices=[0])[0]
+    assert resized.shape == (20, 30, 3)
+
+
+def test_vfr_is_flagged_and_timed_by_timestamps(tmp_path):
+    pts = [0, 40, 80, 100, 120, 200, 260, 300, 310, 320]  # ms
+    path = encode(tmp_path / "vfr.mkv", moving_frames(10), pts=pts, time_base=Fraction(1, 1000))
+    info = decode.probe(path)
+    assert info.vfr and info.frame_count == 10
+    cands = decode.decode_candidates(path, (32, 32))
+    np.testing.assert_allclose(cands.times, np.array(pts) / 1000)
+    full = decode.decode_frames(path, size=(32, 32))
+    np.testing.assert_array_equal(decode.decode_frames(path, size=(32, 32), indices=[9, 3, 4]), full[[9, 3, 4]])
+
+
+def test_cfr_is_not_flagged_vfr(clips):
+    assert not decode.probe(clips["vp9"]).vfr
+
+
+def test_one_frame_gray_and_odd_sized_videos_decode(tmp_path):
+    one = encode(tmp_path / "one.mp4", moving_frames(1))
+    assert decode.probe(one).frame_count == 1
+    assert decode.decode_candidates(one, (16, 16)).frames.shape == (1, 16, 16, 3)
+    gray = encode(tmp_path / "gray.mkv", moving_frames(4), codec="ffv1", pix_fmt="gray")
+    g = decode.decode_frames(gray, size=(16, 16))
+    assert g.shape == (4, 16, 16, 3) and np.array_equal(g[..., 0], g[..., 1])
+    odd = encode(tmp_path / "odd.mkv", moving_frames(3, h=9, w=17), codec="ffv1", pix_fmt="yuv444p")
+    info = decode.probe(odd)
+    assert (info.width, info.height) == (17, 9)
+    assert decode.decode_frames(odd, size=(8, 8)).shape == (3, 8, 8, 3)
+
+
+# -- bad inputs ------------------------------------------------------------------------------
+def test_missing_file(tmp_path):
+    with pytest.raises(VideoNotFoundError) as info:
+        decode.probe(tmp_path / "nope.mp4")
+    assert info.value.code == "not_found" and info.value.path.endswith("nope.mp4")
+
+
+def test_zero_byte_file(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(EmptyFileError) as info:
+        decode.decode_candidates(tmp_path / "empty.mp4", (16, 16))
+    assert info.value.code == "empty_file"
+
+
+def test_not_a_video(tmp_path):
+    (tmp_path / "notes.mp4").write_text("these are not the frames you are looking for\n" * 50)
+    with pytest.raises(NotAVideoError) as info:
+        decode.probe(tmp_path / "notes.mp4")
+    assert info.value.code == "not_a_video"
+    with pytest.raises(NotAVideoError):
+        decode.probe(tmp_path)  # a directory
+
+
+def test_audio_only(tmp_path):
+    with pytest.raises(AudioOnlyError) as info:
+        decode.decode_frames(audio_only(tmp_path / "tone.m4a"))
+    assert info.value.code == "audio_only"
+
+
+def test_undecodable_codec(tmp_path):
+    path = encode(tmp_path / "x.mkv", moving_frames(5))
+    data = path.read_bytes()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 1
+    path.write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_QCLIP/NO/SUCH"))  # a CodecID no FFmpeg knows
+    with pytest.raises(UnsupportedCodecError) as info:
+        decode.probe(path)
+    assert info.value.code == "unsupported_codec"
+
+
+@pytest.mark.parametrize("faststart", [False, True])
+def test_truncated_mp4(tmp_path, faststart):
+    options = dict(X264_BFRAMES)
+    path = tmp_path / "full.mp4"
+    encode(path, moving_frames(60, h=96, w=128), options=options)
+    if faststart:  # index first: the cut keeps the index but loses frames
+        fast = tmp_path / "fast.mp4"
+        subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-c", "copy", "-movflags", "+faststart", str(fast)], check=True)
+        path = fast
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TruncatedVideoError) as info:
+        decode.decode_candidates(cut, (16, 16))
+    assert info.value.code == "truncated"
+
+
+def _broken_corpus(root: Path, source_files: list[Path]) -> list[Path]:
+    rng = np.random.default_rng(1234)
+    out = []
+    for n, src in enumerate(source_files):
+        data = src.read_bytes()
+        for j in range(4):  # random truncations
+            p = root / f"trunc{n}_{j}{src.suffix}"
+            p.write_bytes(data[: int(rng.integers(1, len(data)))])
+            out.append(p)
+        for j in range(4):  # flipped bytes (beyond the first few headers too)
+            buf = bytearray(data)
+            for pos in rng.integers(0, len(buf), size=int(rng.integers(1, 64))):
+                buf[pos] ^= 0xFF
+            p = root / f"flip{n}_{j}{src.suffix}"
+            p.write_bytes(bytes(buf))
+            out.append(p)
+        for ext in (".avi", ".mkv", ".png"):  # wrong extensions for the same bytes
+            p = root / f"ext{n}{ext}"
+            p.write_bytes(data)
+            out.append(p)
+    (root / "zero.mp4").write_bytes(b"")
+    (root / "junk.mov").write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    return out + [root / "zero.mp4", root / "junk.mov", root / "missing.mp4"]
+
+
+def test_broken_corpus_never_crashes_and_every_failure_is_typed(tmp_path, clips):
+    corpus = _broken_corpus(tmp_path, [clips["h264"], clips["vp9"], clips["hevc"]])
+    assert len(corpus) >= 30
+    listing = tmp_path / "corpus.json"
+    listing.write_text(json.dumps([str(p) for p in corpus]))
+    # A separate process: a crash inside FFmpeg would kill it, not pass unnoticed.
+    script = textwrap.dedent(
+        f"""
+        import json
+        from qclip_engine.errors import VideoError
+        from qclip_engine.video import decode
+        from qclip_engine.video.frame_mse import frame_mse
+        records = []
+        for path in json.load(open({str(listing)!r})):
+            try:
+                c = decode.decode_candidates(path, (24, 24), max_frames=16)
+                frame_mse(c.frames)
+                records.append({{"path": path, "frames": int(len(c.frames))}})
+            except VideoError as exc:
+                records.append({{"path": path, **exc.to_record()}})
+        print(json.dumps(records))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(records) == len(corpus)
+    codes = {r["error"]["code"] for r in records if "error" in r}
+    assert codes <= {"not_found", "empty_file", "not_a_video", "audio_only", "unsupported_codec", "truncated", "decode_failed"}
+    assert {"not_found", "empty_file", "truncated"} <= codes
+    # The wrongly named but intact files still decode: the extension is not trusted.
+    assert all(r.get("frames") == 16 for r in records if Path(r["path"]).name.startswith("ext"))
+
+
+def test_video_errors_make_records():
+    exc = TruncatedVideoError("cut", path="/x.mp4")
+    assert exc.to_record() == {"error": {"code": "truncated", "message": "cut"}, "path": "/x.mp4"}
+    assert isinstance(exc, VideoError)
+
+
+# -- bounded memory ------------------------------------------------------------------------
+def _peak_rss_growth_mib_for_candidates(path: Path) -> float:
+    """Peak RSS of decoding + MSE above the RSS after imports (Linux: VmHWM reset via clear_refs)."""
+    script = textwrap.dedent(
+        f"""
+        import re
+        from qclip_engine.video import decode
+        from qclip_engine.video.frame_mse import frame_mse
+
+        def status_kib(field):
+            return int(re.search(field + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+
+        open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+        before = status_kib("VmRSS")
+        c = decode.decode_candidates({str(path)!r}, (128, 128), max_frames=256)
+        m = frame_mse(c.frames)
+        assert len(m) == 256
+        print((status_kib("VmHWM") - before) / 1024)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def test_candidate_decoding_memory_does_not_grow_with_length(tmp_path):
+    # 128×128 frames are 48 KiB: keeping all 3,000 would cost ~140 MiB more than keeping 1,000.
+    short = encode(tmp_path / "short.mp4", moving_frames(1000, h=128, w=128), options={"preset": "ultrafast"})
+    long = encode(tmp_path / "long.mp4", moving_frames(3000, h=128, w=128), options={"preset": "ultrafast"})
+    growth_short = _peak_rss_growth_mib_for_candidates(short)
+    growth_long = _peak_rss_growth_mib_for_candidates(long)
+    message = f"peak RSS growth {growth_short:.1f} MiB at 1,000 frames, {growth_long:.1f} MiB at 3,000"
+    # 256 candidates at 128×128 are 12 MiB; the bound leaves room for FFmpeg's buffers only.
+    assert growth_long < 64, message
+    assert growth_long - growth_short < 16, message
