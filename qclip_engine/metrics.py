@@ -85,10 +85,13 @@ def fit_logistic(pred, target) -> np.ndarray:
 def plcc_logistic(pred, target) -> float:
     """PLCC after the 4-parameter logistic mapping.
 
-    Falls back to the linear PLCC (with a warning) when the fit does not converge,
-    which happens for degenerate prediction sets (e.g. two distinct values).
+    Falls back to the linear PLCC (with a warning) for four samples or fewer and when
+    the fit does not converge (degenerate prediction sets, e.g. two distinct values).
     """
     p, t = _pair(pred, target)
+    if p.size <= 4:  # four parameters: no fit to speak of
+        warnings.warn(f"{p.size} samples are too few for a 4-parameter fit; reporting linear PLCC", RuntimeWarning, stacklevel=2)
+        return plcc(p, t)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optimize.OptimizeWarning)

@@ -58,8 +58,14 @@ def test_plcc_logistic_is_invariant_to_an_affine_change_of_prediction_scale():
     assert a > metrics.plcc(pred, target)
 
 
+def test_plcc_logistic_with_too_few_samples_falls_back_to_linear():
+    with pytest.warns(RuntimeWarning, match="too few"):
+        assert metrics.plcc_logistic(PRED, TARGET) == metrics.plcc(PRED, TARGET)
+
+
 def test_all_metrics_and_input_checks():
-    out = metrics.all_metrics(PRED, TARGET)
+    with pytest.warns(RuntimeWarning):
+        out = metrics.all_metrics(PRED, TARGET)
     assert set(out) == {"srocc", "plcc", "plcc_logistic", "krocc", "rmse"}
     with pytest.raises(ValueError, match="differ in length"):
         metrics.srocc([1, 2, 3], [1, 2])

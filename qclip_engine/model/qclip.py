@@ -176,10 +176,14 @@ class QCLIP(nn.Module):
         return self.pscma(pooled, projected, "text")
 
     # -- head --------------------------------------------------------------------------
-    def level_sims(self, video: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of each video to each level prompt, ``[B, 5]`` (bad … excellent)."""
+    def level_sims(self, video: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Cosine similarity of each video to each level prompt, ``[B, 5]`` (bad … excellent).
+
+        ``text_features`` (``forward_text()``'s output) lets inference loops run the text
+        tower once instead of once per batch.
+        """
         v = F.normalize(self.forward_video(video), dim=-1)
-        t = F.normalize(self.forward_text(), dim=-1)
+        t = F.normalize(self.forward_text() if text_features is None else text_features, dim=-1)
         return v @ t.T
 
     def score_from_sims(self, sims: torch.Tensor) -> torch.Tensor:
@@ -187,5 +191,5 @@ class QCLIP(nn.Module):
             return (sims * ZERO_SHOT_LOGIT_SCALE).softmax(dim=-1) @ self.zero_shot_level_values.to(sims.dtype)
         return sims @ self.level_weights
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.score_from_sims(self.level_sims(video))
+    def forward(self, video: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        return self.score_from_sims(self.level_sims(video, text_features))
