@@ -1,0 +1,135 @@
+"""Training end to end on a tiny generated dataset: metrics lines, artifact, resume, bad videos."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from media import encode, moving_frames
+
+from qclip_engine import load_artifact
+from train import run
+from train.data import read_labels, split_records
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """12 clips of 6 frames; the label is how much noise was added (a learnable signal)."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(12):
+        noise = 8 * i
+        frames = moving_frames(6, h=32, w=32, seed=i).astype(np.int16)
+        frames += rng.integers(-noise, noise + 1, frames.shape)
+        encode(root / f"clip{i}.mp4", np.clip(frames, 0, 255).astype(np.uint8), options={"qp": "10"})
+        lines.append(f"clip{i}.mp4,0.24,25,{100 - noise}")
+    (root / "labels.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _config(tmp_path: Path, data: Path, labels: str = "labels.txt", **train) -> Path:
+    config = {
+        "name": "tiny",
+        "seed": 3,
+        "model": {"backbone": "PE-Core-T-16-384", "pretrained": None, "image_size": 32, "num_frames": 2,
+                  "adapter_layers": 2, "sampler": "mixed"},
+        "data": {
+            "data_root": str(data),
+            "train": {"labels": f"${{DATA_ROOT}}/{labels}", "prefix": "${DATA_ROOT}",
+                      "split": {"role": "train", "ratio": 0.75, "seed": 1}},
+            "val": {"heldout": {"labels": f"${{DATA_ROOT}}/{labels}", "prefix": "${DATA_ROOT}",
+                                "split": {"role": "val", "ratio": 0.75, "seed": 1}}},
+        },
+        "train": {"epochs": 2, "warmup_epochs": 1, "batch_size": 3, "val_batch_size": 2, "lr": 1e-3} | train,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_writes_metrics_and_a_loadable_artifact(tmp_path, tiny_dataset):
+    out = tmp_path / "run"
+    run.main(["--config", str(_config(tmp_path, tiny_dataset)), "--output-dir", str(out)])
+    lines = _lines(out)
+    assert [line["epoch"] for line in lines] == [1, 2]
+    for line in lines:
+        assert {"loss", "lr", "time_s", "val"} <= set(line)
+        assert set(line["val"]["heldout"]) >= {"srocc", "plcc", "plcc_logistic", "krocc", "rmse", "videos"}
+        assert line["val"]["heldout"]["videos"] == 3
+    model = load_artifact(out / "best")
+    assert model.calibration is not None and model.calibration["target_std"] > 0
+    assert (out / "best" / "scatter.png").stat().st_size > 1000
+    report = json.loads((out / "report.json").read_text())
+    assert report["best_epoch"] in (1, 2)
+    # The artifact scores like the model that was saved: its epoch's metrics are reproduced.
+    video = model.normalize(torch.zeros(1, 2, 32, 32, 3, dtype=torch.uint8))
+    assert torch.isfinite(model(video)).all()
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_dataset):
+    config = _config(tmp_path, tiny_dataset)
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    run.main(["--config", str(config), "--output-dir", str(straight)])
+    run.main(["--config", str(config), "--output-dir", str(interrupted), "train.epochs=2", "train.stop_after=1"])
+    assert len(_lines(interrupted)) == 1
+    run.main(["--config", str(config), "--output-dir", str(interrupted), "--resume"])
+    a, b = _lines(straight), _lines(interrupted)
+    assert len(b) == 2
+    for key in ("srocc", "plcc", "krocc", "rmse"):
+        assert a[1]["val"]["heldout"][key] == pytest.approx(b[1]["val"]["heldout"][key], abs=1e-6)
+    assert a[1]["loss"] == pytest.approx(b[1]["loss"], abs=1e-6)
+
+
+def test_missing_and_broken_videos_are_listed_and_training_goes_on(tmp_path, tiny_dataset):
+    labels = (tiny_dataset / "labels.txt").read_text().splitlines()
+    (tiny_dataset / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x13" * 300)
+    labels += ["gone.mp4,0.24,25,50", "broken.mp4,0.24,25,40"]
+    (tiny_dataset / "labels_bad.txt").write_text("\n".join(labels) + "\n")
+    config = _config(tmp_path, tiny_dataset, labels="labels_bad.txt", epochs=1)
+    out = tmp_path / "run"
+    run.main(["--config", str(config), "--output-dir", str(out)])
+    skipped = json.loads((out / "skipped.json").read_text())
+    listed = {Path(s["path"]).name: s["code"] for entries in skipped.values() for s in entries}
+    assert listed == {"gone.mp4": "not_found", "broken.mp4": "truncated"}
+    assert len(_lines(out)) == 1
+    from qclip_engine.errors import VideoError
+
+    with pytest.raises(VideoError):
+        run.main(["--config", str(config), "--output-dir", str(tmp_path / "strict"), "--strict"])
+
+
+def test_splits_report_mean_and_std(tmp_path, tiny_dataset):
+    out = tmp_path / "splits"
+    run.main(["--config", str(_config(tmp_path, tiny_dataset, epochs=1)), "--output-dir", str(out), "--splits", "2"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["splits"] == 2 and len(report["per_split"]) == 2
+    assert set(report["srocc"]) == {"mean", "std"}
+    assert (out / "split0" / "best").is_dir() and (out / "split1" / "best").is_dir()
+
+
+def test_label_formats_and_the_official_split(tmp_path):
+    (tmp_path / "official.txt").write_text("a.mp4,8.0,30,3.5\n\nb.mp4,8.0,30,4.25\n")
+    (tmp_path / "mos.csv").write_text("path,mos\n/abs/c.mp4,1.5\nd.mp4,2\n")
+    official = read_labels(tmp_path / "official.txt", prefix="${DATA_ROOT}/vids", data_root="/data")
+    assert [(r.path, r.mos) for r in official] == [("/data/vids/a.mp4", 3.5), ("/data/vids/b.mp4", 4.25)]
+    csv = read_labels(tmp_path / "mos.csv", prefix="/root")
+    assert [(r.path, r.mos) for r in csv] == [("/abs/c.mp4", 1.5), ("/root/d.mp4", 2.0)]
+    (tmp_path / "bad.txt").write_text("a.mp4,8.0,30\n")
+    with pytest.raises(ValueError, match="bad.txt:1"):
+        read_labels(tmp_path / "bad.txt")
+    records = read_labels(tmp_path / "official.txt") * 5
+    train, val = split_records(records, 0.8, 42, "train"), split_records(records, 0.8, 42, "val")
+    assert len(train) == 8 and len(val) == 2 and sorted(map(id, train + val)) == sorted(map(id, records))
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    f = run.lr_lambda(warmup_iters=4, total_iters=12)
+    assert [f(i) for i in (0, 2, 4)] == [0.0, 0.5, 1.0]
+    assert f(8) == pytest.approx(0.5) and f(12) == pytest.approx(0.0)

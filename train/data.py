@@ -1,0 +1,174 @@
+"""Labelled videos for training: label files, splits, and a dataset of sampled frames.
+
+Label files come in two forms, told apart per line:
+
+* the official Q-CLIP lines ``filename,duration,fps,label`` (4 columns, no header);
+* CSV ``path,mos`` (2 columns; a ``path,mos`` header line is skipped).
+
+``${DATA_ROOT}`` (and any other ``$VAR``) in paths expands from the configuration's
+``data_root`` or the environment. A video that is missing or broken is counted and
+listed, and training goes on without it (``strict=True`` makes it an error).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from qclip_engine.errors import VideoError
+from qclip_engine.video import decode
+from qclip_engine.video.frame_mse import frame_mse
+from qclip_engine.video.sampling import select_frames
+
+
+@dataclass(frozen=True)
+class LabelledVideo:
+    path: str
+    mos: float
+
+
+def expand(text: str, data_root: str | None = None) -> str:
+    """``${DATA_ROOT}`` → ``data_root`` (else the environment); other ``$VARS`` and ``~`` too."""
+    if data_root is not None:
+        text = re.sub(r"\$\{DATA_ROOT\}|\$DATA_ROOT\b", lambda _: str(data_root), text)
+    if "DATA_ROOT" in text and "DATA_ROOT" not in os.environ:
+        raise ValueError(f"{text!r} uses ${{DATA_ROOT}}: set data.data_root in the config or the DATA_ROOT variable")
+    return os.path.expanduser(os.path.expandvars(text))
+
+
+def read_labels(label_file: str | Path, prefix: str = "", data_root: str | None = None) -> list[LabelledVideo]:
+    """Records of a label file; paths are joined to ``prefix`` unless absolute."""
+    label_path = Path(expand(str(label_file), data_root))
+    base = expand(prefix, data_root) if prefix else ""
+    records = []
+    for line_no, line in enumerate(label_path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[1].lower() in ("mos", "label", "score") and not records:
+            continue  # CSV header
+        if len(fields) not in (2, 4):
+            raise ValueError(
+                f"{label_path}:{line_no}: expected 'filename,duration,fps,label' or 'path,mos', got {len(fields)} fields"
+            )
+        try:
+            mos = float(fields[-1])
+        except ValueError:
+            raise ValueError(f"{label_path}:{line_no}: label {fields[-1]!r} is not a number") from None
+        if not np.isfinite(mos):
+            raise ValueError(f"{label_path}:{line_no}: label {fields[-1]!r} is not finite")
+        name = expand(fields[0], data_root)
+        records.append(LabelledVideo(os.path.join(base, name) if base else name, mos))
+    if not records:
+        raise ValueError(f"{label_path} holds no labelled videos")
+    return records
+
+
+def split_records(records: list[LabelledVideo], ratio: float, seed: int, role: str) -> list[LabelledVideo]:
+    """The official split: shuffle with ``random.Random(seed)``, first ``int(n·ratio)`` are train."""
+    if role not in ("train", "val", "test"):
+        raise ValueError(f"split role must be train, val or test, got {role!r}")
+    if not 0 < ratio < 1:
+        raise ValueError(f"split ratio must lie in (0, 1), got {ratio}")
+    shuffled = list(records)
+    random.Random(seed).shuffle(shuffled)
+    cut = int(len(shuffled) * ratio)
+    return shuffled[:cut] if role == "train" else shuffled[cut:]
+
+
+@dataclass
+class Skipped:
+    path: str
+    code: str
+    message: str
+
+
+class VideoClips(torch.utils.data.Dataset):
+    """Sampled uint8 frames ``[K, H, W, 3]`` and the MOS of each usable video.
+
+    Every file is probed up front: unusable ones are listed in ``skipped`` and left
+    out (or, with ``strict``, raise). Frame choice is seeded per (seed, epoch, item),
+    so a run and its resumed twin see the same frames. ``cache`` keeps each video's
+    candidate frames and motion in memory after the first decode (small datasets).
+    """
+
+    def __init__(
+        self,
+        records: list[LabelledVideo],
+        *,
+        image_size: tuple[int, int],
+        num_frames: int,
+        sampler: str,
+        training: bool,
+        seed: int = 0,
+        max_analysis_frames: int = decode.DEFAULT_MAX_ANALYSIS_FRAMES,
+        strict: bool = False,
+        cache: bool = False,
+        desc: str = "checking videos",
+    ):
+        self.image_size = tuple(image_size)
+        self.num_frames = num_frames
+        self.sampler = sampler
+        self.training = training
+        self.seed = seed
+        self.epoch = 0
+        self.max_analysis_frames = max_analysis_frames
+        self.cache = {} if cache else None
+        self.skipped: list[Skipped] = []
+        self.records: list[LabelledVideo] = []
+        for record in tqdm(records, desc=desc, unit="video", leave=False):
+            try:
+                decode.probe(record.path)
+            except VideoError as exc:
+                if strict:
+                    raise
+                self.skipped.append(Skipped(record.path, exc.code, exc.message))
+                continue
+            self.records.append(record)
+        if not self.records:
+            raise ValueError(f"no usable video among {len(records)} ({len(self.skipped)} skipped)")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _candidates(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
+        cands = decode.decode_candidates(self.records[index].path, self.image_size, max_frames=self.max_analysis_frames)
+        entry = (cands.frames, frame_mse(cands.frames))
+        if self.cache is not None:
+            self.cache[index] = entry
+        return entry
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        try:
+            frames, motion = self._candidates(index)
+        except VideoError as exc:  # passed the probe but failed to decode: skip, do not stop
+            return {"error": Skipped(record.path, exc.code, exc.message), "index": index}
+        picked = select_frames(
+            self.sampler, motion, self.num_frames, seed=(self.seed, self.epoch, index), training=self.training
+        )
+        return {"video": torch.from_numpy(np.ascontiguousarray(frames[picked])), "mos": record.mos, "index": index}
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack the usable items; keep the failures so the loop can count them."""
+    good = [it for it in items if "video" in it]
+    batch = {"errors": [it["error"] for it in items if "error" in it]}
+    if good:
+        batch["video"] = torch.stack([it["video"] for it in good])
+        batch["mos"] = torch.tensor([it["mos"] for it in good], dtype=torch.float32)
+        batch["index"] = torch.tensor([it["index"] for it in good])
+    return batch
