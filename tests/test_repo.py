@@ -16,7 +16,7 @@ def test_readme_opens_with_exactly_two_commands_demo_then_tests():
     readme = (ROOT / "README.md").read_text()
     assert readme.index("```bash") < 200, "the commands come first"
     demo, tests = readme_commands()
-    assert "-m train.demo" in demo and "HF_HUB_OFFLINE=1" in demo
+    assert "-m train.demo" in demo and "HF_HUB_OFFLINE=1" in demo and "'.[demo]'" in demo
     assert "pytest" in tests and "HF_HUB_OFFLINE=1" in tests and "'.[dev]'" in tests
     for command in (demo, tests):
         assert "-c constraints.txt" in command
