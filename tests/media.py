@@ -91,3 +91,44 @@ def static_with_burst(t: int, burst: range, h: int = 64, w: int = 64, seed: int 
 def lossless(path: str | Path, frames: np.ndarray, fps: int = 25) -> Path:
     """FFV1 in Matroska, RGB planes: decoded pixels equal ``frames`` exactly."""
     return encode(path, frames, codec="ffv1", fps=fps, pix_fmt="bgr0")
+
+
+def broken_corpus(root: Path, source_files: list[Path]) -> list[Path]:
+    """Damaged copies of ``source_files`` (11 each: truncations, flipped bytes, wrong extensions)
+    plus a zero-byte file, random bytes and a missing path."""
+    root = Path(root)
+    rng = np.random.default_rng(1234)
+    out = []
+    for n, src in enumerate(source_files):
+        data = Path(src).read_bytes()
+        for j in range(4):  # random truncations
+            p = root / f"trunc{n}_{j}{src.suffix}"
+            p.write_bytes(data[: int(rng.integers(1, len(data)))])
+            out.append(p)
+        for j in range(4):  # flipped bytes (beyond the first few headers too)
+            buf = bytearray(data)
+            for pos in rng.integers(0, len(buf), size=int(rng.integers(1, 64))):
+                buf[pos] ^= 0xFF
+            p = root / f"flip{n}_{j}{src.suffix}"
+            p.write_bytes(bytes(buf))
+            out.append(p)
+        for ext in (".avi", ".mkv", ".png"):  # wrong extensions for the same bytes
+            p = root / f"ext{n}{ext}"
+            p.write_bytes(data)
+            out.append(p)
+    (root / "zero.mp4").write_bytes(b"")
+    (root / "junk.mov").write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    return out + [root / "zero.mp4", root / "junk.mov", root / "missing.mp4"]
+
+
+def odd_but_valid(root: Path) -> list[Path]:
+    """Unusual inputs that must still be scored: one frame, grayscale, 17×9, rotated, VFR."""
+    root = Path(root)
+    return [
+        encode(root / "one_frame.mp4", moving_frames(1)),
+        encode(root / "gray.mkv", moving_frames(6), codec="ffv1", pix_fmt="gray"),
+        encode(root / "odd_17x9.mkv", moving_frames(5, h=9, w=17), codec="ffv1", pix_fmt="yuv444p"),
+        encode(root / "rotated.mp4", moving_frames(6, h=32, w=64), rotation=90),
+        encode(root / "vfr.mkv", moving_frames(10), pts=[0, 40, 80, 100, 120, 200, 260, 300, 310, 320],
+               time_base=Fraction(1, 1000)),
+    ]

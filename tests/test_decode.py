@@ -10,7 +10,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import pytest
-from media import audio_only, encode, lossless, moving_frames
+from media import audio_only, broken_corpus, encode, lossless, moving_frames
 
 from qclip_engine.errors import (
     AudioOnlyError,
@@ -184,33 +184,8 @@ def test_truncated_mp4(tmp_path, faststart):
     assert info.value.code == "truncated"
 
 
-def _broken_corpus(root: Path, source_files: list[Path]) -> list[Path]:
-    rng = np.random.default_rng(1234)
-    out = []
-    for n, src in enumerate(source_files):
-        data = src.read_bytes()
-        for j in range(4):  # random truncations
-            p = root / f"trunc{n}_{j}{src.suffix}"
-            p.write_bytes(data[: int(rng.integers(1, len(data)))])
-            out.append(p)
-        for j in range(4):  # flipped bytes (beyond the first few headers too)
-            buf = bytearray(data)
-            for pos in rng.integers(0, len(buf), size=int(rng.integers(1, 64))):
-                buf[pos] ^= 0xFF
-            p = root / f"flip{n}_{j}{src.suffix}"
-            p.write_bytes(bytes(buf))
-            out.append(p)
-        for ext in (".avi", ".mkv", ".png"):  # wrong extensions for the same bytes
-            p = root / f"ext{n}{ext}"
-            p.write_bytes(data)
-            out.append(p)
-    (root / "zero.mp4").write_bytes(b"")
-    (root / "junk.mov").write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
-    return out + [root / "zero.mp4", root / "junk.mov", root / "missing.mp4"]
-
-
 def test_broken_corpus_never_crashes_and_every_failure_is_typed(tmp_path, clips):
-    corpus = _broken_corpus(tmp_path, [clips["h264"], clips["vp9"], clips["hevc"]])
+    corpus = broken_corpus(tmp_path, [clips["h264"], clips["vp9"], clips["hevc"]])
     assert len(corpus) >= 30
     listing = tmp_path / "corpus.json"
     listing.write_text(json.dumps([str(p) for p in corpus]))

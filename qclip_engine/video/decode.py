@@ -46,6 +46,9 @@ from ..errors import (
 
 DEFAULT_MAX_ANALYSIS_FRAMES = 512
 INTERPOLATION = "BILINEAR"  # PE-Core's preprocessing: bilinear squash-resize
+# What directory walks (qclip-score, the demo dataset) treat as video files; decoding itself
+# never trusts an extension.
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".y4m"})
 _SEEK_ATTEMPTS = 4
 # Containers whose open failing means "cut short" rather than "not a video": ISO BMFF
 # (mp4/mov, whose sample index may sit at the end) and EBML (mkv/webm).
@@ -271,6 +274,13 @@ def probe(path: str | Path) -> VideoInfo:
     container, info, _ = _open_scanned(path)
     container.close()
     return info
+
+
+def scan(path: str | Path) -> tuple[VideoInfo, FrameTable]:
+    """``probe`` plus the frame table (every frame's timestamp), from the same single read."""
+    container, info, table = _open_scanned(path)
+    container.close()
+    return info, table
 
 
 # -- streamed decoding ----------------------------------------------------------------------

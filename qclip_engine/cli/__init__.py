@@ -1,0 +1,1 @@
+"""Command-line tools: qclip-score, qclip-serve."""

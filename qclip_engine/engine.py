@@ -1,0 +1,264 @@
+"""``QualityEngine``: decode → motion → sample → batch → backend → one result per input.
+
+Decoding runs in a pool of worker threads (PyAV decodes and converts outside the GIL)
+ahead of the model: at most ``batch + 2 × workers`` inputs are in flight, so memory stays
+bounded however many inputs there are. Sampled videos are batched up to ``batch`` — or
+fewer when the next input is not decoded within ``batch_timeout_s`` — and run through the
+backend. Results come back in input order. A bad input becomes an error result (its code
+from the error contract) and never stops the others.
+
+Frame choice is the training pipeline's: candidates at a uniform stride (at most
+``max_analysis_frames``), per-frame motion ``m``, then the sampler. Samplers that ignore
+motion (``uniform``, ``uniform_random_start``, ``random``) decode only the frames they pick,
+by seeking; the indices are the same as through the candidates.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .artifact import calibrated_mos, load_artifact
+from .errors import QCLIPError
+from .model import QCLIP, QUALITY_LEVELS, QCLIPConfig
+from .runtime import create_backend
+from .video import decode
+from .video.frame_mse import frame_mse
+from .video.sampling import select_frames
+
+MOTION_FREE = ("uniform", "uniform_random_start", "random")
+SAMPLER_SEED = 0  # evaluation is deterministic, `random` included
+
+
+@dataclass
+class VideoResult:
+    """One input's outcome: a score, or an error record (never both)."""
+
+    input: str
+    score: float | None = None
+    mos: float | None = None  # on the training set's scale, when the artifact has a calibration
+    levels: dict[str, float] | None = None  # cosine similarity to each level prompt, bad … excellent
+    frames: list[int] | None = None  # frame indices the model saw (display order, from 0)
+    frame_times: list[float] | None = None  # their timestamps, seconds from the first frame
+    video: dict | None = None  # probe summary: codec, size, fps, frame count, duration, vfr, rotation
+    timing_ms: dict[str, float] = field(default_factory=dict)
+    error: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_record(self) -> dict:
+        record = {k: v for k, v in asdict(self).items() if v is not None}
+        if not self.ok:
+            return {"input": self.input, "error": self.error, "timing_ms": self.timing_ms}
+        return record
+
+
+@dataclass
+class SampledVideo:
+    """A decoded input waiting for the backend."""
+
+    input: str
+    frames: np.ndarray  # uint8 [K, H, W, 3] at model size
+    indices: np.ndarray
+    times: np.ndarray
+    video: dict | None
+    timing_ms: dict[str, float]
+
+
+def error_result(source: str, exc: BaseException, timing_ms: dict | None = None) -> VideoResult:
+    if isinstance(exc, QCLIPError):
+        error = {"code": exc.code, "message": exc.message}
+    else:  # an unexpected failure is still one input's failure, reported, not raised
+        error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+    return VideoResult(input=source, error=error, timing_ms=timing_ms or {})
+
+
+class QualityEngine:
+    """Scores videos with a trained artifact (or, without one, the zero-shot model).
+
+    ``engine``: ``auto`` | ``torch`` | ``onnxruntime`` | ``tensorrt`` (see
+    :func:`qclip_engine.runtime.create_backend`); ``device``: ``auto`` | ``cpu`` | ``cuda[:N]``;
+    ``sampler``: defaults to the artifact's; ``backbone``/``pretrained``: the zero-shot
+    model's backbone when no artifact is given.
+    """
+
+    def __init__(
+        self,
+        artifact: str | Path | None = None,
+        *,
+        engine: str = "auto",
+        device: str = "auto",
+        batch: int = 32,
+        sampler: str | None = None,
+        workers: int | None = None,
+        max_analysis_frames: int = decode.DEFAULT_MAX_ANALYSIS_FRAMES,
+        batch_timeout_s: float = 0.05,
+        backbone: str = QCLIPConfig.backbone,
+        pretrained: str | None = QCLIPConfig.pretrained,
+        precision: str | None = None,
+        model: QCLIP | None = None,
+    ):
+        if batch < 1:
+            raise ValueError(f"batch must be ≥ 1, got {batch}")
+        if model is None:
+            if artifact is not None:
+                model = load_artifact(artifact)
+            else:
+                model = QCLIP(QCLIPConfig(backbone=backbone, pretrained=pretrained))
+                model.zero_shot = True
+        self.model = model.eval()
+        self.artifact = Path(artifact) if artifact is not None else None
+        self.backend = create_backend(model, engine, device, artifact_dir=self.artifact, precision=precision)
+        self.calibration = model.calibration
+        self.image_size = tuple(model.image_size)
+        self.num_frames = model.config.num_frames
+        self.sampler = sampler or model.config.sampler
+        select_frames(self.sampler, np.zeros(1), 1)  # an unknown sampler fails here, not per video
+        self.batch = batch
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.max_analysis_frames = max_analysis_frames
+        self.batch_timeout_s = batch_timeout_s
+
+    # -- stages ------------------------------------------------------------------------------
+    def sample(self, source: str | Path) -> SampledVideo:
+        """Decode and sample one file (raises ``VideoError``)."""
+        t0 = time.perf_counter()
+        info, table = decode.scan(source)
+        if self.sampler in MOTION_FREE:
+            cand = decode.candidate_indices(info.frame_count, self.max_analysis_frames)
+            picked = select_frames(self.sampler, np.zeros(len(cand)), self.num_frames, seed=SAMPLER_SEED)
+            indices = cand[picked]
+            t1 = time.perf_counter()
+            frames = decode.decode_frames(source, self.image_size, indices=indices)
+            times = table.times(indices)
+            timing = {"probe": t1 - t0, "decode": time.perf_counter() - t1, "motion": 0.0}
+        else:
+            t1 = time.perf_counter()
+            cands = decode.decode_candidates(source, self.image_size, max_frames=self.max_analysis_frames)
+            t2 = time.perf_counter()
+            m = frame_mse(cands.frames)
+            picked = select_frames(self.sampler, m, self.num_frames, seed=SAMPLER_SEED)
+            frames, indices, times = cands.frames[picked], cands.indices[picked], cands.times[picked]
+            timing = {"probe": t1 - t0, "decode": t2 - t1, "motion": time.perf_counter() - t2}
+        return SampledVideo(
+            input=str(source),
+            frames=np.ascontiguousarray(frames),
+            indices=indices,
+            times=times,
+            video={k: v for k, v in info.to_dict().items() if k != "path"},
+            timing_ms={k: v * 1e3 for k, v in timing.items()},
+        )
+
+    def sample_frames(self, frames: np.ndarray, name: str = "<frames>", times: np.ndarray | None = None) -> SampledVideo:
+        """Sample from frames already decoded at model size (uint8 ``[N, H, W, 3]``)."""
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[1:] != (*self.image_size, 3) or frames.dtype != np.uint8:
+            raise ValueError(f"expected uint8 frames [N, {self.image_size[0]}, {self.image_size[1]}, 3], got {frames.dtype} {frames.shape}")
+        t0 = time.perf_counter()
+        if self.sampler in MOTION_FREE:
+            cand = decode.candidate_indices(len(frames), self.max_analysis_frames)
+            picked = cand[select_frames(self.sampler, np.zeros(len(cand)), self.num_frames, seed=SAMPLER_SEED)]
+        else:
+            cand = decode.candidate_indices(len(frames), self.max_analysis_frames)
+            m = frame_mse(frames[cand])
+            picked = cand[select_frames(self.sampler, m, self.num_frames, seed=SAMPLER_SEED)]
+        t = np.arange(len(frames), dtype=np.float64) if times is None else np.asarray(times, dtype=np.float64)
+        return SampledVideo(name, np.ascontiguousarray(frames[picked]), picked, t[picked], None,
+                            {"motion": (time.perf_counter() - t0) * 1e3})
+
+    def _sample_safe(self, source) -> SampledVideo | VideoResult:
+        t0 = time.perf_counter()
+        try:
+            return self.sample(source)
+        except Exception as exc:  # every input gets an answer; one bad file never stops the rest
+            return error_result(str(source), exc, {"decode": (time.perf_counter() - t0) * 1e3})
+
+    def run_batch(self, videos: list[SampledVideo]) -> list[VideoResult]:
+        """One backend call over sampled videos."""
+        if not videos:
+            return []
+        t0 = time.perf_counter()
+        sims, scores = self.backend.run(np.stack([v.frames for v in videos]))
+        model_ms = (time.perf_counter() - t0) * 1e3
+        mos = calibrated_mos(scores, self.calibration) if self.calibration else None
+        results = []
+        for i, v in enumerate(videos):
+            results.append(
+                VideoResult(
+                    input=v.input,
+                    score=float(scores[i]),
+                    mos=None if mos is None else float(mos[i]),
+                    levels={level: float(s) for level, s in zip(QUALITY_LEVELS, sims[i])},
+                    frames=[int(x) for x in v.indices],
+                    frame_times=[round(float(x), 6) for x in v.times],
+                    video=v.video,
+                    timing_ms=v.timing_ms | {"model": model_ms / len(videos), "batch_size": len(videos)},
+                )
+            )
+        return results
+
+    # -- the pipeline ----------------------------------------------------------------------------
+    def score(self, inputs: Iterable[str | Path]) -> Iterator[VideoResult]:
+        """Results for ``inputs``, in order, one each; decoding runs ahead in worker threads."""
+        sources = iter(inputs)
+        in_flight = self.batch + 2 * self.workers
+        pending: deque = deque()
+        ready: list[SampledVideo | VideoResult] = []
+
+        def flush() -> Iterator[VideoResult]:
+            videos = [r for r in ready if isinstance(r, SampledVideo)]
+            try:
+                scored = iter(self.run_batch(videos))
+            except Exception as exc:  # the backend failed on this batch: each of its inputs says so
+                scored = iter([error_result(v.input, exc) for v in videos])
+            for r in ready:
+                yield next(scored) if isinstance(r, SampledVideo) else r
+            ready.clear()
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="qclip-decode") as pool:
+
+            def top_up() -> None:
+                while len(pending) < in_flight:
+                    source = next(sources, None)
+                    if source is None:
+                        return
+                    pending.append(pool.submit(self._sample_safe, source))
+
+            top_up()
+            while pending:
+                head = pending[0]
+                waited = time.perf_counter()
+                if ready and not head.done():
+                    try:  # a partial batch waits briefly for the next video, then goes
+                        head.result(timeout=self.batch_timeout_s)
+                    except FutureTimeout:
+                        yield from flush()
+                        continue
+                item = head.result()
+                pending.popleft()
+                top_up()
+                if isinstance(item, SampledVideo):
+                    item.timing_ms["wait"] = (time.perf_counter() - waited) * 1e3
+                ready.append(item)
+                if sum(isinstance(r, SampledVideo) for r in ready) >= self.batch:
+                    yield from flush()
+            yield from flush()
+
+    def score_one(self, source: str | Path) -> VideoResult:
+        return next(self.score([source]))
+
+    def stream(self, source, window_s: float = 2.0, hop_s: float = 1.0, **kwargs):
+        """Per-window results over a file, URL or frame iterator (see :mod:`qclip_engine.stream`)."""
+        from .stream import stream_windows
+
+        return stream_windows(self, source, window_s=window_s, hop_s=hop_s, **kwargs)
