@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from .artifact import load_artifact, save_artifact
+from .engine import QualityEngine, VideoResult
 from .errors import ArtifactError, BackboneError, QCLIPError, WeightsUnavailableError
 from .model import QCLIP, QUALITY_LEVELS, QCLIPConfig
 
@@ -15,6 +16,8 @@ __all__ = [
     "QCLIP",
     "QCLIPConfig",
     "QUALITY_LEVELS",
+    "QualityEngine",
+    "VideoResult",
     "save_artifact",
     "load_artifact",
     "QCLIPError",
