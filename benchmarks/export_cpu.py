@@ -20,28 +20,17 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import write_result
+from benchmarks.common import timed, write_result
 from export.fold import fold
 from export.onnx import INPUT, export_onnx, session
 from qclip_engine import QCLIP, QCLIPConfig
 
 GOAL = 1.5
-
-
-def timed(fn, repeats: int) -> list[float]:
-    fn()  # warm-up: allocator, oneDNN / ORT kernel selection
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main(argv: list[str] | None = None) -> None:

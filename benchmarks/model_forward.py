@@ -13,22 +13,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import torch
 
-from benchmarks.common import write_result
+from benchmarks.common import timed, write_result
 from qclip_engine import QCLIP, QCLIPConfig
-
-
-def timed(fn, repeats: int) -> list[float]:
-    fn()  # warm-up: allocator, oneDNN primitive selection
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,14 +28,19 @@ from qclip_engine.model.scma import ESCMA, PSCMA
 
 
 # -- the folds -------------------------------------------------------------------------------
-def fold_scale_into_layernorm(ln: nn.LayerNorm, scale: torch.Tensor | float) -> nn.LayerNorm:
-    """A LayerNorm computing ``scale · ln(x)``."""
-    out = copy.deepcopy(ln)
+def _scaled_copy(module: nn.Module, scale: torch.Tensor | float):
+    """A copy of an affine module (weight, bias) whose output is ``scale`` times the original's."""
+    out = copy.deepcopy(module)
     with torch.no_grad():
         out.weight.mul_(scale)
         if out.bias is not None:
             out.bias.mul_(scale)
     return out
+
+
+def fold_scale_into_layernorm(ln: nn.LayerNorm, scale: torch.Tensor | float) -> nn.LayerNorm:
+    """A LayerNorm computing ``scale · ln(x)``: γ' = scale·γ, β' = scale·β."""
+    return _scaled_copy(ln, scale)
 
 
 def merge_linears(first: nn.Linear, second: nn.Linear) -> nn.Linear:
@@ -53,13 +58,8 @@ def merge_linears(first: nn.Linear, second: nn.Linear) -> nn.Linear:
 
 
 def scale_linear(linear: nn.Linear, scale: torch.Tensor | float) -> nn.Linear:
-    """A Linear computing ``scale · linear(x)``."""
-    out = copy.deepcopy(linear)
-    with torch.no_grad():
-        out.weight.mul_(scale)
-        if out.bias is not None:
-            out.bias.mul_(scale)
-    return out
+    """A Linear computing ``scale · linear(x)``: W' = scale·W, b' = scale·b."""
+    return _scaled_copy(linear, scale)
 
 
 @torch.no_grad()
