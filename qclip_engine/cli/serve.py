@@ -1,0 +1,135 @@
+"""qclip-serve: score videos over HTTP, batching concurrent requests into one model call.
+
+    qclip-serve ARTIFACT [--batch 32] [--engine auto] [--host 127.0.0.1] [--port 8000]
+                [--allow-dir DIR ...] [--max-upload-mb 256] [--queue N] [--timeout-s 60] [--workers N]
+
+    curl -F file=@clip.mp4 http://127.0.0.1:8000/v1/score
+    curl -H 'content-type: application/json' -d '{"path": "/data/clip.mp4"}' http://127.0.0.1:8000/v1/score
+
+Endpoints: POST /v1/score, GET /healthz (alive), GET /readyz (model loaded and warm),
+GET /metrics (Prometheus). Path requests are refused unless the file's real path lies
+under an --allow-dir. SIGINT/SIGTERM: requests in flight are answered, then the process
+exits (uvicorn re-raises the signal, so the status is the signal's). Exit status 1: the
+model could not be loaded; 2: bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ENGINES = ("auto", "torch", "onnxruntime", "tensorrt")
+# The service's defaults, kept here so that --help and argument errors need no torch import.
+DEFAULT_MAX_UPLOAD_MB = 256.0
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_BATCH_WAIT_MS = 5.0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qclip-serve", description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("artifact", type=Path, help="artifact directory (from training or qclip-export)")
+    parser.add_argument("--batch", type=positive_int, default=32, help="most videos per model call")
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="auto: TensorRT or torch on a GPU, ONNX Runtime (else torch) on the CPU")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 exposes the service)")
+    parser.add_argument("--port", type=int, default=8000, help="0: any free port (uvicorn logs it)")
+    parser.add_argument("--allow-dir", type=Path, action="append", default=[], metavar="DIR",
+                        help="a directory whose files may be scored by path (repeatable); without one, uploads only")
+    parser.add_argument("--max-upload-mb", type=positive_float, default=DEFAULT_MAX_UPLOAD_MB,
+                        help="largest accepted upload (MiB)")
+    parser.add_argument("--queue", type=positive_int, default=None,
+                        help="requests in flight before new ones get 503; None: 4 × batch")
+    parser.add_argument("--timeout-s", type=positive_float, default=DEFAULT_TIMEOUT_S,
+                        help="per-request deadline, upload included (504 past it)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="decode threads; None: min(4, cores)")
+    parser.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS,
+                        help="how long a partial batch waits for more videos")
+    parser.add_argument("--upload-dir", type=Path, default=None,
+                        help="where uploads are spooled; None: the system temp directory")
+    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    parser.add_argument("--no-access-log", action="store_true", help="no uvicorn line per request")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Cheap checks before the model is touched: a typo fails in a second, not after loading.
+    if not args.artifact.is_dir():
+        parser.error(f"artifact directory not found: {args.artifact}")
+    for directory in args.allow_dir:
+        if not directory.is_dir():
+            parser.error(f"--allow-dir {directory}: not a directory")
+    if args.upload_dir is not None and not args.upload_dir.is_dir():
+        parser.error(f"--upload-dir {args.upload_dir}: not a directory")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must lie in 0..65535, got {args.port}")
+    if args.batch_wait_ms < 0:
+        parser.error("--batch-wait-ms must be ≥ 0")
+
+    import logging
+
+    import uvicorn
+
+    from ..service import ServeSettings, create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ServeSettings(
+        artifact=args.artifact,
+        engine=args.engine,
+        device=args.device,
+        batch=args.batch,
+        workers=args.workers,
+        allow_dirs=tuple(args.allow_dir),
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        queue=args.queue,
+        timeout_s=args.timeout_s,
+        batch_wait_s=args.batch_wait_ms / 1e3,
+        upload_dir=args.upload_dir,
+    )
+    server: uvicorn.Server | None = None
+
+    def stop_server() -> None:  # the model failed to load: no point in answering 503 for ever
+        server.should_exit = True
+
+    app = create_app(settings, on_fatal=stop_server)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=not args.no_access_log,
+        # Requests in flight at shutdown finish or time out on their own deadline; then stop.
+        timeout_graceful_shutdown=int(args.timeout_s) + 5,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    load_error = app.state.service.load_error
+    if load_error:
+        print(f"qclip-serve: the model could not be loaded: {load_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
