@@ -63,12 +63,18 @@ def export_onnx(folded: FoldedQCLIP, path: str | Path, *, opset: int = OPSET) ->
     return path
 
 
-def session(path: str | Path, providers: list[str] | None = None, threads: int | None = None):
-    """An ONNX Runtime session with full graph optimisation."""
+def session(path: str | Path, providers: list[str] | None = None, threads: int | None = None, *, spin: bool = True):
+    """An ONNX Runtime session with full graph optimisation.
+
+    ``spin=False`` stops idle intra-op threads from busy-waiting: what a pipeline wants when
+    decode threads share the cores with the model.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])

@@ -126,6 +126,9 @@ class QualityEngine:
         select_frames(self.sampler, np.zeros(1), 1)  # an unknown sampler fails here, not per video
         self.batch = batch
         self.workers = workers or min(4, os.cpu_count() or 1)
+        # Each worker's decoder gets its share of the cores: frame threads beyond that only
+        # contend with the other workers and the backend.
+        self.decode_threads = max(1, (os.cpu_count() or 1) // self.workers)
         self.max_analysis_frames = max_analysis_frames
         self.batch_timeout_s = batch_timeout_s
 
@@ -139,12 +142,14 @@ class QualityEngine:
             picked = select_frames(self.sampler, np.zeros(len(cand)), self.num_frames, seed=SAMPLER_SEED)
             indices = cand[picked]
             t1 = time.perf_counter()
-            frames = decode.decode_frames(source, self.image_size, indices=indices)
+            frames = decode.decode_frames(source, self.image_size, indices=indices, threads=self.decode_threads)
             times = table.times(indices)
             timing = {"probe": t1 - t0, "decode": time.perf_counter() - t1, "motion": 0.0}
         else:
             t1 = time.perf_counter()
-            cands = decode.decode_candidates(source, self.image_size, max_frames=self.max_analysis_frames)
+            cands = decode.decode_candidates(
+                source, self.image_size, max_frames=self.max_analysis_frames, threads=self.decode_threads
+            )
             t2 = time.perf_counter()
             m = frame_mse(cands.frames)
             picked = select_frames(self.sampler, m, self.num_frames, seed=SAMPLER_SEED)
