@@ -87,3 +87,9 @@ def test_all_good_exits_0_and_csv_has_a_row_each(artifact, good, tmp_path):
 def test_unloadable_artifact_exits_2(tmp_path, capsys):
     assert main([str(tmp_path / "x.mp4"), "--artifact", str(tmp_path / "no_artifact")]) == 2
     assert "qclip-score:" in capsys.readouterr().err
+
+
+def test_zero_shot_without_weights_offline_exits_2_saying_how_to_pass_them(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main([str(tmp_path / "x.mp4"), "--backbone", "PE-Core-T-16-384"]) == 2
+    assert "--weights FILE" in capsys.readouterr().err

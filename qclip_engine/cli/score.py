@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
-from ..errors import QCLIPError
+from ..errors import QCLIPError, WeightsUnavailableError
 from ..model import QUALITY_LEVELS
 from ..video.decode import VIDEO_SUFFIXES
 
@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         engine = _engine(args)
     except (QCLIPError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"qclip-score: {exc}", file=sys.stderr)
+        if isinstance(exc, WeightsUnavailableError):
+            print("qclip-score: on the command line, give that file with --weights FILE", file=sys.stderr)
         return EXIT_USAGE
 
     out: TextIO = open(args.out, "w", newline="") if args.out else io.TextIOWrapper(sys.stdout.buffer, write_through=True)
