@@ -170,13 +170,9 @@ class QualityEngine:
         if frames.ndim != 4 or frames.shape[1:] != (*self.image_size, 3) or frames.dtype != np.uint8:
             raise ValueError(f"expected uint8 frames [N, {self.image_size[0]}, {self.image_size[1]}, 3], got {frames.dtype} {frames.shape}")
         t0 = time.perf_counter()
-        if self.sampler in MOTION_FREE:
-            cand = decode.candidate_indices(len(frames), self.max_analysis_frames)
-            picked = cand[select_frames(self.sampler, np.zeros(len(cand)), self.num_frames, seed=SAMPLER_SEED)]
-        else:
-            cand = decode.candidate_indices(len(frames), self.max_analysis_frames)
-            m = frame_mse(frames[cand])
-            picked = cand[select_frames(self.sampler, m, self.num_frames, seed=SAMPLER_SEED)]
+        cand = decode.candidate_indices(len(frames), self.max_analysis_frames)
+        motion = np.zeros(len(cand)) if self.sampler in MOTION_FREE else frame_mse(frames[cand])
+        picked = cand[select_frames(self.sampler, motion, self.num_frames, seed=SAMPLER_SEED)]
         t = np.arange(len(frames), dtype=np.float64) if times is None else np.asarray(times, dtype=np.float64)
         return SampledVideo(name, np.ascontiguousarray(frames[picked]), picked, t[picked], None,
                             {"motion": (time.perf_counter() - t0) * 1e3})

@@ -563,9 +563,7 @@ class QualityService:
                               capacity=s.queue_limit)
             # One call before the first request: kernel selection and allocator warm-up are not
             # billed to a client, and a backend that cannot run fails here, not per request.
-            h, w = engine.image_size
-            blank = SampledVideo("<warm-up>", np.zeros((engine.num_frames, h, w, 3), np.uint8),
-                                 np.arange(engine.num_frames), np.zeros(engine.num_frames), None, {})
+            blank = engine.sample_frames(np.zeros((engine.num_frames, *engine.image_size, 3), np.uint8), "<warm-up>")
             await asyncio.to_thread(batcher.run_blocking, [blank])
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
