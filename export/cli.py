@@ -1,7 +1,7 @@
 """``qclip-export ARTIFACT --engine onnx|trt [--fp16] [--batch N] [--out DIR]``.
 
-Folds the artifact's model (DESIGN §6), exports it, and checks the export against the
-torch FP32 model on a fixed batch of real frames. Files go beside the artifact (or to
+Folds the artifact's model, exports it, and checks the export — run by the runtime's own
+backends — against the unfolded torch FP32 model on a fixed batch of real frames. Files go beside the artifact (or to
 ``--out``): ``model.onnx`` (and ``model.fp16.onnx`` with ``--fp16``); for ``--engine trt``
 also ``model.plan`` + ``model.plan.json`` and ``timing.cache``; and the parity report
 ``parity_onnx.json`` / ``parity_trt.json``.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-FP32_TOLERANCE = 1e-4  # DESIGN §6: ONNX Runtime within 1e-4 of the torch module
+FP32_TOLERANCE = 1e-4  # the FP32 graph's max |Δscore| against the torch module (docs/architecture.md)
 
 
 def _step(message: str) -> float:
@@ -30,33 +30,6 @@ def _step(message: str) -> float:
 
 def _done(started: float) -> None:
     print(f"  done in {time.perf_counter() - started:.1f} s", flush=True)
-
-
-def _run_onnx(path: Path):
-    from .onnx import INPUT, session
-
-    sess = session(path)
-
-    def run(frames: np.ndarray):
-        sims, score = sess.run(None, {INPUT: frames})
-        return sims, score
-
-    return run
-
-
-def _run_trt(runner, chunk: int):
-    import torch
-
-    def run(frames: np.ndarray):
-        sims, scores = [], []
-        for start in range(0, len(frames), chunk):
-            s, sc = runner(torch.from_numpy(frames[start : start + chunk]).to(runner.device))
-            sims.append(s.cpu().numpy())
-            scores.append(sc.cpu().numpy())
-        torch.cuda.synchronize(runner.device)
-        return np.concatenate(sims), np.concatenate(scores)
-
-    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.engine == "trt":
-        from .tensorrt import TensorRTUnavailable, import_tensorrt
+        from qclip_engine.runtime.tensorrt_backend import TensorRTUnavailable, import_tensorrt
 
         try:
             import_tensorrt()
@@ -79,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"qclip-export: {exc}", file=sys.stderr)
             return 2
 
-    from qclip_engine import load_artifact
+    from qclip_engine.artifact import load_artifact
     from qclip_engine.errors import QCLIPError
+    from qclip_engine.model.folded import fold, reduced_precision
+    from qclip_engine.runtime.onnx_graph import export_onnx
 
-    from .fold import fold, reduced_precision
-    from .onnx import export_onnx
     from .parity import parity_frames, parity_report, reference_outputs
 
     out = args.out or args.artifact
@@ -111,11 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     _done(t)
 
     if args.engine == "onnx":
-        runs = {name: _run_onnx(path) for name, path in graphs.items()}
+        from qclip_engine.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        runs = {name: OnnxRuntimeBackend(None, "cpu", graph=path).run for name, path in graphs.items()}
         report_path = out / "parity_onnx.json"
-        runtime = "onnxruntime CPUExecutionProvider"
+        runtime = "qclip_engine.runtime onnxruntime backend, CPUExecutionProvider"
     else:
-        from .tensorrt import Profile, TensorRTRunner, build_engine
+        from qclip_engine.runtime.tensorrt_backend import TensorRTBackend
+
+        from .tensorrt import Profile, build_engine
 
         onnx_path = graphs["model.fp16.onnx" if args.fp16 else "model.onnx"]
         precision = "fp16 (fp32 layernorms and head)" if args.fp16 else "fp32"
@@ -123,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         profile = Profile(args.batch, model.config.num_frames, tuple(model.image_size))
         build_engine(onnx_path, out / "model.plan", profile, precision=precision)
         _done(t)
-        runs = {"model.plan": _run_trt(TensorRTRunner(out / "model.plan"), 2 * args.batch)}
+        runs = {"model.plan": TensorRTBackend(out / "model.plan", "cuda").run}
         report_path = out / "parity_trt.json"
-        runtime = "tensorrt"
+        runtime = "qclip_engine.runtime tensorrt backend"
 
     report = {"artifact": str(args.artifact), "engine": args.engine, "runtime": runtime, "results": {}}
     for name, run in runs.items():

@@ -1,9 +1,10 @@
 """Parity of an exported model against the torch FP32 model, on a fixed batch of real frames.
 
-Every export writes this report (DESIGN §6): max and mean |Δ| of ``score`` and
+Every export writes this report: max and mean |Δ| of ``score`` and
 ``level_sims`` against the *unfolded* :class:`~qclip_engine.QCLIP` in FP32 (so the folds
 and the export are checked together), and the SROCC of the exported scores against the
-torch scores over the batch.
+torch scores over the batch. The exported files run through the runtime's own backends
+(``backend.run``), so the report vouches for the code that serves them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from qclip_engine import QCLIP
+from qclip_engine.model.qclip import QCLIP
 from qclip_engine.samples import sample_clips
 from qclip_engine.video import decode
 

@@ -1,15 +1,16 @@
-"""TensorRT engines from the exported ONNX graph (TensorRT 10 Python API), and their runner.
+"""TensorRT engines from the exported ONNX graph (TensorRT 10 Python API).
 
 Precision is set in the graph, not by builder flags: the FP16 engine is built from the
 FP16 ONNX export (FP16 tower, FP32 LayerNorms, input scaling and head; see
-:func:`export.fold.reduced_precision`) as a *strongly typed* network, so TensorRT keeps
+:func:`qclip_engine.model.folded.reduced_precision`) as a *strongly typed* network, so TensorRT keeps
 exactly those types. (Weakly typed ``BuilderFlag.FP16`` with per-layer precision
 constraints is deprecated in TensorRT 10 and gone in 11; strong typing works in both.)
 
 One optimisation profile over the batch of videos, frames fixed at the model's count:
-min ``1×F``, opt ``batch×F``, max ``2·batch×F`` (DESIGN §6). The timing cache is read
+min ``1×F``, opt ``batch×F``, max ``2·batch×F``. The timing cache is read
 from and written back to ``timing.cache`` beside the plan, so rebuilds are fast. Every
-plan gets a JSON sidecar (TensorRT version, GPU, profile, precision, source graph).
+plan gets a JSON sidecar (TensorRT version, GPU, profile, precision, source graph). The plan
+runs through :class:`qclip_engine.runtime.tensorrt_backend.TensorRTRunner`.
 """
 
 from __future__ import annotations
@@ -19,22 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .onnx import INPUT, OUTPUTS
-
-
-class TensorRTUnavailable(RuntimeError):
-    """``tensorrt`` does not import here (not installed, or no CUDA driver)."""
-
-
-def import_tensorrt():
-    try:
-        import tensorrt as trt
-    except Exception as exc:  # ImportError, or a driver/library load failure inside the wheel
-        raise TensorRTUnavailable(
-            f"TensorRT is not available here ({type(exc).__name__}: {exc}); "
-            "install the 'trt' extra (tensorrt, NVIDIA's index) on a machine with a CUDA GPU"
-        ) from None
-    return trt
+from qclip_engine.contract import GRAPH_INPUT as INPUT
+from qclip_engine.contract import GRAPH_OUTPUTS as OUTPUTS
+from qclip_engine.runtime.tensorrt_backend import import_tensorrt
 
 
 @dataclass(frozen=True)
@@ -115,52 +103,3 @@ def _gpu_name() -> str | None:
         return torch.cuda.get_device_name() if torch.cuda.is_available() else None
     except Exception:
         return None
-
-
-class TensorRTRunner:
-    """Runs a serialised engine on torch CUDA tensors (used by the runtime's tensorrt backend).
-
-    ``runner(frames)``: uint8 CUDA ``[B, F, H, W, 3]`` with ``1 ≤ B ≤ 2·batch`` →
-    ``(level_sims [B, 5], score [B])`` float32 CUDA tensors, on torch's current stream.
-    """
-
-    def __init__(self, plan_path: str | Path, device: int | None = None):
-        import torch
-
-        trt = import_tensorrt()
-        self._torch = torch
-        self.device = torch.device("cuda", torch.cuda.current_device() if device is None else device)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        with torch.cuda.device(self.device):
-            self.engine = self.runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
-            if self.engine is None:
-                raise RuntimeError(f"{plan_path}: TensorRT could not deserialise this plan (built by another version or GPU?)")
-            self.context = self.engine.create_execution_context()
-        sidecar = Path(f"{plan_path}.json")
-        self.sidecar = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        min_shape, _, max_shape = self.engine.get_tensor_profile_shape(INPUT, 0)
-        self.max_batch, self.num_frames = int(max_shape[0]), int(min_shape[1])
-        self.image_size = (int(min_shape[2]), int(min_shape[3]))
-
-    def __call__(self, frames):
-        torch = self._torch
-        if frames.dtype != torch.uint8 or frames.device != self.device or frames.ndim != 5:
-            raise ValueError(f"expected uint8 [B, F, H, W, 3] on {self.device}, got {frames.dtype} {tuple(frames.shape)} on {frames.device}")
-        if not 1 <= frames.shape[0] <= self.max_batch or frames.shape[1] != self.num_frames:
-            raise ValueError(
-                f"this engine takes 1..{self.max_batch} videos of {self.num_frames} frames, got {tuple(frames.shape[:2])}"
-            )
-        frames = frames.contiguous()
-        self.context.set_input_shape(INPUT, tuple(frames.shape))
-        outputs = {
-            name: torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=torch.float32, device=self.device)
-            for name in OUTPUTS
-        }
-        self.context.set_tensor_address(INPUT, frames.data_ptr())
-        for name, tensor in outputs.items():
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        return outputs["level_sims"], outputs["score"]

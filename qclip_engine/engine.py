@@ -2,15 +2,17 @@
 
 Decoding runs in a pool of worker threads (PyAV decodes and converts outside the GIL)
 ahead of the model: at most ``batch + 2 × workers`` inputs are in flight, so memory stays
-bounded however many inputs there are. Sampled videos are batched up to ``batch`` — or
-fewer when the next input is not decoded within ``batch_timeout_s`` — and run through the
+bounded however many inputs there are. Sampled videos are batched by
+:func:`qclip_engine.batching.next_batch` — up to ``batch``, or fewer once
+``batch_timeout_s`` has passed since the batch's first video — and run through the
 backend. Results come back in input order. A bad input becomes an error result (its code
 from the error contract) and never stops the others.
 
 Frame choice is the training pipeline's: candidates at a uniform stride (at most
 ``max_analysis_frames``), per-frame motion ``m``, then the sampler. Samplers that ignore
-motion (``uniform``, ``uniform_random_start``, ``random``) decode only the frames they pick,
-by seeking; the indices are the same as through the candidates.
+motion (``needs_motion`` false in the sampler registry: ``uniform``,
+``uniform_random_start``, ``random``) decode only the frames they pick, by seeking; the
+indices are the same as through the candidates.
 """
 
 from __future__ import annotations
@@ -19,23 +21,24 @@ import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from . import defaults
 from .artifact import calibrated_mos, load_artifact
-from .errors import QCLIPError
-from .model import QCLIP, QUALITY_LEVELS, QCLIPConfig
+from .batching import Closed, next_batch
+from .contract import QUALITY_LEVELS
+from .errors import error_record
+from .model.qclip import QCLIP, QCLIPConfig
 from .runtime import create_backend
 from .video import decode
 from .video.frame_mse import frame_mse
-from .video.sampling import select_frames
+from .video.sampling import check_sampler, select_frames
 
-MOTION_FREE = ("uniform", "uniform_random_start", "random")
-SAMPLER_SEED = 0  # evaluation is deterministic, `random` included
+SAMPLER_SEED = defaults.SAMPLER_SEED
 
 
 @dataclass
@@ -76,11 +79,8 @@ class SampledVideo:
 
 
 def error_result(source: str, exc: BaseException, timing_ms: dict | None = None) -> VideoResult:
-    if isinstance(exc, QCLIPError):
-        error = {"code": exc.code, "message": exc.message}
-    else:  # an unexpected failure is still one input's failure, reported, not raised
-        error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
-    return VideoResult(input=source, error=error, timing_ms=timing_ms or {})
+    """``source``'s error result: the error contract's code and message (see ``errors.error_record``)."""
+    return VideoResult(input=source, error=error_record(exc), timing_ms=timing_ms or {})
 
 
 class QualityEngine:
@@ -97,12 +97,12 @@ class QualityEngine:
         artifact: str | Path | None = None,
         *,
         engine: str = "auto",
-        device: str = "auto",
-        batch: int = 32,
+        device: str = defaults.DEVICE,
+        batch: int = defaults.BATCH,
         sampler: str | None = None,
         workers: int | None = None,
-        max_analysis_frames: int = decode.DEFAULT_MAX_ANALYSIS_FRAMES,
-        batch_timeout_s: float = 0.05,
+        max_analysis_frames: int = defaults.MAX_ANALYSIS_FRAMES,
+        batch_timeout_s: float = defaults.BATCH_WAIT_S,
         backbone: str = QCLIPConfig.backbone,
         pretrained: str | None = QCLIPConfig.pretrained,
         precision: str | None = None,
@@ -123,9 +123,10 @@ class QualityEngine:
         self.image_size = tuple(model.image_size)
         self.num_frames = model.config.num_frames
         self.sampler = sampler or model.config.sampler
-        select_frames(self.sampler, np.zeros(1), 1)  # an unknown sampler fails here, not per video
+        # An unknown sampler fails here, not per video; samplers that ignore motion decode only their picks.
+        self.needs_motion = check_sampler(self.sampler).needs_motion
         self.batch = batch
-        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.workers = workers or defaults.decode_workers()
         # Each worker's decoder gets its share of the cores: frame threads beyond that only
         # contend with the other workers and the backend.
         self.decode_threads = max(1, (os.cpu_count() or 1) // self.workers)
@@ -137,7 +138,7 @@ class QualityEngine:
         """Decode and sample one file (raises ``VideoError``)."""
         t0 = time.perf_counter()
         info, table = decode.scan(source)
-        if self.sampler in MOTION_FREE:
+        if not self.needs_motion:
             cand = decode.candidate_indices(info.frame_count, self.max_analysis_frames)
             picked = select_frames(self.sampler, np.zeros(len(cand)), self.num_frames, seed=SAMPLER_SEED)
             indices = cand[picked]
@@ -171,7 +172,7 @@ class QualityEngine:
             raise ValueError(f"expected uint8 frames [N, {self.image_size[0]}, {self.image_size[1]}, 3], got {frames.dtype} {frames.shape}")
         t0 = time.perf_counter()
         cand = decode.candidate_indices(len(frames), self.max_analysis_frames)
-        motion = np.zeros(len(cand)) if self.sampler in MOTION_FREE else frame_mse(frames[cand])
+        motion = frame_mse(frames[cand]) if self.needs_motion else np.zeros(len(cand))
         picked = cand[select_frames(self.sampler, motion, self.num_frames, seed=SAMPLER_SEED)]
         t = np.arange(len(frames), dtype=np.float64) if times is None else np.asarray(times, dtype=np.float64)
         return SampledVideo(name, np.ascontiguousarray(frames[picked]), picked, t[picked], None,
@@ -213,52 +214,42 @@ class QualityEngine:
         """Results for ``inputs``, in order, one each; decoding runs ahead in worker threads."""
         sources = iter(inputs)
         in_flight = self.batch + 2 * self.workers
-        pending: deque = deque()
-        ready: list[SampledVideo | VideoResult] = []
-
-        def flush() -> Iterator[VideoResult]:
-            videos = [r for r in ready if isinstance(r, SampledVideo)]
-            try:
-                scored = iter(self.run_batch(videos))
-            except Exception as exc:  # the backend failed on this batch: each of its inputs says so
-                scored = iter([error_result(v.input, exc) for v in videos])
-            for r in ready:
-                yield next(scored) if isinstance(r, SampledVideo) else r
-            ready.clear()
+        pending: deque = deque()  # decode futures, in input order
 
         with ThreadPoolExecutor(self.workers, thread_name_prefix="qclip-decode") as pool:
 
-            def top_up() -> None:
-                while len(pending) < in_flight:
-                    source = next(sources, None)
-                    if source is None:
-                        return
+            def take(timeout: float | None) -> SampledVideo | VideoResult:
+                """The next input's decode, in input order (``batching.next_batch``'s source)."""
+                while len(pending) < in_flight and (source := next(sources, None)) is not None:
                     pending.append(pool.submit(self._sample_safe, source))
-
-            top_up()
-            while pending:
-                head = pending[0]
+                if not pending:
+                    raise Closed
                 waited = time.perf_counter()
-                if ready and not head.done():
-                    try:  # a partial batch waits briefly for the next video, then goes
-                        head.result(timeout=self.batch_timeout_s)
-                    except FutureTimeout:
-                        yield from flush()
-                        continue
-                item = head.result()
+                item = pending[0].result(timeout)  # TimeoutError: not decoded in time, left in place
                 pending.popleft()
-                top_up()
                 if isinstance(item, SampledVideo):
                     item.timing_ms["wait"] = (time.perf_counter() - waited) * 1e3
-                ready.append(item)
-                if sum(isinstance(r, SampledVideo) for r in ready) >= self.batch:
-                    yield from flush()
-            yield from flush()
+                return item
+
+            # Error results ride along with the videos (in order) but do not fill a batch.
+            while batch := next_batch(take, max_items=self.batch, max_wait_s=self.batch_timeout_s,
+                                      counts=lambda item: isinstance(item, SampledVideo)):
+                yield from self._score_in_order(batch)
+
+    def _score_in_order(self, items: list[SampledVideo | VideoResult]) -> Iterator[VideoResult]:
+        """One backend call over the sampled videos among ``items``; results in ``items``' order."""
+        videos = [item for item in items if isinstance(item, SampledVideo)]
+        try:
+            scored = iter(self.run_batch(videos))
+        except Exception as exc:  # the backend failed on this batch: each of its inputs says so
+            scored = iter([error_result(v.input, exc) for v in videos])
+        for item in items:
+            yield next(scored) if isinstance(item, SampledVideo) else item
 
     def score_one(self, source: str | Path) -> VideoResult:
         return next(self.score([source]))
 
-    def stream(self, source, window_s: float = 2.0, hop_s: float = 1.0, **kwargs):
+    def stream(self, source, window_s: float = defaults.WINDOW_S, hop_s: float = defaults.HOP_S, **kwargs):
         """Per-window results over a file, URL or frame iterator (see :mod:`qclip_engine.stream`)."""
         from .stream import stream_windows
 

@@ -20,7 +20,15 @@ class QCLIPError(Exception):
         self.message = message
 
     def to_record(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
+        return {"error": error_record(self)}
+
+
+def error_record(exc: BaseException) -> dict[str, str]:
+    """``{"code", "message"}`` for any failure: a ``QCLIPError`` keeps its code; anything else is
+    ``internal_error`` (one input's failure, reported, never raised past the batch)."""
+    if isinstance(exc, QCLIPError):
+        return {"code": exc.code, "message": exc.message}
+    return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
 
 
 class BackboneError(QCLIPError):

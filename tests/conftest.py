@@ -1,4 +1,5 @@
-"""Shared fixtures: small random-init backbones (no pretrained weights are fetched in tests)."""
+"""Shared fixtures and model helpers: small random-init backbones (no pretrained weights are fetched
+in tests). Test modules import helpers from here or from ``media``, never from each other."""
 
 import copy
 import os
@@ -38,3 +39,33 @@ def random_video(model: QCLIP, batch: int = 2, frames: int = 3, seed: int = 0) -
     h, w = model.image_size
     pixels = torch.randint(0, 256, (batch, frames, h, w, 3), generator=g, dtype=torch.uint8)
     return model.normalize(pixels)
+
+
+def trained_like(model: QCLIP, seed: int = 1) -> QCLIP:
+    """Move every trainable tensor away from its initial value, as training would.
+
+    At init α = 0.1 everywhere; distinct α per tower and non-trivial LN/Linear weights make
+    each fold do real work (a fold that dropped α or a bias would show).
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        model.escma.alpha_visual.fill_(0.7)
+        model.escma.alpha_text.fill_(-0.4)
+        model.pscma.alpha_visual.fill_(0.3)
+        model.pscma.alpha_text.fill_(1.3)
+    return model.eval()
+
+
+def uint8_frames(model, batch, frames, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = model.image_size
+    return torch.randint(0, 256, (batch, frames, h, w, 3), generator=g, dtype=torch.uint8)
+
+
+def tiny_model(sampler="segment_mse_mean"):
+    torch.manual_seed(0)
+    return trained_like(QCLIP(QCLIPConfig(backbone="PE-Core-T-16-384", pretrained=None, image_size=64,
+                                          num_frames=4, sampler=sampler)))

@@ -4,17 +4,11 @@ import numpy as np
 import pytest
 import torch
 from media import encode, moving_frames
-from test_fold import trained_like
+from conftest import tiny_model, trained_like
 
 from qclip_engine import QCLIP, QCLIPConfig, save_artifact
 from qclip_engine.engine import QualityEngine
 from qclip_engine.video import decode
-
-
-def tiny_model(sampler="segment_mse_mean"):
-    torch.manual_seed(0)
-    return trained_like(QCLIP(QCLIPConfig(backbone="PE-Core-T-16-384", pretrained=None, image_size=64,
-                                          num_frames=4, sampler=sampler)))
 
 
 @pytest.fixture(scope="module")
@@ -83,5 +77,5 @@ def test_artifact_calibration_gives_mos(clips, tmp_path):
 
 
 def test_unknown_sampler_fails_at_construction():
-    with pytest.raises(ValueError, match="unknown sampling strategy"):
+    with pytest.raises(ValueError, match="unknown sampler"):
         QualityEngine(model=tiny_model(), engine="torch", sampler="nope")

@@ -1,4 +1,4 @@
-"""ONNX export: the graph contract of DESIGN §6, parity in ONNX Runtime, no text tower, FP16, the CLI."""
+"""ONNX export: the graph contract (docs/architecture.md), parity in ONNX Runtime, no text tower, FP16, the CLI."""
 
 import copy
 import json
@@ -10,13 +10,14 @@ import onnx
 import pytest
 import torch
 
-from export.cli import main as export_main
-from export.fold import fold, reduced_precision
-from export.onnx import INPUT, OUTPUTS, export_onnx, session
+from qclip_engine.export.cli import main as export_main
+from qclip_engine.model.folded import fold, reduced_precision
+from qclip_engine.runtime.onnx_graph import INPUT, OUTPUTS, export_onnx
+from qclip_engine.runtime.onnxruntime_backend import session
 from qclip_engine import QCLIP, QCLIPConfig, save_artifact
-from test_fold import trained_like, uint8_frames
+from conftest import trained_like, uint8_frames
 
-ONNX_TOLERANCE = 1e-4  # DESIGN §6: ONNX Runtime within 1e-4 of the torch module
+ONNX_TOLERANCE = 1e-4  # the graph contract: ONNX Runtime within 1e-4 of the torch module
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def test_qclip_export_trt_without_tensorrt_exits_2_with_one_line(small_artifact,
     except Exception:
         pass
     proc = subprocess.run(
-        [sys.executable, "-m", "export.cli", str(small_artifact), "--engine", "trt", "--out", str(tmp_path)],
+        [sys.executable, "-m", "qclip_engine.export.cli", str(small_artifact), "--engine", "trt", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from export.fold import fold, reduced_precision
-from export.onnx import export_onnx
+from qclip_engine.model.folded import fold, reduced_precision
+from qclip_engine.runtime.onnx_graph import export_onnx
 
 try:
     import tensorrt  # noqa: F401
@@ -31,7 +31,8 @@ def small(tmp_path_factory):
 
 @pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-3), ("fp16", 1e-2)])
 def test_engine_matches_torch_across_the_profile(small, precision, tolerance):
-    from export.tensorrt import Profile, TensorRTRunner, build_engine
+    from qclip_engine.export.tensorrt import Profile, build_engine
+    from qclip_engine.runtime.tensorrt_backend import TensorRTRunner
 
     model, out = small
     folded = fold(model)

@@ -1,38 +1,15 @@
-"""The export folds: each one equals what it replaces, and so does the whole folded model."""
+"""The folds (qclip_engine.model.folded): each one equals what it replaces, and so does the whole folded model."""
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import trained_like, uint8_frames
 from torch import nn
 
-from export.fold import FoldedQCLIP, fold, fold_scale_into_layernorm, merge_linears, scale_linear, text_constants
+from qclip_engine.model.folded import FoldedQCLIP, fold, fold_scale_into_layernorm, merge_linears, scale_linear, text_constants
 from qclip_engine import QCLIP
 
-TOLERANCE = 1e-5  # DESIGN §6: fp32, max |Δscore|
-
-
-def trained_like(model: QCLIP, seed: int = 1) -> QCLIP:
-    """Move every trainable tensor away from its initial value, as training would.
-
-    At init α = 0.1 everywhere; distinct α per tower and non-trivial LN/Linear weights make
-    each fold do real work (a fold that dropped α or a bias would show).
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
-        model.escma.alpha_visual.fill_(0.7)
-        model.escma.alpha_text.fill_(-0.4)
-        model.pscma.alpha_visual.fill_(0.3)
-        model.pscma.alpha_text.fill_(1.3)
-    return model.eval()
-
-
-def uint8_frames(model, batch, frames, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    h, w = model.image_size
-    return torch.randint(0, 256, (batch, frames, h, w, 3), generator=g, dtype=torch.uint8)
+TOLERANCE = 1e-5  # fp32, max |Δscore| of the folds (docs/architecture.md, the graph contract)
 
 
 def test_scale_folds_into_layernorm():

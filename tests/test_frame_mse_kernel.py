@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import frame_mse as fm
+from qclip_engine.kernels import frame_mse as fm
 from qclip_engine.video.frame_mse import frame_mse as frame_mse_cpu
 
 

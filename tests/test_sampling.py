@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from qclip_engine.model.qclip import SAMPLERS
 from qclip_engine.video import sampling
 from qclip_engine.video.sampling import (
     MIXED_CHOICES,
-    STRATEGIES,
+    SAMPLER_NAMES,
+    SAMPLERS,
     choose_mixed_strategy,
     mse_sorted_uniform,
     random_indices,
@@ -35,9 +35,8 @@ def burst_mse():
 
 
 # -- constants -------------------------------------------------------------------------------
-def test_strategies_are_the_model_samplers_in_order():
-    assert STRATEGIES is SAMPLERS
-    assert STRATEGIES == (
+def test_the_registry_names_every_sampler_in_order():
+    assert SAMPLER_NAMES == (
         "uniform",
         "random",
         "uniform_random_start",
@@ -46,7 +45,32 @@ def test_strategies_are_the_model_samplers_in_order():
         "segment_mse_median",
         "mixed",
     )
-    assert MIXED_CHOICES == STRATEGIES[:6]
+    assert MIXED_CHOICES == SAMPLER_NAMES[:6]
+
+
+def test_only_the_motion_free_samplers_say_they_ignore_motion():
+    # The engine decodes only the picked frames (by seeking) for these: a wrong flag would
+    # either waste a full decode or feed a motion sampler zeros.
+    assert {name for name, s in SAMPLERS.items() if not s.needs_motion} == {"uniform", "random", "uniform_random_start"}
+    m = np.random.default_rng(9).random(120)
+    for name, s in SAMPLERS.items():
+        if not s.needs_motion:
+            np.testing.assert_array_equal(select_frames(name, m, 8, seed=3), select_frames(name, np.zeros(120), 8, seed=3))
+
+
+def test_a_registered_sampler_is_usable_everywhere_the_registry_is_consulted():
+    from qclip_engine.model.qclip import QCLIPConfig
+
+    sampling.register_sampler("first_k_test", needs_motion=False)(lambda m, k, rng, training: np.arange(k) % m.size)
+    try:
+        np.testing.assert_array_equal(select_frames("first_k_test", np.zeros(10), 3), [0, 1, 2])
+        assert QCLIPConfig(sampler="first_k_test", pretrained=None).sampler == "first_k_test"
+        with pytest.raises(ValueError, match="already registered"):
+            sampling.register_sampler("first_k_test", needs_motion=False)(lambda m, k, rng, training: m)
+    finally:
+        del sampling.SAMPLERS["first_k_test"]
+    with pytest.raises(ValueError, match="unknown sampler"):
+        QCLIPConfig(sampler="first_k_test", pretrained=None)
 
 
 # -- uniform ---------------------------------------------------------------------------------
@@ -309,7 +333,7 @@ def test_mixed_training_applies_the_chosen_strategy_with_the_same_rng():
 
 
 # -- determinism -----------------------------------------------------------------------------
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SAMPLER_NAMES)
 @pytest.mark.parametrize("training", [False, True])
 def test_same_seed_same_result(strategy, training):
     m = np.random.default_rng(0).random(77).astype(np.float32)
@@ -347,10 +371,10 @@ def test_random_differs_across_seeds_at_evaluation_too():
 
 
 # -- properties ------------------------------------------------------------------------------
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SAMPLER_NAMES)
 @pytest.mark.parametrize("training", [False, True])
 def test_property_shape_dtype_range_order(strategy, training):
-    rng = np.random.default_rng(2 * STRATEGIES.index(strategy) + int(training))
+    rng = np.random.default_rng(2 * SAMPLER_NAMES.index(strategy) + int(training))
     for case in range(150):
         n = int(rng.integers(1, 301))
         k = int(rng.integers(1, 17))
@@ -380,13 +404,13 @@ def test_property_segment_pick_lies_in_its_segment(strategy):
 
 # -- validation ------------------------------------------------------------------------------
 def test_unknown_strategy_lists_valid_names():
-    with pytest.raises(ValueError, match="unknown sampling strategy") as e:
+    with pytest.raises(ValueError, match="unknown sampler") as e:
         select_frames("nearest", np.zeros(10), 4)
-    for name in STRATEGIES:
+    for name in SAMPLER_NAMES:
         assert name in str(e.value)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SAMPLER_NAMES)
 @pytest.mark.parametrize(
     ("mse", "k", "match"),
     [
@@ -418,5 +442,5 @@ def test_per_strategy_functions_validate():
 
 
 def test_module_exports():
-    for name in sampling.__all__:
-        assert hasattr(sampling, name)
+    missing = [name for name in sampling.__all__ if not hasattr(sampling, name)]
+    assert not missing

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from media import broken_corpus, encode, moving_frames, odd_but_valid
-from test_engine import tiny_model
+from conftest import tiny_model
 
 from qclip_engine import save_artifact
 from qclip_engine.cli.score import expand_inputs, main

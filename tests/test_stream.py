@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from media import encode, moving_frames
-from test_fold import trained_like
+from conftest import trained_like
 
 from qclip_engine import QCLIP, QCLIPConfig
 from qclip_engine.engine import QualityEngine

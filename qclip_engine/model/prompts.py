@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-QUALITY_LEVELS = ("bad", "poor", "fair", "good", "excellent")
+from ..contract import QUALITY_LEVELS
+
 CONTEXT_WORD = "X"
 
 

@@ -21,20 +21,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contract import QUALITY_LEVELS
+from ..video.sampling import check_sampler
 from .backbone import load_backbone
-from .prompts import QUALITY_LEVELS, QualityPrompts
+from .prompts import QualityPrompts
 from .scma import ESCMA, PSCMA
 
-SAMPLERS = (
-    "uniform",
-    "random",
-    "uniform_random_start",
-    "mse_sorted_uniform",
-    "segment_mse_mean",
-    "segment_mse_median",
-    "mixed",
-)
 ZERO_SHOT_LOGIT_SCALE = 100.0
+
+
+def run_tower(tower, x: torch.Tensor, block_kwargs: dict, adapt=None, first_adapted: int = 0) -> torch.Tensor:
+    """The tower's blocks in order; after each block from ``first_adapted`` on, ``adapt(j, x)``
+    (``j`` counts adapted blocks from 0). The one tower loop of the model and its folded form."""
+    for i in range(len(tower.blocks)):
+        x = tower.run_block(i, x, block_kwargs)
+        if adapt is not None and i >= first_adapted:
+            x = adapt(i - first_adapted, x)
+    return x
+
+
+def level_score(sims: torch.Tensor, level_weights: torch.Tensor, zero_shot: bool) -> torch.Tensor:
+    """The score from the level similarities ``[B, 5]``: the learned weighting, or zero-shot the
+    expected level ``Σ_k k · softmax(100 s)_k`` (``level_weights`` then holds 1 … 5)."""
+    if zero_shot:
+        return (sims * ZERO_SHOT_LOGIT_SCALE).softmax(dim=-1) @ level_weights.to(sims.dtype)
+    return sims @ level_weights
 
 
 @dataclass
@@ -61,8 +72,7 @@ class QCLIPConfig:
             raise ValueError(f"adapter_layers must be ≥ 1, got {self.adapter_layers}")
         if self.shared_dim < 1 or self.context_tokens < 0 or self.num_frames < 1:
             raise ValueError(f"shared_dim, num_frames must be ≥ 1 and context_tokens ≥ 0: {self}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {SAMPLERS}")
+        check_sampler(self.sampler)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,12 +144,8 @@ class QCLIP(nn.Module):
 
     # -- towers ------------------------------------------------------------------------
     def _run_blocks(self, tower, modality: str, x: torch.Tensor, block_kwargs: dict) -> torch.Tensor:
-        first_adapted = self.adapted_blocks(modality).start
-        for i in range(len(tower.blocks)):
-            x = tower.run_block(i, x, block_kwargs)
-            if not self.zero_shot and i >= first_adapted:
-                x = self.escma(x, modality, i - first_adapted)
-        return x
+        adapt = None if self.zero_shot else (lambda j, h: self.escma(h, modality, j))
+        return run_tower(tower, x, block_kwargs, adapt, self.adapted_blocks(modality).start)
 
     def encode_frames(self, images: torch.Tensor) -> torch.Tensor:
         """Projected (unnormalised) features of normalised images ``[N, 3, H, W]`` → ``[N, D]``."""
@@ -187,9 +193,8 @@ class QCLIP(nn.Module):
         return v @ t.T
 
     def score_from_sims(self, sims: torch.Tensor) -> torch.Tensor:
-        if self.zero_shot:
-            return (sims * ZERO_SHOT_LOGIT_SCALE).softmax(dim=-1) @ self.zero_shot_level_values.to(sims.dtype)
-        return sims @ self.level_weights
+        weights = self.zero_shot_level_values if self.zero_shot else self.level_weights
+        return level_score(sims, weights, self.zero_shot)
 
     def forward(self, video: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         return self.score_from_sims(self.level_sims(video, text_features))

@@ -4,8 +4,9 @@
 * ``onnxruntime`` — the exported graph on the CPU, CUDA or TensorRT execution provider;
 * ``tensorrt`` — a ``model.plan`` built by ``qclip-export --engine trt``.
 
-Backend code lives here only; the folded module and the TensorRT runner are imported
-lazily from ``export`` inside the backend that needs them.
+Backend code lives here only: the ONNX graph (``onnx_graph``: writing it), the ONNX Runtime
+session and the TensorRT runner. Each backend module is imported by ``create_backend`` when
+chosen, so a CPU machine never imports TensorRT.
 """
 
 from .base import Backend, create_backend, resolve_device

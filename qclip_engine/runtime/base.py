@@ -11,9 +11,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..model import QCLIP
-
-ENGINES = ("auto", "torch", "onnxruntime", "tensorrt")
+from ..defaults import ENGINES
+from ..model.qclip import QCLIP
 
 
 class Backend(Protocol):

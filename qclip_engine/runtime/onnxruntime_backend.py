@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import GRAPH_INPUT
 from ..model import QCLIP
 
 PROVIDERS = {
@@ -15,38 +16,55 @@ PROVIDERS = {
 }
 
 
+def session(path: str | Path, providers: list[str] | None = None, threads: int | None = None, *, spin: bool = True):
+    """An ONNX Runtime session with full graph optimisation.
+
+    ``spin=False`` stops idle intra-op threads from busy-waiting: what a pipeline wants when
+    decode threads share the cores with the model.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
 class OnnxRuntimeBackend:
-    """``model.onnx`` (``model.fp16.onnx`` on a GPU) from the artifact directory when it is
-    there, else exported once into the user cache (``$QCLIP_CACHE``, ``~/.cache/qclip-engine``)."""
+    """An ONNX graph in ONNX Runtime: ``graph`` when given; else ``model.onnx``
+    (``model.fp16.onnx`` on a GPU) from the artifact directory when it is there, else
+    exported once into the user cache (``$QCLIP_CACHE``, ``~/.cache/qclip-engine``)."""
 
     name = "onnxruntime"
 
-    def __init__(self, model: QCLIP, device: str = "cpu", *, artifact_dir: Path | None = None,
-                 precision: str | None = None, provider: str | None = None):
-        from export.onnx import INPUT, session
-
+    def __init__(self, model: QCLIP | None, device: str = "cpu", *, artifact_dir: Path | None = None,
+                 precision: str | None = None, provider: str | None = None, graph: Path | None = None):
         on_gpu = device.startswith("cuda")
         precision = precision or ("fp16" if on_gpu else "fp32")
-        filename = "model.fp16.onnx" if precision == "fp16" else "model.onnx"
-        path = self._graph(model, artifact_dir, filename, precision)
+        if graph is None:
+            if model is None:
+                raise ValueError("OnnxRuntimeBackend needs a model or a graph")
+            filename = "model.fp16.onnx" if precision == "fp16" else "model.onnx"
+            graph = self._graph(model, artifact_dir, filename, precision)
         provider = provider or ("cuda" if on_gpu else "cpu")
         # No spinning: decode workers share the cores with the model's threads. The CPU arena
         # stays on (turning it off cost ~30 % of model time here); it keeps the activations of
         # the largest batch seen, so resident memory grows to that and stays.
-        self.session = session(path, PROVIDERS[provider], spin=False)
-        self.input = INPUT
+        self.session = session(graph, PROVIDERS[provider], spin=False)
         self.device = device
-        self.path = path
+        self.path = Path(graph)
         self.precision = precision
 
     @staticmethod
     def _graph(model: QCLIP, artifact_dir: Path | None, filename: str, precision: str) -> Path:
         if artifact_dir is not None and (artifact_dir / filename).is_file():
             return artifact_dir / filename
-        from export.fold import fold, reduced_precision
-        from export.onnx import export_onnx
-
+        from ..model.folded import fold, reduced_precision
         from .base import export_cache_dir
+        from .onnx_graph import export_onnx
 
         path = export_cache_dir(model) / filename
         if not path.is_file():
@@ -59,5 +77,5 @@ class OnnxRuntimeBackend:
         return path
 
     def run(self, frames) -> tuple[np.ndarray, np.ndarray]:
-        sims, score = self.session.run(None, {self.input: np.ascontiguousarray(np.asarray(frames, dtype=np.uint8))})
+        sims, score = self.session.run(None, {GRAPH_INPUT: np.ascontiguousarray(np.asarray(frames, dtype=np.uint8))})
         return sims, score

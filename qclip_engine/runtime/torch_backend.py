@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..model import QCLIP
+from ..model.folded import fold, reduced_precision
+from ..model.qclip import QCLIP
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -14,8 +15,6 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: QCLIP, device: str = "cpu", *, precision: str | None = None):
-        from export.fold import fold, reduced_precision
-
         precision = precision or ("fp16" if device.startswith("cuda") else "fp32")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")

@@ -2,7 +2,8 @@
 
 Frames come out as uint8 RGB ``[T, H, W, 3]``, resized by FFmpeg's swscale while they
 are converted from the decoder's pixel format (one C call per frame, no Python pixel
-work), with FFmpeg's threaded decoding.
+work, :func:`~qclip_engine.video.container.to_rgb`), with FFmpeg's threaded decoding.
+Opening a file and reading its packets is :mod:`~qclip_engine.video.container`'s job.
 
 Frame identity. A file is first *scanned*: its video packets are demuxed (no
 decoding) into a frame table of presentation timestamps in display order. Frame ``i``
@@ -33,27 +34,29 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ..errors import (
-    AudioOnlyError,
-    DecodeFailedError,
-    EmptyFileError,
-    NotAVideoError,
-    TruncatedVideoError,
-    UnsupportedCodecError,
-    VideoError,
-    VideoNotFoundError,
-)
+from ..defaults import MAX_ANALYSIS_FRAMES
+from ..errors import DecodeFailedError, TruncatedVideoError
+from .container import INTERPOLATION, VIDEO_SUFFIXES, FrameReader, display_rotation, open_video, to_rgb
 
-DEFAULT_MAX_ANALYSIS_FRAMES = 512
-INTERPOLATION = "BILINEAR"  # PE-Core's preprocessing: bilinear squash-resize
-# What directory walks (qclip-score, the demo dataset) treat as video files; decoding itself
-# never trusts an extension.
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".y4m"})
+__all__ = [
+    "INTERPOLATION",
+    "VIDEO_SUFFIXES",
+    "DEFAULT_MAX_ANALYSIS_FRAMES",
+    "VideoInfo",
+    "FrameTable",
+    "Candidates",
+    "open_video",
+    "to_rgb",
+    "probe",
+    "scan",
+    "iter_frames",
+    "candidate_indices",
+    "decode_candidates",
+    "decode_frames",
+]
+
+DEFAULT_MAX_ANALYSIS_FRAMES = MAX_ANALYSIS_FRAMES
 _SEEK_ATTEMPTS = 4
-# Containers whose open failing means "cut short" rather than "not a video": ISO BMFF
-# (mp4/mov, whose sample index may sit at the end) and EBML (mkv/webm).
-_ISO_BMFF_BOX = b"ftyp"
-_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 
 
 @dataclass(frozen=True)
@@ -97,48 +100,7 @@ class Candidates:
     info: VideoInfo
 
 
-# -- opening and scanning -----------------------------------------------------------------
-def _open(path: str | Path) -> av.container.InputContainer:
-    p = Path(path)
-    where = str(p)
-    if not p.exists():
-        raise VideoNotFoundError(f"no such file: {p}", path=where)
-    if not p.is_file():
-        raise NotAVideoError(f"not a regular file: {p}", path=where)
-    if p.stat().st_size == 0:
-        raise EmptyFileError(f"empty file (0 bytes): {p}", path=where)
-    try:
-        container = av.open(where, mode="r", metadata_errors="ignore")
-    except av.error.FFmpegError as exc:
-        head = p.open("rb").read(12)
-        if head[4:8] == _ISO_BMFF_BOX or head[:4] == _EBML_MAGIC:
-            raise TruncatedVideoError(
-                f"{p.name}: an MP4/MOV/MKV file FFmpeg cannot open ({exc.strerror or exc}); "
-                "it is most likely cut short (its index is missing)",
-                path=where,
-            ) from exc
-        raise NotAVideoError(f"{p.name}: not a video FFmpeg recognises ({exc.strerror or exc})", path=where) from exc
-    if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams})
-        container.close()
-        if "audio" in kinds:
-            raise AudioOnlyError(f"{p.name}: audio only, no video stream", path=where)
-        raise NotAVideoError(f"{p.name}: no video stream (streams: {kinds or 'none'})", path=where)
-    stream = container.streams.video[0]
-    if stream.codec_context is None:
-        codec_id = getattr(stream, "codec_tag", "?")
-        container.close()
-        raise UnsupportedCodecError(f"{p.name}: no decoder for this video codec (tag {codec_id!r})", path=where)
-    return container
-
-
-def _rotation(angle: float | None) -> int:
-    """FFmpeg's display-matrix angle (counter-clockwise, [-180, 180]) → 0/90/180/270."""
-    if not angle:
-        return 0
-    return int(round(angle / 90.0)) % 4 * 90
-
-
+# -- scanning -----------------------------------------------------------------------------
 def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo, FrameTable]:
     stream = container.streams.video[0]
     pts, keys = [], []
@@ -201,44 +163,6 @@ def _configure_decoder(container: av.container.InputContainer, threads: int) -> 
     return stream
 
 
-def _decoded(container, stream, where: str) -> Iterator[av.VideoFrame]:
-    """Frames of ``stream`` from the current position; a corrupt packet is skipped, as ffmpeg does."""
-    packets = container.demux(stream)
-    while True:
-        try:
-            packet = next(packets)
-        except StopIteration:
-            return
-        except av.error.FFmpegError:
-            return  # demux error mid-file: what was decoded so far stands (the scan flags truncation)
-        try:
-            yield from packet.decode()
-        except av.error.FFmpegError:
-            continue
-
-
-def _display_rotation(frame: av.VideoFrame) -> int:
-    try:
-        return _rotation(frame.rotation)
-    except (AttributeError, ValueError):
-        return 0
-
-
-def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int) -> np.ndarray:
-    """One decoded frame → uint8 RGB ``[H, W, 3]`` upright, swscale-resized to ``size`` (H, W)."""
-    if size is None:
-        rgb = frame.to_ndarray(format="rgb24", threads=1)
-    else:
-        h, w = size
-        if rotation in (90, 270):  # resize in coded orientation, then turn
-            h, w = w, h
-        # One swscale thread: the decoder's frame threads already fill the cores.
-        rgb = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation=INTERPOLATION, threads=1)
-    if rotation:
-        rgb = np.rot90(rgb, k=rotation // 90)
-    return rgb
-
-
 def _open_scanned(path) -> tuple[av.container.InputContainer, VideoInfo, FrameTable]:
     """Open, scan the frame table, read the display rotation off the first frame; return a fresh container.
 
@@ -246,14 +170,14 @@ def _open_scanned(path) -> tuple[av.container.InputContainer, VideoInfo, FrameTa
     the decode pass sees the file exactly as a plain sequential decode would.
     """
     where = str(path)
-    container = _open(path)
+    container = open_video(path)
     try:
         info, table = _scan(container, where)
         container.seek(0, backward=True)  # in AV_TIME_BASE units: the start of the file
-        first = next(_decoded(container, container.streams.video[0], where), None)
+        first = next(FrameReader(container, container.streams.video[0]), None)
         if first is None:
             raise DecodeFailedError(f"{Path(path).name}: no frame could be decoded", path=where)
-        rotation = _display_rotation(first)
+        rotation = display_rotation(first)
     except av.error.FFmpegError as exc:
         raise DecodeFailedError(f"{Path(path).name}: {exc}", path=where) from exc
     finally:
@@ -262,7 +186,7 @@ def _open_scanned(path) -> tuple[av.container.InputContainer, VideoInfo, FrameTa
         info = VideoInfo(**{**info.to_dict(), "width": info.height, "height": info.width, "rotation": rotation})
     elif rotation:
         info = VideoInfo(**{**info.to_dict(), "rotation": rotation})
-    return _open(path), info, table
+    return open_video(path), info, table
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -310,7 +234,7 @@ def _stream(container, table: FrameTable, size, rotation, wanted, threads, where
         keep[np.asarray(wanted, dtype=np.int64)] = True
 
     def kept():
-        for frame in _decoded(container, stream, where):
+        for frame in FrameReader(container, stream):
             index = _frame_index(table, frame)
             if index is not None and (keep is None or keep[index]):
                 yield index, frame
@@ -442,7 +366,7 @@ def _seek_decode(container, table: FrameTable, targets: np.ndarray, size, rotati
             must_seek = frames is None or position is None or position >= target_pts or seek_pts > position
             if must_seek or attempt:
                 container.seek(seek_pts, stream=stream, backward=True)
-                frames = _decoded(container, stream, where)
+                frames = FrameReader(container, stream)
                 position = None
             hit = _decode_until(frames, table, target_pts, size, rotation)
             if hit is not None:

@@ -12,15 +12,15 @@ This is the CPU reference; ``kernels/frame_mse.cu`` computes the same on the GPU
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 # Pairs per chunk of the pairwise pass: bounds the int16 temporary (~chunk × H·W·3 × 2 bytes).
 _CHUNK = 32
 
 
-def pair_mse(frames: np.ndarray | torch.Tensor) -> np.ndarray:
+def pair_mse(frames) -> np.ndarray:
     """MSE of each adjacent pair, float64 ``[T − 1]`` (exact: integer sums, one division)."""
-    x = frames.numpy(force=True) if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    # A torch tensor (any device) is copied to host memory; torch itself is not imported here.
+    x = frames.numpy(force=True) if type(frames).__module__.startswith("torch") else np.asarray(frames)
     if x.dtype != np.uint8 or x.ndim != 4:
         raise ValueError(f"expected uint8 frames [T, H, W, C], got {x.dtype} {x.shape}")
     t = x.shape[0]
@@ -45,7 +45,7 @@ def neighbour_average(pair: np.ndarray) -> np.ndarray:
     return m.astype(np.float32)
 
 
-def frame_mse(frames_u8: np.ndarray | torch.Tensor) -> np.ndarray:
+def frame_mse(frames_u8) -> np.ndarray:
     """Per-frame motion ``m`` of uint8 frames ``[T, H, W, 3]`` → float32 ``[T]``."""
     if len(frames_u8) == 0:
         raise ValueError("frame_mse needs at least one frame")

@@ -43,14 +43,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model.qclip import SAMPLERS as STRATEGIES
-
-# What ``mixed`` draws from during training: every strategy except itself.
-MIXED_CHOICES = tuple(s for s in STRATEGIES if s != "mixed")
+from dataclasses import dataclass
+from typing import Callable
 
 __all__ = [
-    "STRATEGIES",
+    "SAMPLERS",
+    "SAMPLER_NAMES",
     "MIXED_CHOICES",
+    "Sampler",
+    "check_sampler",
     "select_frames",
     "uniform",
     "random_indices",
@@ -167,33 +168,72 @@ def segment_mse_median(mse: np.ndarray, k: int) -> np.ndarray:
     return _segment_closest(mse, k, np.median)
 
 
+# -- the registry ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sampler:
+    """A named frame-sampling rule.
+
+    ``pick(m, k, rng, training)`` returns K indices into the N candidates; ``needs_motion``
+    says whether it reads ``m`` at all — the engine decodes only the picked frames (by
+    seeking) for samplers that do not.
+    """
+
+    name: str
+    needs_motion: bool
+    pick: Callable[[np.ndarray, int, np.random.Generator, bool], np.ndarray]
+
+
+SAMPLERS: dict[str, Sampler] = {}
+
+
+def register_sampler(name: str, *, needs_motion: bool):
+    """Add ``pick`` to the registry under ``name`` (the config, the engine and training see it at once)."""
+
+    def register(pick):
+        if name in SAMPLERS:
+            raise ValueError(f"sampler {name!r} is already registered")
+        SAMPLERS[name] = Sampler(name, needs_motion, pick)
+        return pick
+
+    return register
+
+
+register_sampler("uniform", needs_motion=False)(lambda m, k, rng, training: uniform(m.size, k))
+register_sampler("random", needs_motion=False)(lambda m, k, rng, training: random_indices(m.size, k, rng))
+register_sampler("uniform_random_start", needs_motion=False)(
+    lambda m, k, rng, training: uniform_random_start(m.size, k, rng if training else None))
+register_sampler("mse_sorted_uniform", needs_motion=True)(lambda m, k, rng, training: mse_sorted_uniform(m, k))
+register_sampler("segment_mse_mean", needs_motion=True)(lambda m, k, rng, training: segment_mse_mean(m, k))
+register_sampler("segment_mse_median", needs_motion=True)(lambda m, k, rng, training: segment_mse_median(m, k))
+
+# What ``mixed`` draws from during training: every sampler registered before it.
+MIXED_CHOICES = tuple(SAMPLERS)
+
+
 def choose_mixed_strategy(rng: np.random.Generator) -> str:
     """The strategy ``mixed`` uses for one training call: uniform over ``MIXED_CHOICES``."""
     return MIXED_CHOICES[int(rng.integers(len(MIXED_CHOICES)))]
 
 
-# -- entry point -------------------------------------------------------------------------------
-def _apply(strategy: str, m: np.ndarray, k: int, rng: np.random.Generator, training: bool) -> np.ndarray:
-    n = m.size
-    if strategy == "uniform":
-        return uniform(n, k)
-    if strategy == "random":
-        return random_indices(n, k, rng)
-    if strategy == "uniform_random_start":
-        return uniform_random_start(n, k, rng if training else None)
-    if strategy == "mse_sorted_uniform":
-        return mse_sorted_uniform(m, k)
-    if strategy == "segment_mse_mean":
+@register_sampler("mixed", needs_motion=True)
+def _mixed(m: np.ndarray, k: int, rng: np.random.Generator, training: bool) -> np.ndarray:
+    if not training:
         return segment_mse_mean(m, k)
-    if strategy == "segment_mse_median":
-        return segment_mse_median(m, k)
-    if strategy == "mixed":
-        if not training:
-            return segment_mse_mean(m, k)
-        return _apply(choose_mixed_strategy(rng), m, k, rng, training=True)
-    raise ValueError(f"unknown sampling strategy {strategy!r}; choose one of {STRATEGIES}")
+    return SAMPLERS[choose_mixed_strategy(rng)].pick(m, k, rng, True)
 
 
+SAMPLER_NAMES = tuple(SAMPLERS)
+
+
+def check_sampler(name: str) -> Sampler:
+    """The registered sampler called ``name``; ``ValueError`` naming the choices otherwise."""
+    try:
+        return SAMPLERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLER_NAMES}") from None
+
+
+# -- entry point -------------------------------------------------------------------------------
 def select_frames(
     strategy: str,
     mse: np.ndarray,
@@ -208,9 +248,7 @@ def select_frames(
     ``random`` and for training-mode draws. Raises ValueError for an unknown strategy,
     an empty, non-1-D or non-finite ``mse``, or ``k < 1``.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown sampling strategy {strategy!r}; choose one of {STRATEGIES}")
+    sampler = check_sampler(strategy)
     m = _check_mse(mse)
     k = _check_k(k)
-    rng = np.random.default_rng(seed)
-    return _apply(strategy, m, k, rng, bool(training))
+    return sampler.pick(m, k, np.random.default_rng(seed), bool(training))

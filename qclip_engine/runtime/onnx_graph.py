@@ -1,14 +1,19 @@
-"""ONNX export of :class:`~export.fold.FoldedQCLIP` (DESIGN §6 graph contract).
+"""The ONNX graph of :class:`~qclip_engine.model.folded.FoldedQCLIP`: writing it and opening it.
+
+The graph contract (docs/architecture.md):
 
 * input ``frames``: uint8 ``[B, F, H, W, 3]``, B and F dynamic;
 * outputs ``level_sims`` float32 ``[B, 5]`` and ``score`` float32 ``[B]``.
 
 The graph comes from torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``,
 onnxscript), opset 18, and is checked with ``onnx.checker``. The FP16 graph for GPU
-runtimes is exported the same way from :func:`export.fold.reduced_precision` (FP16 tower,
+runtimes is exported the same way from :func:`qclip_engine.model.folded.reduced_precision` (FP16 tower,
 FP32 LayerNorms, input scaling and head), so every tensor's type is set in torch and the
 graph needs no converter pass: onnxconverter-common's ``float16`` mis-types this graph,
 whose ``level_sims`` output also feeds the score.
+
+The runtime writes a graph on demand (the ONNX Runtime backend, into the user cache) and
+``qclip-export`` writes one beside an artifact; both call :func:`export_onnx`.
 """
 
 from __future__ import annotations
@@ -18,11 +23,10 @@ from pathlib import Path
 
 import torch
 
-from .fold import FoldedQCLIP
-
-OPSET = 18
-INPUT = "frames"
-OUTPUTS = ("level_sims", "score")
+from ..contract import GRAPH_INPUT as INPUT
+from ..contract import GRAPH_OUTPUTS as OUTPUTS
+from ..contract import OPSET
+from ..model.folded import FoldedQCLIP
 # Above this many weight bytes the graph goes to external data (protobuf's 2 GiB limit).
 EXTERNAL_DATA_BYTES = 1_500_000_000
 
@@ -61,20 +65,3 @@ def export_onnx(folded: FoldedQCLIP, path: str | Path, *, opset: int = OPSET) ->
         )
     onnx.checker.check_model(str(path))
     return path
-
-
-def session(path: str | Path, providers: list[str] | None = None, threads: int | None = None, *, spin: bool = True):
-    """An ONNX Runtime session with full graph optimisation.
-
-    ``spin=False`` stops idle intra-op threads from busy-waiting: what a pipeline wants when
-    decode threads share the cores with the model.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])

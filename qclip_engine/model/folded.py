@@ -1,4 +1,4 @@
-"""Folds: a trained Q-CLIP rewritten into the graph that gets exported (DESIGN §6).
+"""The folded model: a trained Q-CLIP rewritten into the deployable form every backend runs.
 
 Each fold is a pure function returning new tensors/modules (the model is left untouched)
 and is exact in real arithmetic; the equality tests hold them to fp32 round-off:
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qclip_engine.model.qclip import QCLIP, ZERO_SHOT_LOGIT_SCALE
-from qclip_engine.model.scma import ESCMA, PSCMA
+from .qclip import QCLIP, level_score, run_tower
+from .scma import ESCMA, PSCMA
 
 
 # -- the folds -------------------------------------------------------------------------------
@@ -149,10 +149,8 @@ class FoldedQCLIP(nn.Module):
     def frame_features(self, images: torch.Tensor) -> torch.Tensor:
         tower = self.tower
         x, block_kwargs = tower.embed(images)
-        for i in range(len(tower.blocks)):
-            x = tower.run_block(i, x, block_kwargs)
-            if self.adapters is not None and i >= self.first_adapted:
-                x = self.adapters[i - self.first_adapted](x)
+        adapt = None if self.adapters is None else (lambda j, h: self.adapters[j](h))
+        x = run_tower(tower, x, block_kwargs, adapt, self.first_adapted)
         pooled = tower.pool(x)
         projected = tower.project(pooled)
         if self.pscma is None:
@@ -166,11 +164,7 @@ class FoldedQCLIP(nn.Module):
         features = self.frame_features(x).float()
         video = F.normalize(features.reshape(b, f, -1).mean(dim=1), dim=-1)
         sims = video @ self.text.T
-        if self.zero_shot:
-            score = (sims * ZERO_SHOT_LOGIT_SCALE).softmax(dim=-1) @ self.level_weights
-        else:
-            score = sims @ self.level_weights
-        return sims, score
+        return sims, level_score(sims, self.level_weights, self.zero_shot)
 
 
 class FP32LayerNorm(nn.Module):

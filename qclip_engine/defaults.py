@@ -1,0 +1,40 @@
+"""Defaults of the engine, the CLIs and the service, stated once (torch-free: ``--help`` reads them).
+
+Changing a default here changes it for ``QualityEngine``, ``qclip-score``, ``qclip-serve`` and
+the service settings alike.
+"""
+
+from __future__ import annotations
+
+ENGINES = ("auto", "torch", "onnxruntime", "tensorrt")
+DEVICE = "auto"
+ZERO_SHOT_BACKBONE = "PE-Core-L-14-336"  # qclip-score without --artifact
+
+# Batching (qclip_engine.batching): most videos per backend call, and how long a partial
+# batch waits after its first video for more. Batch jobs wait longer than the service,
+# whose clients wait on every millisecond.
+BATCH = 32
+BATCH_WAIT_S = 0.05
+SERVE_BATCH_WAIT_S = 0.005
+
+MAX_ANALYSIS_FRAMES = 512  # candidate frames decoded for motion analysis, at most
+SAMPLER_SEED = 0  # scoring is deterministic, the `random` sampler included
+
+# qclip-serve
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8000
+MAX_UPLOAD_MB = 256.0
+REQUEST_TIMEOUT_S = 60.0
+QUEUE_PER_BATCH = 4  # requests in flight before 503: this × batch, unless --queue says otherwise
+
+# Streaming (engine.stream, qclip-score --stream)
+WINDOW_S = 2.0
+HOP_S = 1.0
+STREAM_TIMEOUT_S = 10.0
+
+
+def decode_workers() -> int:
+    """Decode threads when none are asked for: min(4, cores)."""
+    import os
+
+    return min(4, os.cpu_count() or 1)
