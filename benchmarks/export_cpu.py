@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from benchmarks.common import timed, write_result
-from export.fold import fold
-from export.onnx import INPUT, export_onnx, session
 from qclip_engine import QCLIP, QCLIPConfig
+from qclip_engine.model.folded import fold
+from qclip_engine.runtime.onnx_graph import INPUT, export_onnx
+from qclip_engine.runtime.onnxruntime_backend import session
 
 GOAL = 1.5
 

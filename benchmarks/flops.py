@@ -115,7 +115,7 @@ class _Counter:
 
 def build_folded(backbone: str, image_size: int | None = None, *, zero_shot: bool = False, **config):
     """The folded Q-CLIP of ``backbone`` on the ``meta`` device (random init, nothing allocated)."""
-    from export.fold import fold
+    from qclip_engine.model.folded import fold
     from qclip_engine import QCLIP, QCLIPConfig
 
     root = logging.getLogger()

@@ -38,7 +38,7 @@ def cuda_gbps(frames: np.ndarray, repeats: int) -> dict | None:
 
         if not torch.cuda.is_available():
             return None
-        from kernels.frame_mse import frame_mse_cuda
+        from qclip_engine.kernels.frame_mse import frame_mse_cuda
     except ImportError:
         return None
     x = torch.from_numpy(frames).cuda()

@@ -199,7 +199,7 @@ def gpu_name(device: str) -> str | None:
     """The GPU's name as nvidia-smi reports it (torch's name where nvidia-smi is missing)."""
     import torch
 
-    from benchmarks.common import gpu_identity
+    from qclip_engine.environment import gpu_identity
 
     if not _is_cuda(device):
         return None
@@ -596,7 +596,7 @@ def part_decode(args, ctx: Context):
             rec["error"] = _err(exc)
         payload["dali_results"] = rec
 
-    # DESIGN §11 baseline: ffmpeg -benchmark decode of the same file (only where imageio-ffmpeg is installed).
+    # Baseline: ffmpeg -benchmark decode of the same file (only where imageio-ffmpeg is installed).
     try:
         import re
 
@@ -649,7 +649,7 @@ def part_mse(args, ctx: Context):
     x = torch.from_numpy(frames_np).to(device)
 
     if _is_cuda(device):
-        from kernels.frame_mse import frame_mse_cuda
+        from qclip_engine.kernels.frame_mse import frame_mse_cuda
 
         kernel = frame_mse_cuda
     else:  # --device cpu: the reference stands in, to exercise the script

@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .environment import versions
 from .errors import ArtifactError
-from .model import QCLIP, QUALITY_LEVELS, QCLIPConfig
+from .contract import QUALITY_LEVELS
+from .model.qclip import QCLIP, QCLIPConfig
 
 FORMAT = "qclip-artifact"
 FORMAT_VERSION = 1
@@ -69,18 +71,6 @@ def calibrated_mos(scores: np.ndarray | torch.Tensor, calibration: dict[str, flo
     return (s - c["pred_mean"]) / c["pred_std"] * c["target_std"] + c["target_mean"]
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for dist in ("qclip-engine", "torch", "open-clip-torch", "timm"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
-
-
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
@@ -123,7 +113,7 @@ def save_artifact(model: QCLIP, directory: str | os.PathLike, calibration: dict[
         },
         "preprocess": model.preprocess,
         "calibration": calibration,
-        "versions": _versions(),
+        "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     tensors = {k: v.to("cpu").contiguous() for k, v in model.trainable_state_dict().items()}

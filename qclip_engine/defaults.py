@@ -8,7 +8,7 @@ from __future__ import annotations
 
 ENGINES = ("auto", "torch", "onnxruntime", "tensorrt")
 DEVICE = "auto"
-ZERO_SHOT_BACKBONE = "PE-Core-L-14-336"  # qclip-score without --artifact
+BACKBONE = "PE-Core-L-14-336"  # QCLIPConfig's default; qclip-score's zero-shot model without --artifact
 
 # Batching (qclip_engine.batching): most videos per backend call, and how long a partial
 # batch waits after its first video for more. Batch jobs wait longer than the service,

@@ -5,7 +5,7 @@
 
 INPUTS are files, directories (searched recursively for video files), globs (quoted,
 ``'clips/**/*.mp4'``) and ``@list.txt`` files (one input per line). Without
-``--artifact`` the zero-shot model of the default backbone is used (its weights come
+``--artifact`` the zero-shot model (README, "The model in Python") of the default backbone is used (its weights come
 from the hub or its cache; offline, ``--weights FILE`` gives them).
 
 Every input yields exactly one record — a score or an error with its code — and the
@@ -24,9 +24,10 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
+from .. import defaults
+from ..contract import QUALITY_LEVELS
 from ..errors import QCLIPError, WeightsUnavailableError
-from ..model import QUALITY_LEVELS
-from ..video.decode import VIDEO_SUFFIXES
+from ..video.container import VIDEO_SUFFIXES
 
 EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
 GLOB_CHARS = set("*?[")
@@ -86,18 +87,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qclip-score", description="Score video quality with Q-CLIP.")
     p.add_argument("inputs", nargs="*", help="files, directories, globs, @list.txt")
     p.add_argument("--artifact", type=Path, help="trained artifact directory (default: the zero-shot model)")
-    p.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--batch", type=int, default=32, help="videos per model call")
+    p.add_argument("--engine", default="auto", choices=defaults.ENGINES)
+    p.add_argument("--device", default=defaults.DEVICE, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--batch", type=int, default=defaults.BATCH, help="videos per model call")
     p.add_argument("--workers", type=int, help="decode threads (default: min(4, cores))")
     p.add_argument("--sampler", help="frame sampler (default: the artifact's)")
     p.add_argument("--format", default="jsonl", choices=("jsonl", "csv"))
     p.add_argument("--out", type=Path, help="write records here instead of stdout")
-    p.add_argument("--backbone", default="PE-Core-L-14-336", help="zero-shot model backbone (no --artifact)")
+    p.add_argument("--backbone", default=defaults.BACKBONE, help="zero-shot model backbone (no --artifact)")
     p.add_argument("--weights", help="local backbone weights file (offline use)")
     p.add_argument("--stream", metavar="SOURCE", help="score sliding windows of a file or URL (rtsp/http/hls)")
-    p.add_argument("--window-s", type=float, default=2.0)
-    p.add_argument("--hop-s", type=float, default=1.0)
+    p.add_argument("--window-s", type=float, default=defaults.WINDOW_S)
+    p.add_argument("--hop-s", type=float, default=defaults.HOP_S)
     p.add_argument("--threshold", type=float, help="alert on windows scoring below this")
     p.add_argument("--timeline", type=Path, metavar="PNG", help="with --stream: plot the per-window scores")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _score_stream(engine, args, out: TextIO) -> tuple[int, int]:
-    from ..stream import plot_timeline
+    from .timeline import plot_timeline
 
     writer = RecordWriter(out, args.format, WINDOW_CSV_COLUMNS)
     records, failed = [], 0

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..contract import QUALITY_LEVELS
+from ..defaults import BACKBONE
 from ..video.sampling import check_sampler
 from .backbone import load_backbone
 from .prompts import QualityPrompts
@@ -57,7 +58,7 @@ class QCLIPConfig:
     random-init backbone (tests and demos only) seeded by ``init_seed``.
     """
 
-    backbone: str = "PE-Core-L-14-336"
+    backbone: str = BACKBONE
     pretrained: str | None = "meta"
     adapter_layers: int = 6
     shared_dim: int = 128
