@@ -38,7 +38,7 @@ memory-bounded chunks would decode the file once per chunk; the stream decodes i
 Fallback to PyAV (decode on the CPU, then ``.to(device)``), recorded in
 ``CandidatesGPU.backend`` / ``fallback_reason``, when:
     - DALI or NVDEC is unavailable (:func:`why_unavailable`);
-    - the codec is not one of ``NVDEC_CODECS`` (H.264, HEVC, VP9: DESIGN.md §8; AV1,
+    - the codec is not one of ``NVDEC_CODECS`` (H.264, HEVC, VP9 — the engine's GPU codecs; AV1,
       MPEG-4, VP8, MJPEG, FFV1, … use PyAV), or the frame is below NVDEC's minimum size;
     - the pixel format is not 8-bit 4:2:0, the coded size is odd, or the colour matrix
       is one swscale and the correction above do not share (YCgCo, RGB, …);
@@ -81,7 +81,7 @@ __all__ = [
 ]
 
 # Codecs decoded on NVDEC (FFmpeg codec names, as ``VideoInfo.codec``). DALI also drives
-# NVDEC for AV1, MPEG-4, VP8 and MJPEG, but DESIGN.md §8 keeps those on PyAV.
+# NVDEC for AV1, MPEG-4, VP8 and MJPEG; those stay on PyAV until they are tested on a GPU.
 NVDEC_CODECS = frozenset({"h264", "hevc", "vp9"})
 # NVDEC's smallest coded frame per codec (width, height), from cuvidGetDecoderCaps.
 NVDEC_MIN_SIZE = {"h264": (48, 16), "hevc": (144, 144), "vp9": (128, 128)}
