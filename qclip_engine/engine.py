@@ -248,9 +248,3 @@ class QualityEngine:
 
     def score_one(self, source: str | Path) -> VideoResult:
         return next(self.score([source]))
-
-    def stream(self, source, window_s: float = defaults.WINDOW_S, hop_s: float = defaults.HOP_S, **kwargs):
-        """Per-window results over a file, URL or frame iterator (see :mod:`qclip_engine.stream`)."""
-        from .stream import stream_windows
-
-        return stream_windows(self, source, window_s=window_s, hop_s=hop_s, **kwargs)

@@ -164,11 +164,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _score_stream(engine, args, out: TextIO) -> tuple[int, int]:
+    from ..stream import stream_windows
     from .timeline import plot_timeline
 
     writer = RecordWriter(out, args.format, WINDOW_CSV_COLUMNS)
     records, failed = [], 0
-    for window in engine.stream(args.stream, window_s=args.window_s, hop_s=args.hop_s, threshold=args.threshold):
+    windows = stream_windows(engine, args.stream, window_s=args.window_s, hop_s=args.hop_s, threshold=args.threshold)
+    for window in windows:
         record = window.to_record()
         writer.write(record)
         records.append(record)

@@ -37,6 +37,7 @@ import numpy as np
 from ..defaults import MAX_ANALYSIS_FRAMES
 from ..errors import DecodeFailedError, TruncatedVideoError
 from .container import INTERPOLATION, VIDEO_SUFFIXES, FrameReader, display_rotation, open_video, to_rgb
+from .sampling import candidate_indices
 
 __all__ = [
     "INTERPOLATION",
@@ -265,13 +266,6 @@ def _frame_index(table: FrameTable, frame: av.VideoFrame) -> int | None:
         return None
     i = int(np.searchsorted(table.pts, stamp))
     return i if i < len(table.pts) and table.pts[i] == stamp else None
-
-
-def candidate_indices(frame_count: int, max_frames: int = DEFAULT_MAX_ANALYSIS_FRAMES) -> np.ndarray:
-    """At most ``max_frames`` frame indices at a uniform stride over ``frame_count`` frames."""
-    if frame_count <= max_frames:
-        return np.arange(frame_count, dtype=np.int64)
-    return np.unique(np.linspace(0, frame_count - 1, max_frames).round().astype(np.int64))
 
 
 def decode_candidates(

@@ -46,7 +46,10 @@ import numpy as np
 from dataclasses import dataclass
 from typing import Callable
 
+from ..defaults import MAX_ANALYSIS_FRAMES
+
 __all__ = [
+    "candidate_indices",
     "SAMPLERS",
     "SAMPLER_NAMES",
     "MIXED_CHOICES",
@@ -62,6 +65,14 @@ __all__ = [
     "segment_mse_median",
     "choose_mixed_strategy",
 ]
+
+
+# -- candidates ------------------------------------------------------------------------------
+def candidate_indices(frame_count: int, max_frames: int = MAX_ANALYSIS_FRAMES) -> np.ndarray:
+    """At most ``max_frames`` frame indices at a uniform stride over ``frame_count`` frames."""
+    if frame_count <= max_frames:
+        return np.arange(frame_count, dtype=np.int64)
+    return np.unique(np.linspace(0, frame_count - 1, max_frames).round().astype(np.int64))
 
 
 # -- validation ----------------------------------------------------------------------------

@@ -1,0 +1,65 @@
+"""Sliding-window scoring of a file, a live URL or a frame iterator.
+
+``stream_windows(engine, source)`` decodes ``source`` once, front to back, and scores
+overlapping windows of it as they close: window ``k`` covers media time
+``[k·hop_s, k·hop_s + window_s)`` seconds from the first frame. Each window's frames go
+through the engine's sampler (``engine.sample_frames``, the same motion + sampler as whole
+files) and then its backend; several ready windows share one backend call.
+
+Sources
+    * a file path (or ``file://`` URL): opened and read as :mod:`qclip_engine.video.decode`
+      reads files (:mod:`qclip_engine.video.container`: ``open_video``, ``FrameReader``),
+      frames converted with the same swscale call (``container.to_rgb``), so a window sees
+      exactly the pixels the file path decodes; display rotation applied.
+    * a URL (``rtsp://``, ``http(s)://`` incl. HLS ``.m3u8``, ``rtmp://``, ``udp://``, ``srt://`` …):
+      opened by PyAV with open/read timeouts (``timeout_s``) and protocol options
+      (RTSP over TCP, HTTP reconnects); ``options=`` adds or overrides them.
+    * an iterable of frames: uint8 RGB ``[H, W, 3]`` arrays (timed ``index / fps``), or
+      ``(timestamp_s, frame)`` tuples (timestamps taken as given, relative to the first),
+      or ``av.VideoFrame`` objects. Frames not at the model's size are resized by swscale
+      with the decoder's interpolation.
+
+Time. For PyAV sources a frame's time is its own pts (``frame.time``) minus the first
+frame's, so variable-frame-rate media are windowed by real time, not by frame count. A
+timestamp that jumps backwards by more than a window (a live source restarting its clock)
+re-bases the timeline so that windows keep moving forward; a forward jump leaves the
+windows in between empty, and empty windows are skipped (their index is not reused:
+``start_s = index · hop_s`` always holds).
+
+Memory. Only the frames of the current window are held, at model size, and at most
+``max_window_frames`` of them: frames are kept on a time grid of ``window_s /
+max_window_frames`` seconds (all of them unless the rate exceeds ``max_window_frames /
+window_s`` fps), so memory does not grow with stream length or frame rate. Between the
+decoder thread and the backend at most ``2 × batch`` sampled windows wait.
+
+End of stream. The windows still open are emitted up to the first one that reaches the
+end of the media (the last frame's time plus one frame); one that reaches past it is
+marked ``partial``. So windows cover the whole stream.
+
+Errors never escape for bad media: a source that cannot be opened gives one error
+record (index 0), a decode failure in the middle gives an error record for the window
+being filled and ends the stream; the windows already closed are still scored and come
+first. Codes are the decode codes (``not_found``, ``empty_file``, ``not_a_video``,
+``audio_only``, ``unsupported_codec``, ``truncated``, ``decode_failed``) plus
+``unreachable`` (a URL that refused, timed out or failed at the network level),
+``invalid_frame`` (an iterator item that is not an RGB uint8 frame) and
+``internal_error`` (anything else, e.g. the backend or the iterator itself raising).
+
+Batching. Ready windows are batched by the engine's one rule
+(:func:`qclip_engine.batching.next_batch`): a batch closes when it holds ``engine.batch``
+windows or ``max_wait_s`` after its first window, whichever comes first. For files (and
+in-memory frame sequences) ``max_wait_s`` is ``engine.batch_timeout_s``; for live sources
+(URLs, frame iterators) it is 0 — a window is scored as soon as it closes, together with
+whichever other windows are already waiting: latency first. The decoder's error record
+travels in order with the windows (it does not count towards the batch) and the stream
+ends after it; a backend failure gives an error record for each window of its batch.
+
+Layout: :mod:`.sources` (opening a source as timed frames), :mod:`.windowing` (the pure
+window rules), :mod:`.loop` (the decoder thread and the scoring loop), :mod:`.records`
+(``WindowResult``). The PNG timeline is :mod:`qclip_engine.cli.timeline`.
+"""
+
+from .loop import stream_windows
+from .records import WindowResult
+
+__all__ = ["stream_windows", "WindowResult"]

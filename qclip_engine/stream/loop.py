@@ -1,0 +1,178 @@
+"""The stream pipeline: a decoder thread turns frames into sampled windows; the caller's
+thread batches them (:func:`qclip_engine.batching.next_batch`) through the backend."""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import defaults
+from ..batching import Closed, next_batch
+from ..errors import DecodeFailedError
+from .records import WindowResult, error_window
+from .sources import END_OF_MEDIA, open_source
+from .windowing import Window, Windower
+
+LIVE_FPS_CAP = 60  # default frames kept per second of window (memory bound): 2 × 30 fps
+_DONE = object()  # the decoder thread's last item
+
+
+@dataclass
+class _Sampled:
+    window: Window
+    video: object  # engine.SampledVideo
+
+
+def stream_windows(
+    engine,
+    source,
+    *,
+    window_s: float = defaults.WINDOW_S,
+    hop_s: float = defaults.HOP_S,
+    threshold: float | None = None,
+    max_window_frames: int | None = None,
+    fps: float = 25.0,
+    live: bool | None = None,
+    timeout_s: float = defaults.STREAM_TIMEOUT_S,
+    options: dict[str, str] | None = None,
+) -> Iterator[WindowResult]:
+    """Per-window results over ``source``, in window order (see :mod:`qclip_engine.stream`).
+
+    ``fps``: the rate of a plain-array frame iterator; ``live``: score each window as soon
+    as it closes (default: True for URLs and frame iterators, False for files and
+    in-memory sequences); ``timeout_s``: network open/read timeout; ``options``: extra
+    FFmpeg options for opening a URL.
+    """
+    window_s, hop_s = float(window_s), float(hop_s)
+    if not (window_s > 0 and math.isfinite(window_s)):
+        raise ValueError(f"window_s must be > 0, got {window_s}")
+    if not (hop_s > 0 and math.isfinite(hop_s)):
+        raise ValueError(f"hop_s must be > 0, got {hop_s}")
+    if max_window_frames is None:
+        max_window_frames = min(engine.max_analysis_frames, max(engine.num_frames, math.ceil(LIVE_FPS_CAP * window_s)))
+    if max_window_frames < 1:
+        raise ValueError(f"max_window_frames must be ≥ 1, got {max_window_frames}")
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    opener, name, is_live = open_source(source, tuple(engine.image_size), fps, timeout_s, options)
+    if live is None:
+        live = is_live
+    windower = Windower(window_s, hop_s, int(max_window_frames))
+    return _run(engine, opener, name, windower, threshold, bool(live))
+
+
+def _produce(engine, opener, name, windower: Windower, out: queue.Queue, stop: threading.Event) -> None:
+    """Decoder thread: frames → windows → sampled windows (or a final error record) → ``out``."""
+
+    def put(item) -> bool:
+        while not stop.is_set():  # never block for good: the consumer may have gone
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def emit(windows: list[Window]) -> bool:
+        for w in windows:
+            t0 = time.perf_counter()
+            video = engine.sample_frames(w.frames, f"{name}#{w.index}", w.times)
+            video.timing_ms["sample"] = (time.perf_counter() - t0) * 1e3
+            if not put(_Sampled(w, video)):
+                return False
+        return True
+
+    frames = None
+    try:
+        frames = opener()
+        nominal_dt = None
+        for raw, convert in frames:
+            if stop.is_set():
+                return
+            if raw is END_OF_MEDIA:
+                nominal_dt = float(convert) if convert else None  # for a one-frame stream's end
+                break
+            if not emit(windower.add(raw, convert)):
+                return
+        if windower.last_t is None:
+            raise DecodeFailedError(f"{Path(name).name if '://' not in name else name}: no frames", path=name)
+        emit(windower.finish(nominal_dt))
+    except Exception as exc:  # bad media (or a failing iterator) ends the stream with a record
+        k, start, end, n = windower.current()
+        put(error_window(k, start, end, n, exc))
+    finally:
+        if hasattr(frames, "close"):
+            frames.close()  # closes the container now, not at garbage collection
+        put(_DONE)
+
+
+def _score(engine, batch: list[_Sampled], threshold: float | None) -> list[WindowResult]:
+    try:
+        results = engine.run_batch([s.video for s in batch])
+    except Exception as exc:  # the backend failed: each window of the batch says so
+        return [error_window(s.window.index, s.window.start_s, s.window.end_s, len(s.window.frames), exc) for s in batch]
+    scored = []
+    now = time.perf_counter()
+    for s, r in zip(batch, results):
+        w = s.window
+        scored.append(WindowResult(
+            index=w.index,
+            start_s=w.start_s,
+            end_s=w.end_s,
+            score=r.score,
+            mos=r.mos,
+            levels=r.levels,
+            frames_in_window=len(w.frames),
+            partial=w.partial,
+            alert=threshold is not None and r.score < threshold,
+            frames=[int(w.numbers[i]) for i in s.video.indices],
+            frame_times=[round(float(t), 6) for t in s.video.times],
+            timing_ms=r.timing_ms | {"latency": (now - w.closed_at) * 1e3},
+        ))
+    return scored
+
+
+def _run(engine, opener, name, windower: Windower, threshold, live: bool) -> Iterator[WindowResult]:
+    out: queue.Queue = queue.Queue(maxsize=2 * engine.batch)
+    stop = threading.Event()
+    worker = threading.Thread(target=_produce, args=(engine, opener, name, windower, out, stop),
+                              name="qclip-stream-decode", daemon=True)
+    closed = False
+
+    def take(timeout: float | None):
+        nonlocal closed
+        if closed:  # a closed source keeps saying so
+            raise Closed
+        item = out.get(timeout=timeout)  # None: wait for ever; else queue.Empty when nothing came
+        if item is _DONE:
+            closed = True
+            raise Closed
+        return item
+
+    # Live sources take only what is already waiting (latency first); files wait for company.
+    max_wait_s = 0.0 if live else engine.batch_timeout_s
+    worker.start()
+    try:
+        while batch := next_batch(take, max_items=engine.batch, max_wait_s=max_wait_s,
+                                  counts=lambda item: isinstance(item, _Sampled)):
+            sampled: list[_Sampled] = []
+            for item in batch:
+                if isinstance(item, _Sampled):
+                    sampled.append(item)
+                    continue
+                if sampled:
+                    yield from _score(engine, sampled, threshold)
+                yield item  # an error record: the decoder stopped, the stream ends after it
+                return
+            if sampled:
+                yield from _score(engine, sampled, threshold)
+    finally:
+        # The producer never blocks on the queue (it polls ``stop``), so it ends at its next
+        # frame; one stuck in a network read is a daemon and is left to its read timeout.
+        stop.set()
+        worker.join(timeout=2.0)

@@ -1,0 +1,152 @@
+"""Opening a stream's source — a file, a URL or an iterable of frames — as timed frames.
+
+A source opens to an iterator of ``(t, convert)``: the frame's time in seconds (None if
+unknown) and a zero-argument callable giving its uint8 RGB pixels at model size.
+Conversion is deferred so frames the memory cap drops are never converted. The last item
+is ``(END_OF_MEDIA, nominal frame duration)``. Opening or iterating may raise ``VideoError``.
+Files and URLs are read through :mod:`qclip_engine.video.container`, as ``video.decode``
+reads files, so a window sees exactly the pixels a file decode gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+
+from ..errors import DecodeFailedError, NotAVideoError, TruncatedVideoError, UnsupportedCodecError, VideoError, VideoNotFoundError
+from ..video.container import FrameReader, display_rotation, open_video, resize_rgb, to_rgb
+
+Frames = Iterator[tuple[float | None, Callable[[], np.ndarray]]]
+END_OF_MEDIA = object()  # a source's last item: ``(END_OF_MEDIA, nominal frame duration)``
+MAX_BAD_PACKETS = 25  # corrupt packets in a row skipped before a stream gives up
+_LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp")
+
+
+def open_source(source, size, fps, timeout_s, options) -> tuple[Callable[[], Frames], str, bool]:
+    """``(opener, name, live)`` for ``source``; ``opener()`` opens it (in the decoder thread)."""
+    if isinstance(source, (str, Path)):
+        text = str(source)
+        scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+        if scheme == "file":
+            text = text[len("file://"):]
+            scheme = ""
+        if not scheme:
+            return (lambda: _file_frames(text, size)), text, False
+        return (lambda: _url_frames(text, scheme, size, timeout_s, options)), text, True
+    if isinstance(source, np.ndarray):
+        if source.ndim != 4:
+            raise ValueError(f"an array source must be frames [N, H, W, 3], got shape {source.shape}")
+        return (lambda: _iter_frames(iter(source), size, fps)), "<frames>", False
+    if isinstance(source, Iterable):
+        in_memory = isinstance(source, (list, tuple))
+        return (lambda: _iter_frames(iter(source), size, fps)), "<frames>", not in_memory
+    raise TypeError(f"source must be a path, a URL or an iterable of frames, got {type(source).__name__}")
+
+
+def _file_frames(path: str, size) -> Frames:
+    container = open_video(path)  # typed errors: not_found, empty_file, not_a_video, truncated, ...
+    return _container_frames(container, path, size, live=False)
+
+
+def _url_options(scheme: str, timeout_s: float, extra: dict | None) -> dict[str, str]:
+    us = str(int(timeout_s * 1e6))
+    opts = {"rw_timeout": us}  # any protocol: give up on a read/write silent this long (µs)
+    if scheme in ("rtsp", "rtsps"):
+        opts |= {"rtsp_transport": "tcp", "timeout": us}  # socket timeout (FFmpeg ≥ 5; was stimeout)
+    elif scheme in ("http", "https"):  # plain files and HLS playlists / segments
+        opts |= {"timeout": us, "reconnect": "1", "reconnect_streamed": "1", "reconnect_delay_max": "2"}
+    elif scheme in ("rtmp", "rtmps", "tcp", "srt", "udp"):
+        opts |= {"timeout": us} if scheme != "udp" else {}
+    return opts | {k: str(v) for k, v in (extra or {}).items()}
+
+
+def _url_frames(url: str, scheme: str, size, timeout_s: float, extra: dict | None) -> Frames:
+    try:
+        container = av.open(
+            url,
+            mode="r",
+            container_options=_url_options(scheme, timeout_s, extra),
+            timeout=(timeout_s, timeout_s),
+            metadata_errors="ignore",
+        )
+    except (av.error.HTTPNotFoundError, av.error.FileNotFoundError) as exc:
+        raise VideoNotFoundError(f"{url}: not found ({exc.strerror or exc})", path=url) from exc
+    except av.error.InvalidDataError as exc:
+        raise NotAVideoError(f"{url}: not a stream FFmpeg recognises ({exc.strerror or exc})", path=url) from exc
+    except (av.error.FFmpegError, OSError) as exc:
+        raise VideoError(f"{url}: cannot open ({getattr(exc, 'strerror', None) or exc})", path=url, code="unreachable") from exc
+    if not container.streams.video:
+        container.close()
+        raise NotAVideoError(f"{url}: no video stream", path=url)
+    if container.streams.video[0].codec_context is None:
+        container.close()
+        raise UnsupportedCodecError(f"{url}: no decoder for this video codec", path=url)
+    return _container_frames(container, url, size, live=scheme in _LIVE_SCHEMES or url.lower().split("?")[0].endswith(".m3u8"))
+
+
+def _container_frames(container, where: str, size, *, live: bool) -> Frames:
+    """Frames of an open container's first video stream, timed by pts; closes the container."""
+    name = where if "://" in where else Path(where).name
+    try:
+        stream = container.streams.video[0]
+        # Frame threading holds back one frame per thread: fine for files, not for live latency.
+        stream.thread_type = "SLICE" if live else "AUTO"
+        stream.thread_count = 0
+        nominal_dt = 1.0 / float(stream.average_rate or stream.guessed_rate or 25)
+        announced = stream.frames or 0
+        reader = FrameReader(container, stream, max_bad_packets=MAX_BAD_PACKETS, where=where)
+        rotation = None
+        for frame in reader:
+            if rotation is None:
+                rotation = display_rotation(frame)
+            t = frame.time
+            yield (None if t is None else float(t)), (lambda f=frame, r=rotation: to_rgb(f, size, r))
+        if reader.demux_error is not None:
+            raise _mid_stream_error(reader.demux_error, name, where) from reader.demux_error
+        if announced and reader.packets < announced:
+            raise TruncatedVideoError(f"{name}: the stream ends after {reader.packets} of {announced} frames", path=where)
+        if rotation is None:
+            raise DecodeFailedError(f"{name}: no frame could be decoded", path=where)
+        yield END_OF_MEDIA, nominal_dt  # tells the windower the nominal frame duration
+    finally:
+        container.close()
+
+
+def _mid_stream_error(exc: av.error.FFmpegError, name: str, where: str) -> VideoError:
+    if isinstance(exc, (av.error.TimeoutError, av.error.ExitError, av.error.ConnectionResetError,
+                        av.error.ConnectionAbortedError, av.error.BrokenPipeError)):
+        return VideoError(f"{name}: the stream stopped ({exc.strerror or exc})", path=where, code="unreachable")
+    if isinstance(exc, av.error.EOFError) or "://" not in where:
+        return TruncatedVideoError(f"{name}: the stream ends early ({exc.strerror or exc})", path=where)
+    return DecodeFailedError(f"{name}: {exc.strerror or exc}", path=where)
+
+
+def _iter_frames(items: Iterator, size, fps: float) -> Frames:
+    h, w = size
+    for i, item in enumerate(items):
+        if isinstance(item, tuple):
+            if len(item) != 2:
+                raise VideoError(f"frame {i}: expected (timestamp_s, frame), got a tuple of {len(item)}", code="invalid_frame")
+            t, frame = item
+            try:
+                t = float(t)
+            except (TypeError, ValueError):
+                raise VideoError(f"frame {i}: timestamp {t!r} is not a number", code="invalid_frame") from None
+        elif isinstance(item, av.VideoFrame):
+            t, frame = (item.time if item.time is not None else i / fps), item
+        else:
+            t, frame = i / fps, item
+        if isinstance(frame, av.VideoFrame):
+            yield t, (lambda f=frame: to_rgb(f, size, display_rotation(f)))
+            continue
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or 0 in frame.shape:
+            raise VideoError(f"frame {i}: expected uint8 RGB [H, W, 3], got {frame.dtype} {frame.shape}", code="invalid_frame")
+        if frame.shape[:2] == (h, w):
+            yield t, (lambda f=frame: np.ascontiguousarray(f))
+        else:
+            yield t, (lambda f=frame: resize_rgb(f, size))
+    yield END_OF_MEDIA, 1.0 / fps
