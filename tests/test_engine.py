@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 from media import encode, moving_frames
-from conftest import tiny_model, trained_like
+from conftest import tiny_model
 
-from qclip_engine import QCLIP, QCLIPConfig, save_artifact
+from qclip_engine import save_artifact
 from qclip_engine.engine import QualityEngine
 from qclip_engine.video import decode
 

@@ -7,7 +7,6 @@ from conftest import trained_like, uint8_frames
 from torch import nn
 
 from qclip_engine.model.folded import FoldedQCLIP, fold, fold_scale_into_layernorm, merge_linears, scale_linear, text_constants
-from qclip_engine import QCLIP
 
 TOLERANCE = 1e-5  # fp32, max |Δscore| of the folds (docs/architecture.md, the graph contract)
 

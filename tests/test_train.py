@@ -5,13 +5,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from media import encode, moving_frames
 
 from qclip_engine import load_artifact
-from train import run
-from train.data import read_labels, split_records
+from qclip_engine.errors import VideoError
+from qclip_engine.train import run
+from qclip_engine.train.data import read_labels, split_records
+from qclip_engine.train.datasets import build_datasets
+from qclip_engine.train.device import resolve_device
+from qclip_engine.train.epoch import lr_lambda
+from qclip_engine.train.errors import CheckpointError, ConfigError
+from qclip_engine.train.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +73,12 @@ def test_training_writes_metrics_and_a_loadable_artifact(tmp_path, tiny_dataset)
     assert (out / "best" / "scatter.png").stat().st_size > 1000
     report = json.loads((out / "report.json").read_text())
     assert report["best_epoch"] in (1, 2)
-    # The artifact scores like the model that was saved: its epoch's metrics are reproduced.
-    video = model.normalize(torch.zeros(1, 2, 32, 32, 3, dtype=torch.uint8))
-    assert torch.isfinite(model(video)).all()
+    # best/ is the selected epoch's model: reloaded, it reproduces that epoch's held-out metrics.
+    config = run.load_config(_config(tmp_path, tiny_dataset))
+    metrics, _ = evaluate(model, build_datasets(config, model).val, 2, resolve_device("cpu"))
+    saved = lines[report["best_epoch"] - 1]["val"]["heldout"]
+    for key in ("srocc", "plcc", "krocc"):
+        assert metrics["heldout"][key] == pytest.approx(saved[key], abs=1e-6), key
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_dataset):
@@ -99,10 +107,10 @@ def test_missing_and_broken_videos_are_listed_and_training_goes_on(tmp_path, tin
     listed = {Path(s["path"]).name: s["code"] for entries in skipped.values() for s in entries}
     assert listed == {"gone.mp4": "not_found", "broken.mp4": "truncated"}
     assert len(_lines(out)) == 1
-    from qclip_engine.errors import VideoError
 
-    with pytest.raises(VideoError):
-        run.main(["--config", str(config), "--output-dir", str(tmp_path / "strict"), "--strict"])
+    with pytest.raises(VideoError) as info:
+        run.train_once(run.load_config(config), tmp_path / "strict", strict=True)
+    assert info.value.code in ("not_found", "truncated")
 
 
 def test_splits_report_mean_and_std(tmp_path, tiny_dataset):
@@ -130,6 +138,53 @@ def test_label_formats_and_the_official_split(tmp_path):
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    f = run.lr_lambda(warmup_iters=4, total_iters=12)
+    f = lr_lambda(warmup_iters=4, total_iters=12)
     assert [f(i) for i in (0, 2, 4)] == [0.0, 0.5, 1.0]
     assert f(8) == pytest.approx(0.5) and f(12) == pytest.approx(0.0)
+
+
+def _one_error_line(capsys, prog: str) -> str:
+    """The CLI's stderr must be a single ``prog: message`` line (progress bars aside)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith(f"{prog}: ")]
+    assert len(lines) == 1 and err.endswith(lines[0] + "\n"), err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.epochs"], "override 'train.epochs' is not key=value"),
+        (["model.no_such_setting=1"], "unknown model settings ['no_such_setting']"),
+        (["data.val={}"], "the config needs data.train and at least one data.val entry"),
+    ],
+)
+def test_a_bad_config_is_a_config_error_and_exit_status_2(tmp_path, tiny_dataset, capsys, overrides, message):
+    config = _config(tmp_path, tiny_dataset)
+    with pytest.raises(ConfigError) as info:
+        run.load_config(config, overrides)
+    assert info.value.code == "config_invalid" and message in str(info.value)
+
+    assert run.main(["--config", str(config), "--output-dir", str(tmp_path / "run"), *overrides]) == 2
+    assert message in _one_error_line(capsys, "train.run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_without_a_checkpoint_is_a_checkpoint_error_and_exit_status_2(tmp_path, tiny_dataset, capsys):
+    config = _config(tmp_path, tiny_dataset)
+    out = tmp_path / "never_trained"
+    with pytest.raises(CheckpointError) as info:
+        run.train_once(run.load_config(config), out, resume=True)
+    assert info.value.code == "checkpoint_missing" and str(out / "checkpoint.pt") in str(info.value)
+
+    assert run.main(["--config", str(config), "--output-dir", str(out), "--resume"]) == 2
+    assert f"no checkpoint at {out / 'checkpoint.pt'}" in _one_error_line(capsys, "train.run")
+    assert not (out / "metrics.jsonl").exists() and not (out / "report.json").exists()
+
+
+def test_strict_cli_reports_the_unusable_video_in_one_line(tmp_path, tiny_dataset, capsys):
+    labels = (tiny_dataset / "labels.txt").read_text() + "gone.mp4,0.24,25,50\n"
+    (tiny_dataset / "labels_gone.txt").write_text(labels)
+    config = _config(tmp_path, tiny_dataset, labels="labels_gone.txt")
+    assert run.main(["--config", str(config), "--output-dir", str(tmp_path / "strict"), "--strict"]) == 2
+    assert "gone.mp4" in _one_error_line(capsys, "train.run")

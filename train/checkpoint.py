@@ -1,0 +1,72 @@
+"""What a run keeps on disk between epochs: ``checkpoint.pt`` (everything ``--resume``
+needs) and ``best/``, the artifact of the best epoch with its calibration and scatter plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qclip_engine import QCLIP, save_artifact
+
+from .epoch import EpochResult
+from .errors import CheckpointError
+from .evaluate import scatter
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best"
+
+
+def no_best() -> dict:
+    """The best-epoch record before any epoch (every score beats it)."""
+    return {"score": -math.inf}
+
+
+def save_checkpoint(path: Path, epoch: int, model: QCLIP, optimizer, scheduler, best: dict) -> None:
+    """After 0-based ``epoch``: trainable tensors, optimiser, schedule, best so far and torch's RNG."""
+    torch.save(
+        {
+            "epoch": epoch,
+            "trainable": model.trainable_state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "best": best,
+            "torch_rng": torch.get_rng_state(),
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: Path, model: QCLIP, optimizer, scheduler) -> tuple[dict, int]:
+    """Restore a run from ``path`` in place; returns (best so far, first epoch still to run)."""
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in state["trainable"]:
+                p.copy_(state["trainable"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    print(f"resumed from {path} after epoch {state['epoch']}")
+    return state["best"], state["epoch"] + 1
+
+
+def calibration(result: EpochResult) -> dict:
+    """Mean and spread of the epoch's training predictions and MOS (stored with the artifact)."""
+    tp, tt = np.concatenate(result.preds), np.concatenate(result.targets)
+    return {
+        "pred_mean": float(tp.mean()),
+        "pred_std": float(tp.std()) or 1.0,
+        "target_mean": float(tt.mean()),
+        "target_std": float(tt.std()),
+    }
+
+
+def save_best(directory: Path, model: QCLIP, result: EpochResult, preds: np.ndarray, targets: np.ndarray, title: str) -> None:
+    """The artifact of the best epoch so far, calibrated on its training pass, and its scatter plot."""
+    save_artifact(model, directory, calibration=calibration(result))
+    scatter(directory / "scatter.png", preds, targets, title)

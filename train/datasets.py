@@ -1,0 +1,89 @@
+"""The datasets of a training run: records from the config's label files, the videos
+checked up front (unusable ones listed in ``skipped.json``), and their loaders."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qclip_engine import QCLIP
+
+from .data import LabelledVideo, VideoClips, collate, read_labels, split_records
+
+SKIPPED = "skipped.json"
+
+
+@dataclass
+class Datasets:
+    train: VideoClips
+    val: dict[str, VideoClips]  # in config order: the first one selects the best epoch
+
+    @property
+    def selection(self) -> str:
+        return next(iter(self.val))
+
+
+def labelled_records(spec: dict, data: dict, split_seed: int | None) -> list[LabelledVideo]:
+    """The records of one ``data.train`` / ``data.val`` entry, split when it asks for it.
+
+    ``split_seed`` (from ``--splits``) replaces the entry's own split seed.
+    """
+    records = read_labels(spec["labels"], spec.get("prefix", ""), data.get("data_root"))
+    split = spec.get("split")
+    if split:
+        seed = split_seed if split_seed is not None else split.get("seed", 42)
+        records = split_records(records, float(split.get("ratio", 0.8)), int(seed), split.get("role", "train"))
+    return records
+
+
+def build_datasets(config: dict, model: QCLIP, *, split_seed: int | None = None, strict: bool = False) -> Datasets:
+    """Training and validation sets sampled as ``model`` expects (size, frames, sampler)."""
+    data = config["data"]
+    common = dict(
+        image_size=model.image_size,
+        num_frames=model.config.num_frames,
+        sampler=model.config.sampler,
+        max_analysis_frames=data["max_analysis_frames"],
+        strict=strict,
+        cache=bool(data.get("cache")),
+        seed=int(config["seed"]),
+    )
+    train = VideoClips(labelled_records(data["train"], data, split_seed), training=True, desc="train videos", **common)
+    val = {
+        name: VideoClips(labelled_records(spec, data, split_seed), training=False, desc=f"{name} videos", **common)
+        for name, spec in data["val"].items()
+    }
+    return Datasets(train, val)
+
+
+def write_skipped(out: Path, datasets: Datasets) -> None:
+    """``skipped.json`` (always written, empty lists included) and the first few on stderr."""
+    sets = {"train": datasets.train} | datasets.val
+    skipped = {name: [vars(s) for s in clips.skipped] for name, clips in sets.items()}
+    total = sum(len(entries) for entries in skipped.values())
+    if total:
+        print(f"skipped {total} unusable video(s), listed in {out / SKIPPED}:", file=sys.stderr)
+        for entries in skipped.values():
+            for s in entries[:10]:
+                print(f"  {s['code']}: {s['path']}", file=sys.stderr)
+    (out / SKIPPED).write_text(json.dumps(skipped, indent=2) + "\n")
+
+
+def loader(dataset, batch_size: int, shuffle_seed: int | None, num_workers: int) -> torch.utils.data.DataLoader:
+    """Batches of ``dataset``; shuffled with ``shuffle_seed`` when given (reproducible epochs)."""
+    generator = None
+    if shuffle_seed is not None:
+        generator = torch.Generator().manual_seed(shuffle_seed)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle_seed is not None,
+        generator=generator,
+        num_workers=num_workers,
+        collate_fn=collate,
+        drop_last=False,
+    )

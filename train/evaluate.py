@@ -1,0 +1,72 @@
+"""Evaluation: predictions on the validation sets, their metrics (SROCC, PLCC linear and
+logistic, KROCC, RMSE), the score that selects the best epoch, and its scatter plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qclip_engine import QCLIP
+from qclip_engine.metrics import all_metrics, rescale
+
+from .data import VideoClips
+from .datasets import loader
+from .device import autocast
+from .errors import DatasetError
+
+
+@torch.no_grad()
+def predict(model: QCLIP, batches, device) -> tuple[np.ndarray, np.ndarray, int]:
+    """Scores, MOS and the count of videos that failed to decode, over ``batches``."""
+    model.eval()
+    preds, targets, failed = [], [], 0
+    with autocast(device):
+        text = model.forward_text()  # constant during evaluation: once, not per batch
+    for batch in batches:
+        failed += len(batch["errors"])
+        if "video" not in batch:
+            continue
+        with autocast(device):
+            score = model(model.normalize(batch["video"].to(device)), text)
+        preds.append(score.float().cpu().numpy())
+        targets.append(batch["mos"].numpy())
+    if not preds:
+        raise DatasetError("no video of the validation set could be decoded")
+    return np.concatenate(preds), np.concatenate(targets), failed
+
+
+def evaluate(
+    model: QCLIP, val_sets: dict[str, VideoClips], batch_size: int, device
+) -> tuple[dict[str, dict], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Metrics of each validation set (with its video and failure counts), and its (predictions, MOS)."""
+    metrics, outputs = {}, {}
+    for name, dataset in val_sets.items():
+        preds, targets, failed = predict(model, loader(dataset, batch_size, None, 0), device)
+        metrics[name] = all_metrics(preds, targets) | {"videos": len(preds), "failed_videos": failed}
+        outputs[name] = (preds, targets)
+    return metrics, outputs
+
+
+def selection_score(metrics: dict) -> float:
+    """What the best epoch maximises on the first validation set."""
+    return metrics["srocc"] + metrics["plcc"]
+
+
+def scatter(path: Path, preds: np.ndarray, targets: np.ndarray, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    ax.scatter(targets, rescale(preds, targets), s=10, alpha=0.7)
+    lo, hi = float(np.min(targets)), float(np.max(targets))
+    ax.plot([lo, hi], [lo, hi], color="gray", lw=1, ls="--")
+    ax.set_xlabel("target (MOS)")
+    ax.set_ylabel("prediction (linearly rescaled)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
