@@ -30,3 +30,31 @@ def test_ci_runs_the_readme_test_command_verbatim():
 def test_constraints_pin_the_documented_torch():
     pins = (ROOT / "constraints.txt").read_text()
     assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def test_benchmark_results_name_inputs_relatively():
+    """A result file is read on other machines: no absolute path of the one that wrote it."""
+    import json
+
+    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        absolute = [s for s in _strings(json.loads(path.read_text())) if s.startswith("/") or "site-packages" in s]
+        assert not absolute, (path.name, absolute[:3])
+
+
+def test_no_reference_to_documents_outside_the_repository():
+    """Comments and docs cite files of this repository only."""
+    trees = ("qclip_engine", "export", "kernels", "train", "benchmarks", "tests", "docs", "configs")
+    files = [ROOT / "README.md", *(p for t in trees for p in (ROOT / t).rglob("*") if p.suffix in (".py", ".md", ".yaml", ".cu"))]
+    cited = [p.relative_to(ROOT).as_posix() for p in files if "DESIGN" in p.read_text(errors="replace") and p.name != "test_repo.py"]
+    assert not cited

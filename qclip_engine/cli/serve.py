@@ -1,7 +1,7 @@
 """qclip-serve: score videos over HTTP, batching concurrent requests into one model call.
 
-    qclip-serve ARTIFACT [--batch 32] [--engine auto] [--host 127.0.0.1] [--port 8000]
-                [--allow-dir DIR ...] [--max-upload-mb 256] [--queue N] [--timeout-s 60] [--workers N]
+    qclip-serve ARTIFACT [--batch N] [--engine ENGINE] [--host HOST] [--port PORT]
+                [--allow-dir DIR ...] [--max-upload-mb MB] [--queue N] [--timeout-s S] [--workers N]
 
     curl -F file=@clip.mp4 http://127.0.0.1:8000/v1/score
     curl -H 'content-type: application/json' -d '{"path": "/data/clip.mp4"}' http://127.0.0.1:8000/v1/score
@@ -10,7 +10,9 @@ Endpoints: POST /v1/score, GET /healthz (alive), GET /readyz (model loaded and w
 GET /metrics (Prometheus). Path requests are refused unless the file's real path lies
 under an --allow-dir. SIGINT/SIGTERM: requests in flight are answered, then the process
 exits (uvicorn re-raises the signal, so the status is the signal's). Exit status 1: the
-model could not be loaded; 2: bad arguments.
+model could not be loaded; 2: bad arguments. Defaults: ``qclip-serve --help`` (from
+qclip_engine/defaults.py). ``--help`` and argument errors import neither torch nor the web
+stack: the service is imported in main, after the checks.
 """
 
 from __future__ import annotations
@@ -19,11 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-ENGINES = ("auto", "torch", "onnxruntime", "tensorrt")
-# The service's defaults, kept here so that --help and argument errors need no torch import.
-DEFAULT_MAX_UPLOAD_MB = 256.0
-DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_BATCH_WAIT_MS = 5.0
+from .. import defaults
 
 
 def positive_int(text: str) -> int:
@@ -46,23 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("artifact", type=Path, help="artifact directory (from training or qclip-export)")
-    parser.add_argument("--batch", type=positive_int, default=32, help="most videos per model call")
-    parser.add_argument("--engine", choices=ENGINES, default="auto",
+    parser.add_argument("--batch", type=positive_int, default=defaults.BATCH, help="most videos per model call")
+    parser.add_argument("--engine", choices=defaults.ENGINES, default="auto",
                         help="auto: TensorRT or torch on a GPU, ONNX Runtime (else torch) on the CPU")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 exposes the service)")
-    parser.add_argument("--port", type=int, default=8000, help="0: any free port (uvicorn logs it)")
+    parser.add_argument("--device", default=defaults.DEVICE, help="auto, cpu or cuda[:N]")
+    parser.add_argument("--host", default=defaults.SERVE_HOST, help="interface to bind (0.0.0.0 exposes the service)")
+    parser.add_argument("--port", type=int, default=defaults.SERVE_PORT, help="0: any free port (uvicorn logs it)")
     parser.add_argument("--allow-dir", type=Path, action="append", default=[], metavar="DIR",
                         help="a directory whose files may be scored by path (repeatable); without one, uploads only")
-    parser.add_argument("--max-upload-mb", type=positive_float, default=DEFAULT_MAX_UPLOAD_MB,
+    parser.add_argument("--max-upload-mb", type=positive_float, default=defaults.MAX_UPLOAD_MB,
                         help="largest accepted upload (MiB)")
     parser.add_argument("--queue", type=positive_int, default=None,
-                        help="requests in flight before new ones get 503; None: 4 × batch")
-    parser.add_argument("--timeout-s", type=positive_float, default=DEFAULT_TIMEOUT_S,
+                        help=f"requests in flight before new ones get 503; None: {defaults.QUEUE_PER_BATCH} × batch")
+    parser.add_argument("--timeout-s", type=positive_float, default=defaults.REQUEST_TIMEOUT_S,
                         help="per-request deadline, upload included (504 past it)")
     parser.add_argument("--workers", type=positive_int, default=None,
-                        help="decode threads; None: min(4, cores)")
-    parser.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS,
+                        help=f"decode threads; None: the engine's default ({defaults.decode_workers()} here)")
+    parser.add_argument("--batch-wait-ms", type=float, default=defaults.SERVE_BATCH_WAIT_S * 1e3,
                         help="how long a partial batch waits for more videos")
     parser.add_argument("--upload-dir", type=Path, default=None,
                         help="where uploads are spooled; None: the system temp directory")
@@ -91,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from ..service import ServeSettings, create_app
+    from ..serve import create_app
+    from ..serve.settings import ServeSettings
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ServeSettings(

@@ -1,0 +1,48 @@
+"""The service's answers other than a score, and the one place that renders them.
+
+Every refusal is ``{"error": {"code", "message"}}`` with an HTTP status (and, for 503,
+``Retry-After``). Codes and statuses:
+
+    400  invalid_json, bad_request, invalid_path, bad_multipart, missing_file, client_disconnected
+    403  path_not_allowed
+    404  not_found (no such route)          405  method_not_allowed      other: http_<status>
+    413  upload_too_large, body_too_large
+    415  unsupported_media_type
+    422  the video's error code from qclip_engine.errors: not_found, empty_file, not_a_video,
+         audio_only, unsupported_codec, truncated, decode_failed
+    500  internal_error (or the backend's error record when the model call failed)
+    503  not_ready, overloaded, shutting_down      504  timeout
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi.responses import JSONResponse
+
+if TYPE_CHECKING:
+    from .metrics import ServiceMetrics
+
+
+class ApiError(Exception):
+    """An answer other than a score: HTTP status plus the error contract's code and message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+    @classmethod
+    def from_record(cls, status: int, record: dict[str, str], headers: dict[str, str] | None = None) -> ApiError:
+        """From an error record (``qclip_engine.errors.error_record``), so codes stay the contract's."""
+        return cls(status, record["code"], record["message"], headers)
+
+
+class ServiceStopping(Exception):
+    """The service shut down while the request waited (answered 503 ``shutting_down``)."""
+
+
+def error_response(error: ApiError, metrics: ServiceMetrics) -> JSONResponse:
+    """The JSON answer for ``error``, counted in ``qclip_errors_total`` by code."""
+    metrics.errors.labels(error.code).inc()
+    return JSONResponse({"error": {"code": error.code, "message": error.message}}, status_code=error.status,
+                        headers=error.headers)

@@ -1,0 +1,238 @@
+"""Receiving a score request's input: a multipart upload, or a JSON path under an allowed root.
+
+Security rules (each answered with the error contract, never a traceback):
+
+* Paths. Scoring by path needs ``--allow-dir``; without one every path request is 403
+  ``path_not_allowed``. A path with a NUL byte is 400 ``invalid_path``. A relative path is
+  taken under the first allowed root. The path is resolved — every symlink and ``..`` —
+  and accepted only if the real path is a root or lies under one (roots are resolved too),
+  so ``../`` escapes, absolute paths outside and symlinks pointing out are 403. The resolved
+  path, not the client's string, is what gets opened, so no checked symlink is followed again.
+* Uploads. The ``file`` part of a ``multipart/form-data`` body is streamed to a temp file made
+  by ``mkstemp`` in the upload directory: the client's file name never becomes a server path
+  (only its base name is kept, to name the file in answers, and its suffix only if short and
+  alphanumeric, as a hint for FFmpeg). The size limit is enforced while the body streams in —
+  a declared Content-Length over it is refused before reading, a chunked body is counted — so
+  a large upload is 413 ``upload_too_large`` with never more than the limit written to disk
+  (and about ``UPLOAD_FLUSH_BYTES`` held in memory). The temp file is deleted on every error (413, 400 ``bad_multipart``/``missing_file``/
+  ``client_disconnected``, a timeout); after scoring the service deletes it.
+* A JSON body is at most ``JSON_BODY_LIMIT`` bytes (413 ``body_too_large``).
+
+Answers name the client's file, never a server path: the service rewrites messages
+(``QualityService._public_message`` in ``serve/service.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from .errors import ApiError
+
+UPLOAD_FIELD = "file"
+JSON_BODY_LIMIT = 64 * 1024  # a path request is a few hundred bytes
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and small fields around the file
+UPLOAD_FLUSH_BYTES = 1 << 20  # upload bytes held in memory before they go to the temp file
+_SAFE_SUFFIX = re.compile(r"\.[a-z0-9]{1,8}")
+
+
+@dataclass
+class Upload:
+    path: Path  # the temp file (the caller deletes it)
+    filename: str  # the client's base name, for answers
+    size: int
+    receive_ms: float
+
+
+class _MultipartUpload:
+    """Streams the ``file`` part of a multipart body into a temp file, refusing it past ``limit`` bytes."""
+
+    def __init__(self, limit: int, directory: Path | None, writer: ThreadPoolExecutor):
+        self.limit = limit
+        self.directory = directory
+        self.writer = writer
+        self._write = None  # the write in progress (a concurrent future)
+        self.path: Path | None = None
+        self.filename = ""
+        self.size = 0
+        self.complete = False  # the file part's closing boundary was seen
+        self._file = None
+        self._pending = bytearray()
+        self._header_name = b""
+        self._header_value = b""
+        self._disposition = b""
+        self._in_file_part = False
+        self.callbacks = {
+            "on_part_begin": self._on_part_begin,
+            "on_header_field": self._on_header_field,
+            "on_header_value": self._on_header_value,
+            "on_header_end": self._on_header_end,
+            "on_headers_finished": self._on_headers_finished,
+            "on_part_data": self._on_part_data,
+            "on_part_end": self._on_part_end,
+        }
+
+    def _on_part_begin(self) -> None:
+        self._disposition = b""
+        self._in_file_part = False
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        if self._header_name.lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_name = self._header_value = b""
+
+    def _on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if options.get(b"name", b"").decode("utf-8", "replace") != UPLOAD_FIELD:
+            return  # other form fields are read past (the body-size cap still bounds them)
+        if self._file is not None:
+            raise ApiError(400, "bad_request", f"send one {UPLOAD_FIELD!r} part per request")
+        filename = options.get(b"filename", b"").decode("utf-8", "replace")
+        self.filename = Path(filename.replace("\\", "/")).name[:255] or "upload"  # Windows paths too
+        suffix = Path(self.filename).suffix.lower()
+        fd, name = tempfile.mkstemp(prefix="qclip-upload-", suffix=suffix if _SAFE_SUFFIX.fullmatch(suffix) else "",
+                                    dir=self.directory)
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb", buffering=0)
+        self._in_file_part = True
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if not self._in_file_part:
+            return
+        self.size += end - start
+        if self.size > self.limit:
+            raise ApiError(413, "upload_too_large", f"the upload exceeds the limit of {self.limit} bytes")
+        self._pending += data[start:end]
+
+    def _on_part_end(self) -> None:
+        if self._in_file_part:
+            self.complete = True
+            self._in_file_part = False
+
+    @property
+    def buffered(self) -> int:
+        return len(self._pending)
+
+    async def flush(self) -> None:
+        if self._pending:
+            data, self._pending = bytes(self._pending), bytearray()
+            self._write = self.writer.submit(self._file.write, data)  # off the event loop: the disk may stall
+            await asyncio.wrap_future(self._write)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def discard(self) -> None:
+        """Close and delete the temp file — after a write still running (a timeout cancelled its await)."""
+
+        def remove(_=None) -> None:
+            self.close()
+            if self.path is not None:
+                self.path.unlink(missing_ok=True)
+
+        if self._write is not None and not self._write.done():
+            self._write.add_done_callback(remove)
+        else:
+            remove()
+
+
+async def receive_upload(request: Request, limit: int, directory: Path | None, writer: ThreadPoolExecutor) -> Upload:
+    """The multipart body's ``file`` part, written to a temp file (the caller deletes it)."""
+    started = time.perf_counter()
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "bad_multipart", "multipart/form-data without a boundary")
+    body_limit = limit + MULTIPART_OVERHEAD
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > body_limit:
+        raise ApiError(413, "upload_too_large", f"the upload exceeds the limit of {limit} bytes")
+    upload = _MultipartUpload(limit, directory, writer)
+    parser = MultipartParser(boundary, upload.callbacks)
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > body_limit:  # a body without Content-Length, or one that lied about it
+                raise ApiError(413, "upload_too_large", f"the upload exceeds the limit of {limit} bytes")
+            parser.write(chunk)
+            if upload.buffered >= UPLOAD_FLUSH_BYTES:
+                await upload.flush()
+        parser.finalize()
+        if upload.path is None:
+            raise ApiError(400, "missing_file", f"multipart body without a {UPLOAD_FIELD!r} part")
+        if not upload.complete:
+            raise ApiError(400, "bad_multipart", "the multipart body ended inside the file part")
+        await upload.flush()
+        upload.close()
+    except MultipartParseError as exc:
+        upload.discard()
+        raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
+    except ClientDisconnect:
+        upload.discard()
+        raise ApiError(400, "client_disconnected", "the client went away during the upload") from None
+    except BaseException:  # 413, 400, a timeout's cancellation: no temp file outlives its request
+        upload.discard()
+        raise
+    return Upload(upload.path, upload.filename, upload.size, (time.perf_counter() - started) * 1e3)
+
+
+async def read_json_path(request: Request) -> str:
+    """The ``path`` of a JSON ``{"path": ...}`` body."""
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > JSON_BODY_LIMIT:
+                raise ApiError(413, "body_too_large", f"a JSON request is at most {JSON_BODY_LIMIT} bytes")
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", "the client went away during the request") from None
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("path"), str) or not payload["path"]:
+        raise ApiError(400, "bad_request", 'a JSON request is {"path": "<file under an allowed directory>"}')
+    return payload["path"]
+
+
+def resolve_allowed_path(raw: str, roots: tuple[Path, ...]) -> Path:
+    """The real path of ``raw`` (symlinks resolved) if it lies under a root, else 403.
+
+    ``roots`` are real paths (resolved by the caller). A relative path is taken relative to the
+    first root. The resolved path, not ``raw``, is what gets opened, so no symlink is followed
+    after the check.
+    """
+    if not roots:
+        raise ApiError(403, "path_not_allowed",
+                       "this server scores uploads only (start it with --allow-dir to score files by path)")
+    if "\x00" in raw:
+        raise ApiError(400, "invalid_path", "the path contains a NUL byte")
+    candidate = Path(raw)
+    if not candidate.is_absolute():
+        candidate = roots[0] / candidate
+    try:
+        real = Path(os.path.realpath(candidate))
+    except (OSError, ValueError):
+        raise ApiError(403, "path_not_allowed", f"{raw!r} cannot be resolved") from None
+    if any(real == root or real.is_relative_to(root) for root in roots):
+        return real
+    raise ApiError(403, "path_not_allowed", f"{raw!r} is not under an allowed directory")

@@ -1,0 +1,228 @@
+"""``QualityService``: the engine, the decode pool, admission and the batcher behind ``/v1/score``.
+
+The model loads in the background (``/healthz`` answers at once, ``/readyz`` once the model is
+warm). A score request is admitted (``serve/admission.py``), its input received
+(``serve/inputs.py``), decoded in the decode pool (PyAV releases the GIL) and handed to the
+batcher's model thread (``serve/batcher.py``). The whole request, upload included, runs under
+``--timeout-s``. Answers never name a server path: messages are rewritten to the client's names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from ..engine import QualityEngine, SampledVideo, VideoResult
+from ..errors import QCLIPError, error_record
+from .admission import Admission, Slot
+from .batcher import Batcher
+from .errors import ApiError, ServiceStopping
+from .inputs import Upload, read_json_path, receive_upload, resolve_allowed_path
+from .metrics import ServiceMetrics
+from .settings import ServeSettings
+
+log = logging.getLogger("qclip_engine.serve")
+
+NOT_READY_RETRY_S = 5
+
+
+class QualityService:
+    """Built at start-up, torn down at exit; ``on_fatal`` is called when the model cannot be loaded."""
+
+    def __init__(self, settings: ServeSettings, on_fatal: Callable[[], None] | None = None):
+        if settings.batch < 1 or settings.queue_limit < 1:
+            raise ValueError("batch and queue must be ≥ 1")
+        self.settings = settings
+        self.on_fatal = on_fatal
+        self.metrics = ServiceMetrics(settings.batch)
+        self.admission = Admission(settings.queue_limit)
+        self.metrics.in_flight.set_function(lambda: self.admission.count)
+        self.metrics.queue_depth.set_function(lambda: self.batcher.queue.qsize() if self.batcher is not None else 0)
+        self.allow_roots = tuple(Path(os.path.realpath(d)) for d in settings.allow_dirs)
+        self.engine: QualityEngine | None = None  # set once the model is loaded and warm
+        self.batcher: Batcher | None = None
+        self.decode_pool: ThreadPoolExecutor | None = None
+        self.upload_writer = ThreadPoolExecutor(2, thread_name_prefix="qclip-upload")
+        self.load_error: str | None = None
+        self.stopping = False
+        self._loader: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and self.batcher is not None and self.batcher.running and not self.stopping
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load in the background: /healthz answers at once, /readyz once the model is warm."""
+        self._loader = asyncio.get_running_loop().create_task(self._load(), name="qclip-load")
+
+    async def _load(self) -> None:
+        s = self.settings
+        started = time.perf_counter()
+        try:
+            engine = await asyncio.to_thread(
+                QualityEngine, s.artifact, engine=s.engine, device=s.device, batch=s.batch, workers=s.workers)
+            blank = engine.sample_frames(np.zeros((engine.num_frames, *engine.image_size, 3), np.uint8), "<warm-up>")
+            self.batcher = Batcher(engine, self.metrics, max_batch=s.batch, max_wait_s=s.batch_wait_s,
+                                   capacity=s.queue_limit)
+            # One call before the first request, on the model thread: kernel selection and allocator
+            # warm-up are not billed to a client, and a backend that cannot run fails here, not per request.
+            await asyncio.wrap_future(self.batcher.start(warm_up=[blank]))
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("the model could not be loaded: %s", self.load_error)
+            if self.on_fatal is not None:
+                self.on_fatal()
+            return
+        self.decode_pool = ThreadPoolExecutor(engine.workers, thread_name_prefix="qclip-decode")
+        self.engine = engine
+        log.info("ready in %.1f s: backend %s on %s, batch %d, %d decode workers, %d requests in flight at most",
+                 time.perf_counter() - started, engine.backend.name, engine.backend.device, engine.batch,
+                 engine.workers, s.queue_limit)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()  # the loading thread itself finishes on its own
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loader
+        if self.batcher is not None:
+            self.batcher.stop()
+        if self.decode_pool is not None:
+            self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.upload_writer.shutdown(wait=False)
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def retry_after_s(self) -> int:
+        """Roughly how long until the work in flight drains: batches ahead × seconds per batch."""
+        per_batch = self.batcher.batch_seconds if self.batcher is not None else 1.0
+        batches_ahead = math.ceil(max(self.admission.count, 1) / self.settings.batch)
+        return int(min(60, max(1, math.ceil(batches_ahead * per_batch))))
+
+    def not_ready_error(self) -> ApiError:
+        """Why the service cannot score now (503, with Retry-After)."""
+        if self.stopping:
+            code, message = "shutting_down", "the service is shutting down"
+        elif self.load_error:
+            code, message = "not_ready", f"the model failed to load: {self.load_error}"
+        elif self.batcher is not None and self.batcher.failure:
+            code, message = "not_ready", f"the model stopped: {self.batcher.failure}"
+        else:
+            code, message = "not_ready", "the model is loading"
+        return ApiError(503, code, message, {"Retry-After": str(NOT_READY_RETRY_S)})
+
+    async def score(self, request: Request) -> JSONResponse:
+        if not self.ready:
+            raise self.not_ready_error()
+        slot = self.admission.try_admit()
+        if slot is None:
+            raise ApiError(503, "overloaded", f"{self.admission.limit} requests in flight; retry later",
+                           {"Retry-After": str(self.retry_after_s())})
+        started = time.perf_counter()
+        received: list[Upload] = []  # filled once the upload is in, so the message and cleanup can name it
+        resolved: list[tuple[Path, str]] = []  # (server path, what the client called it)
+        try:
+            name, result, timing = await asyncio.wait_for(self._score(request, slot, received, resolved),
+                                                          self.settings.timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"no result within {self.settings.timeout_s:g} s") from None
+        except ServiceStopping as exc:
+            raise ApiError(503, "shutting_down", str(exc), {"Retry-After": str(NOT_READY_RETRY_S)}) from None
+        except QCLIPError as exc:  # the video: its error code, with the client's name for the file
+            record = error_record(exc)
+            record["message"] = self._public_message(record["message"], received, resolved)
+            raise ApiError.from_record(422, record) from None
+        finally:
+            slot.release()
+            for upload in received:
+                upload.path.unlink(missing_ok=True)
+        if not result.ok:  # the backend failed on this request's batch
+            raise ApiError.from_record(500, result.error)
+        record = result.to_record()
+        record["input"] = name
+        record["timing_ms"] = timing | record["timing_ms"] | {"total": (time.perf_counter() - started) * 1e3}
+        return JSONResponse(record)
+
+    async def _score(self, request: Request, slot: Slot, received: list[Upload],
+                     resolved: list[tuple[Path, str]]) -> tuple[str, VideoResult, dict]:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type == "application/json":
+            name = await read_json_path(request)
+            source = resolve_allowed_path(name, self.allow_roots)
+            resolved.append((source, name))
+            timing: dict[str, float] = {}
+        elif media_type == "multipart/form-data":
+            upload = await receive_upload(request, self.settings.max_upload_bytes, self.settings.upload_dir,
+                                          self.upload_writer)
+            received.append(upload)
+            source, name = upload.path, upload.filename
+            timing = {"upload": upload.receive_ms}
+        else:
+            raise ApiError(415, "unsupported_media_type",
+                           'send JSON {"path": ...} or a multipart/form-data upload in the field "file"')
+        video = await self._decode(source, slot, timing)
+        return name, await self.batcher.submit(video, slot), timing
+
+    async def _decode(self, source: Path, slot: Slot, timing: dict[str, float]) -> SampledVideo:
+        submitted = time.perf_counter()
+
+        def sample() -> tuple[SampledVideo, float]:
+            picked_up = time.perf_counter()
+            return self.engine.sample(source), picked_up - submitted
+
+        slot.hold()  # a decode outliving its request (timeout) still holds the slot
+        try:
+            job = self.decode_pool.submit(sample)
+        except RuntimeError:  # the pool shut down: the service is stopping
+            slot.release()
+            raise ServiceStopping("the service is shutting down") from None
+        job.add_done_callback(lambda _: slot.release())
+        try:
+            video, waited = await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            if self.stopping and job.cancelled():  # shutdown dropped the queued decode, not the client
+                raise ServiceStopping("the service is shutting down") from None
+            raise
+        except QCLIPError:
+            raise
+        except Exception as exc:  # not a bad video: a fault worth a 500 and a log line
+            log.exception("decoding %s failed unexpectedly", source)
+            raise ApiError.from_record(500, error_record(exc)) from None
+        timing["decode_wait"] = waited * 1e3
+        self.metrics.decode_latency.observe(sum(video.timing_ms.get(k, 0.0) for k in ("probe", "decode", "motion")) / 1e3)
+        return video
+
+    @staticmethod
+    def _public_message(message: str, received: list[Upload], resolved: list[tuple[Path, str]] = ()) -> str:
+        """Error messages name the client's file, not the server's temp file or resolved real path."""
+        for upload in received:
+            message = message.replace(str(upload.path), upload.filename).replace(upload.path.name, upload.filename)
+        for path, name in resolved:
+            message = message.replace(str(path), name)
+        return message
+
+    def readiness(self) -> dict:
+        """/readyz's answer when ready (the caller answers ``not_ready_error()`` otherwise)."""
+        engine = self.engine
+        return {
+            "status": "ready",
+            "backend": engine.backend.name,
+            "device": engine.backend.device,
+            "batch": engine.batch,
+            "image_size": list(engine.image_size),
+            "num_frames": engine.num_frames,
+            "sampler": engine.sampler,
+            "calibrated": engine.calibration is not None,
+            "queue_limit": self.admission.limit,
+        }

@@ -1,0 +1,33 @@
+"""``ServeSettings``: what ``qclip-serve`` was started with.
+
+The defaults come from :mod:`qclip_engine.defaults` (stated once there, torch-free, so that
+``qclip-serve --help`` shows the same numbers the service uses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import defaults
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What ``qclip-serve`` was started with (see ``qclip-serve --help``)."""
+
+    artifact: Path | None
+    engine: str = "auto"  # one of defaults.ENGINES
+    device: str = defaults.DEVICE
+    batch: int = defaults.BATCH
+    workers: int | None = None  # decode threads; None: the engine's default (defaults.decode_workers)
+    allow_dirs: tuple[Path, ...] = ()  # roots for path requests; none: uploads only
+    max_upload_bytes: int = int(defaults.MAX_UPLOAD_MB * 2**20)
+    queue: int | None = None  # requests in flight before 503; None: QUEUE_PER_BATCH × batch
+    timeout_s: float = defaults.REQUEST_TIMEOUT_S
+    batch_wait_s: float = defaults.SERVE_BATCH_WAIT_S
+    upload_dir: Path | None = None  # None: the system temp directory
+
+    @property
+    def queue_limit(self) -> int:
+        return self.queue if self.queue is not None else defaults.QUEUE_PER_BATCH * self.batch
