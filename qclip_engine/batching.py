@@ -1,10 +1,15 @@
-"""Collect up to N items or wait T: the one batching rule of the engine, the stream and the service.
+"""Collect up to N items or wait T: the one batching primitive of the engine, the stream and the service.
 
 A batch starts with the first item (waited for as long as it takes) and closes when
-``max_items`` counted items are in or ``max_wait_s`` has passed since that first item,
-whichever comes first; items already waiting are always taken at once. So a lone video
-waits at most ``max_wait_s`` for company, and a full batch never waits. (Triton's
-``max_queue_delay`` and Ray Serve's ``batch_wait_timeout_s`` follow the same rule.)
+``max_items`` counted items are in, or when the wait runs out; items already waiting are
+always taken at once, so a full batch never waits. What the wait counts from is the one
+choice a caller makes:
+
+* ``wait="first"`` — ``max_wait_s`` after the batch's first item: a lone item waits at most
+  that long for company (bounded latency: the service, like Triton's ``max_queue_delay`` and
+  Ray Serve's ``batch_wait_timeout_s``);
+* ``wait="gap"`` — ``max_wait_s`` after the latest item: a batch keeps growing while items
+  keep coming (fuller batches: batch scoring and file streams, whose decoders run ahead).
 
 The three callers live in the thread world — decode futures (the engine), a queue filled
 by a decoder thread (the stream), a queue filled by request handlers and drained by the
@@ -35,16 +40,19 @@ def next_batch(
     max_items: int,
     max_wait_s: float,
     counts: Callable[[T], bool] = lambda item: True,
+    wait: str = "first",
 ) -> list[T]:
     """The next batch from ``take``; ``[]`` once the source is closed and drained.
 
     ``take(timeout)`` returns the next item, raises one of ``NOTHING_YET`` when none came
     within ``timeout`` seconds (``None``: wait for ever) and ``Closed`` when there are no more.
     Only items for which ``counts(item)`` is true count towards ``max_items``; the others
-    (error records travelling in order with the videos) ride along.
+    (error records travelling in order with the videos) ride along. ``wait``: see the module.
     """
     if max_items < 1:
         raise ValueError(f"max_items must be ≥ 1, got {max_items}")
+    if wait not in ("first", "gap"):
+        raise ValueError(f"wait must be 'first' or 'gap', got {wait!r}")
     try:
         first = take(None)
     except Closed:
@@ -60,4 +68,6 @@ def next_batch(
             break
         batch.append(item)
         counted += bool(counts(item))
+        if wait == "gap":
+            deadline = time.monotonic() + max_wait_s
     return batch

@@ -3,9 +3,8 @@
 Decoding runs in a pool of worker threads (PyAV decodes and converts outside the GIL)
 ahead of the model: at most ``batch + 2 × workers`` inputs are in flight, so memory stays
 bounded however many inputs there are. Sampled videos are batched by
-:func:`qclip_engine.batching.next_batch` — up to ``batch``, or fewer once
-``batch_timeout_s`` has passed since the batch's first video — and run through the
-backend. Results come back in input order. A bad input becomes an error result (its code
+:func:`qclip_engine.batching.next_batch` — up to ``batch``, or fewer once no video has
+been decoded for ``batch_timeout_s`` — and run through the backend. Results come back in input order. A bad input becomes an error result (its code
 from the error contract) and never stops the others.
 
 Frame choice is the training pipeline's: candidates at a uniform stride (at most
@@ -122,9 +121,7 @@ class QualityEngine:
         self.calibration = model.calibration
         self.image_size = tuple(model.image_size)
         self.num_frames = model.config.num_frames
-        self.sampler = sampler or model.config.sampler
-        # An unknown sampler fails here, not per video; samplers that ignore motion decode only their picks.
-        self.needs_motion = check_sampler(self.sampler).needs_motion
+        self.sampler = sampler or model.config.sampler  # an unknown sampler fails here, not per video
         self.batch = batch
         self.workers = workers or defaults.decode_workers()
         # Each worker's decoder gets its share of the cores: frame threads beyond that only
@@ -132,6 +129,19 @@ class QualityEngine:
         self.decode_threads = max(1, (os.cpu_count() or 1) // self.workers)
         self.max_analysis_frames = max_analysis_frames
         self.batch_timeout_s = batch_timeout_s
+
+    @property
+    def sampler(self) -> str:
+        return self._sampler.name
+
+    @sampler.setter
+    def sampler(self, name: str) -> None:
+        self._sampler = check_sampler(name)
+
+    @property
+    def needs_motion(self) -> bool:
+        """False for samplers that ignore motion: only their picks are decoded (by seeking)."""
+        return self._sampler.needs_motion
 
     # -- stages ------------------------------------------------------------------------------
     def sample(self, source: str | Path) -> SampledVideo:
@@ -231,9 +241,10 @@ class QualityEngine:
                     item.timing_ms["wait"] = (time.perf_counter() - waited) * 1e3
                 return item
 
-            # Error results ride along with the videos (in order) but do not fill a batch.
+            # Error results ride along with the videos (in order) but do not fill a batch; a batch
+            # grows while decodes keep arriving within batch_timeout_s of each other (throughput).
             while batch := next_batch(take, max_items=self.batch, max_wait_s=self.batch_timeout_s,
-                                      counts=lambda item: isinstance(item, SampledVideo)):
+                                      counts=lambda item: isinstance(item, SampledVideo), wait="gap"):
                 yield from self._score_in_order(batch)
 
     def _score_in_order(self, items: list[SampledVideo | VideoResult]) -> Iterator[VideoResult]:

@@ -2,8 +2,8 @@
 
 Handlers put ``(video, future, enqueued, slot)`` on a bounded thread-safe queue and await the
 (concurrent) future; the model thread gathers batches with
-:func:`qclip_engine.batching.next_batch` — the batching rule of the engine and the stream too:
-up to ``max_batch`` videos, or fewer once ``max_wait_s`` has passed since the first — runs
+:func:`qclip_engine.batching.next_batch` — the batching primitive of the engine and the stream
+too: up to ``max_batch`` videos, or fewer once ``max_wait_s`` has passed since the first — runs
 ``engine.run_batch`` on them and sets each future's result.
 
 Why a thread rather than an asyncio task: the backend is only ever called from this one
@@ -127,7 +127,7 @@ class Batcher:
         batch: list[_Queued] = []
         try:
             while batch := next_batch(self._take, max_items=self.max_batch, max_wait_s=self.max_wait_s,
-                                      counts=_counts):
+                                      counts=_counts, wait="first"):  # bounded latency per request
                 self._run(batch)
         except BaseException as exc:  # a bug here, not a backend failure (those are answered per request)
             log.exception("the model thread stopped")  # /readyz answers 503 from here on

@@ -45,12 +45,12 @@ first. Codes are the decode codes (``not_found``, ``empty_file``, ``not_a_video`
 ``invalid_frame`` (an iterator item that is not an RGB uint8 frame) and
 ``internal_error`` (anything else, e.g. the backend or the iterator itself raising).
 
-Batching. Ready windows are batched by the engine's one rule
+Batching. Ready windows are batched by the engine's batching primitive
 (:func:`qclip_engine.batching.next_batch`): a batch closes when it holds ``engine.batch``
-windows or ``max_wait_s`` after its first window, whichever comes first. For files (and
-in-memory frame sequences) ``max_wait_s`` is ``engine.batch_timeout_s``; for live sources
-(URLs, frame iterators) it is 0 — a window is scored as soon as it closes, together with
-whichever other windows are already waiting: latency first. The decoder's error record
+windows or when no window came for ``max_wait_s``. For files (and in-memory frame
+sequences) ``max_wait_s`` is ``engine.batch_timeout_s``; for live sources (URLs, frame
+iterators) it is 0 — a window is scored as soon as it closes, together with whichever other
+windows are already waiting: latency first. The decoder's error record
 travels in order with the windows (it does not count towards the batch) and the stream
 ends after it; a backend failure gives an error record for each window of its batch.
 

@@ -159,7 +159,7 @@ def _run(engine, opener, name, windower: Windower, threshold, live: bool) -> Ite
     worker.start()
     try:
         while batch := next_batch(take, max_items=engine.batch, max_wait_s=max_wait_s,
-                                  counts=lambda item: isinstance(item, _Sampled)):
+                                  counts=lambda item: isinstance(item, _Sampled), wait="gap"):
             sampled: list[_Sampled] = []
             for item in batch:
                 if isinstance(item, _Sampled):
