@@ -27,7 +27,7 @@ MAX_UPLOAD_MB = 256.0
 REQUEST_TIMEOUT_S = 60.0
 QUEUE_PER_BATCH = 4  # requests in flight before 503: this × batch, unless --queue says otherwise
 
-# Streaming (engine.stream, qclip-score --stream)
+# Streaming (qclip_engine.stream.stream_windows, qclip-score --stream)
 WINDOW_S = 2.0
 HOP_S = 1.0
 STREAM_TIMEOUT_S = 10.0
