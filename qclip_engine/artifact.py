@@ -14,7 +14,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -72,10 +72,15 @@ def calibrated_mos(scores: np.ndarray | torch.Tensor, calibration: dict[str, flo
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+    """``write(tmp)`` then rename over ``path``: a crash never leaves half a file. The temp file is
+    created with mode 0666 less the umask, like any file (``mkstemp``'s 0600 would keep a service
+    running as another user from loading the artifact)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    mode = os.stat(tmp).st_mode  # 0666 less the umask, as the kernel applied it
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # writers that recreate the file (safetensors does) get it back
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

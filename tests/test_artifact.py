@@ -138,3 +138,18 @@ def test_invalid_calibration_is_rejected(pe_model, tmp_path):
         save_artifact(pe_model, tmp_path, calibration={"pred_mean": 0.0})
     with pytest.raises(ValueError, match="pred_std > 0"):
         save_artifact(pe_model, tmp_path, calibration=dict(CALIBRATION, pred_std=0.0))
+
+
+def test_artifact_files_follow_the_umask_like_any_file(pe_model, tmp_path):
+    """A service running as another user must be able to read an artifact (not mkstemp's 0600)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        save_artifact(pe_model, tmp_path / "art")
+    finally:
+        os.umask(old)
+    for name in (CONFIG_FILE, ADAPTERS_FILE):
+        assert stat.S_IMODE((tmp_path / "art" / name).stat().st_mode) == 0o644, name
+    assert not [p.name for p in (tmp_path / "art").iterdir() if p.name.startswith(".")]  # no temp file left
