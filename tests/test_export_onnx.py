@@ -144,3 +144,19 @@ def test_qclip_export_trt_without_tensorrt_exits_2_with_one_line(small_artifact,
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "TensorRT is not available" in lines[0]
     assert not (tmp_path / "model.plan").exists()
+
+
+def test_the_one_time_cache_export_says_so_once_and_keeps_exporter_chatter_out(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from qclip_engine.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    monkeypatch.setenv("QCLIP_CACHE", str(tmp_path))
+    model = small_model()
+    with caplog.at_level(logging.INFO):
+        first = OnnxRuntimeBackend(model, "cpu")
+        again = OnnxRuntimeBackend(model, "cpu")  # cached: nothing to say
+    assert first.path == again.path and first.path.is_relative_to(tmp_path)
+    said = [r for r in caplog.records if r.name == "qclip_engine.runtime"]
+    assert len(said) == 1 and str(first.path.parent) in said[0].getMessage()
+    assert not [r for r in caplog.records if r.name.startswith(("onnxscript", "onnx_ir", "torch.onnx"))]

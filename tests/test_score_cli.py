@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -10,7 +11,9 @@ from media import broken_corpus, encode, moving_frames, odd_but_valid
 from conftest import tiny_model
 
 from qclip_engine import save_artifact
-from qclip_engine.cli.score import expand_inputs, main
+from qclip_engine import defaults
+from qclip_engine.cli import score as score_cli
+from qclip_engine.cli.score import _parser, expand_inputs, main
 
 ERROR_CODES = {"not_found", "empty_file", "not_a_video", "audio_only", "unsupported_codec", "truncated", "decode_failed"}
 
@@ -93,3 +96,104 @@ def test_zero_shot_without_weights_offline_exits_2_saying_how_to_pass_them(tmp_p
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main([str(tmp_path / "x.mp4"), "--backbone", "PE-Core-T-16-384"]) == 2
     assert "--weights FILE" in capsys.readouterr().err
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _no_model(monkeypatch):
+    """Fail the test if ``qclip-score`` gets as far as building an engine (loading a model)."""
+    monkeypatch.setattr(score_cli, "_engine", lambda args: pytest.fail("a model was loaded despite a bad argument"))
+
+
+def test_empty_or_blank_input_is_one_invalid_input_record_never_a_walk(artifact, good, tmp_path, monkeypatch):
+    monkeypatch.chdir(good[0].parent)  # a walk of "." (Path("")) would find and score good's videos here
+    [marker] = expand_inputs([""])  # an error marker, not a path
+    assert marker.input == "" and marker.error.code == "invalid_input"
+    assert [m.error.code for m in expand_inputs(["@", "@ ", "\n"])] == ["invalid_input"] * 3
+    out = tmp_path / "scores.jsonl"
+    code = main(["", " \t", str(good[0]), "--artifact", str(artifact), "--engine", "torch", "--out", str(out),
+                 "--quiet"])
+    assert code == 3
+    records = _records(out)
+    assert [r["input"] for r in records] == ["", " \t", str(good[0])]
+    assert [r.get("error", {}).get("code") for r in records] == ["invalid_input", "invalid_input", None]
+    assert "empty" in records[0]["error"]["message"] and "score" in records[2]
+
+
+def test_directory_without_videos_is_one_no_videos_record_in_input_order(artifact, good, tmp_path):
+    empty = tmp_path / "no_videos"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a video")
+    named_like_a_video = tmp_path / "x.mp4"
+    named_like_a_video.mkdir()
+    missing = tmp_path / "missing.mp4"
+    inputs = [str(good[0]), str(empty), str(missing), str(named_like_a_video), str(good[1])]
+    out = tmp_path / "scores.jsonl"
+    # --batch 8: good[0] and good[1] share one backend call, the error records sit between them.
+    code = main([*inputs, "--artifact", str(artifact), "--engine", "torch", "--batch", "8", "--out", str(out),
+                 "--quiet"])
+    assert code == 3
+    records = _records(out)
+    assert [r["input"] for r in records] == inputs
+    assert [r.get("error", {}).get("code") for r in records] == [None, "no_videos", "not_found", "no_videos", None]
+    message = records[1]["error"]["message"]
+    assert str(empty) in message and ".mp4" in message and ".webm" in message
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_non_utf8_file_names_are_written_as_utf8_with_backslash_escapes(artifact, good, tmp_path, fmt):
+    root = tmp_path / "odd_names"
+    root.mkdir()
+    name = os.path.join(os.fsencode(root), b"caf\xc3\xa9-\xff.mp4")  # valid UTF-8 "é", then a lone \xff byte
+    with open(name, "wb") as f:
+        f.write(good[0].read_bytes())
+    out = tmp_path / f"scores.{fmt}"
+    code = main([str(root), "--artifact", str(artifact), "--engine", "torch", "--format", fmt, "--out", str(out),
+                 "--quiet"])
+    assert code in (0, 3)
+    text = out.read_bytes().decode("utf-8")  # strict: the output is valid UTF-8
+    lines = text.splitlines()
+    rows = [json.loads(line) for line in lines] if fmt == "jsonl" else list(csv.DictReader(lines))
+    assert [row["input"] for row in rows] == [str(root / "café-\\xff.mp4")]
+    assert not any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+
+
+@pytest.mark.parametrize("where", ["missing_parent", "directory"])
+def test_bad_out_exits_2_in_one_line_before_loading_a_model(tmp_path, capsys, monkeypatch, where):
+    _no_model(monkeypatch)
+    out = tmp_path / "no_such_dir" / "scores.jsonl" if where == "missing_parent" else tmp_path
+    code = main([str(tmp_path / "x.mp4"), "--artifact", str(tmp_path / "no_artifact"), "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"qclip-score: --out {out}: "), err
+
+
+def test_bad_timeline_exits_2_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    _no_model(monkeypatch)
+    png = tmp_path / "no_such_dir" / "timeline.png"
+    assert main(["--stream", str(tmp_path / "x.mp4"), "--timeline", str(png)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"qclip-score: --timeline {png}: directory {png.parent} does not exist"]
+
+
+def test_missing_weights_file_is_named_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    _no_model(monkeypatch)
+    missing = tmp_path / "nope.safetensors"
+    assert main([str(tmp_path / "x.mp4"), "--weights", str(missing)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"qclip-score: --weights {missing}: no such file"]
+
+
+def test_help_states_every_default_the_exit_codes_the_suffixes_and_the_encoding(capsys):
+    for action in _parser()._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and "default" in action.help, action.option_strings
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {defaults.BATCH})" in text and f"(default: {defaults.BACKBONE})" in text
+    for needle in ("0 every input was scored", "3 some inputs failed", "2 nothing could run",
+                   ".mp4", ".y4m", "invalid_input", "no_videos", "\\xff", "UTF-8"):
+        assert needle in text, needle

@@ -3,44 +3,77 @@
     qclip-score INPUTS... [--artifact DIR] [--engine auto|torch|onnxruntime|tensorrt] [--batch N]
                 [--format jsonl|csv] [--out FILE] [--stream SOURCE --timeline PNG]
 
-INPUTS are files, directories (searched recursively for video files), globs (quoted,
-``'clips/**/*.mp4'``) and ``@list.txt`` files (one input per line). Without
-``--artifact`` the zero-shot model (README, "The model in Python") of the default backbone is used (its weights come
-from the hub or its cache; offline, ``--weights FILE`` gives them).
+INPUTS are files, directories (searched recursively for files with a video suffix,
+``VIDEO_SUFFIXES``), globs (quoted, ``'clips/**/*.mp4'``) and ``@list.txt`` files (one input
+per line). Without ``--artifact`` the zero-shot model (README, "The model in Python") of the
+default backbone is used (its weights come from the hub or its cache; offline,
+``--weights FILE`` gives them).
 
-Every input yields exactly one record — a score or an error with its code — and the
-run goes on after a bad input. Exit status: 0 when every input was scored, 3 when some
-failed, 2 when nothing could run (bad arguments, an unloadable artifact or model).
+Every input yields exactly one record — a score or an error with its code — in input order,
+and the run goes on after a bad input. Besides the decode codes of ``qclip_engine.errors``,
+an input can fail before decoding with ``invalid_input`` (an empty or blank input) or
+``no_videos`` (a directory with no file of a video suffix in it). Exit status: 0 when every
+input was scored, 3 when some failed, 2 when nothing could run (bad arguments — ``--out``
+and ``--weights`` are checked before any model loads — or an unloadable artifact or model).
+
+Encoding: records are UTF-8 text, JSON lines and CSV alike. A file name that is not valid
+UTF-8 reaches Python with its bad bytes as lone surrogates (``os.fsdecode``,
+"surrogateescape"); every string of a record is written with each such byte as a
+``\\xNN`` escape (byte 0xff → ``\\xff``), so the output always decodes as UTF-8 and
+valid characters (``é``) stay as they are.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import io
 import json
+import os
+import re
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, TextIO
+from typing import Any, Iterable, Iterator, NamedTuple, TextIO
 
 from .. import defaults
 from ..contract import QUALITY_LEVELS
-from ..errors import QCLIPError, WeightsUnavailableError
+from ..errors import QCLIPError, WeightsUnavailableError, error_record
 from ..video.container import VIDEO_SUFFIXES
 
 EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
 GLOB_CHARS = set("*?[")
+SUFFIXES_SEARCHED = " ".join(sorted(VIDEO_SUFFIXES))
 
 
-def expand_inputs(args: Iterable[str]) -> Iterator[str]:
+class InputError(NamedTuple):
+    """An input that fails before any decoding; ``expand_inputs`` yields it in that input's place."""
+
+    input: str
+    error: QCLIPError
+
+    def to_record(self) -> dict:
+        # The shape of an error result's record (qclip_engine/engine.py, VideoResult.to_record),
+        # so readers of the output need not tell the two apart.
+        return {"input": self.input, "error": error_record(self.error), "timing_ms": {}}
+
+
+def expand_inputs(args: Iterable[str]) -> Iterator[str | InputError]:
     """Files, directories (recursive, video suffixes), globs and ``@list`` files → input strings.
 
     A glob that matches nothing and a list file that cannot be read are passed through
-    as they are, so they come back as ``not_found`` records rather than vanishing.
+    as they are, so they come back as ``not_found`` records rather than vanishing. An empty
+    or blank input and a directory without videos yield an ``InputError`` (``invalid_input``,
+    ``no_videos``) where their paths would have been: one record per input, in order.
     """
     for arg in args:
-        if arg.startswith("@"):
+        if not arg.strip():  # Path("") is "." — it would walk the working directory
+            yield InputError(arg, QCLIPError(f"input {arg!r} is empty (or only whitespace)", code="invalid_input"))
+        elif arg.startswith("@"):
+            if not arg[1:].strip():
+                yield InputError(arg, QCLIPError(f"input {arg!r}: the list file name is empty", code="invalid_input"))
+                continue
             try:
                 lines = Path(arg[1:]).read_text().splitlines()
             except OSError:
@@ -48,7 +81,12 @@ def expand_inputs(args: Iterable[str]) -> Iterator[str]:
                 continue
             yield from expand_inputs(line.strip() for line in lines if line.strip() and not line.startswith("#"))
         elif Path(arg).is_dir():
-            yield from sorted(str(p) for p in Path(arg).rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+            found = sorted(str(p) for p in Path(arg).rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+            if found:
+                yield from found
+            else:
+                message = f"directory {arg} holds no video file (searched recursively for {SUFFIXES_SEARCHED})"
+                yield InputError(arg, QCLIPError(message, code="no_videos"))
         elif GLOB_CHARS & set(arg) and not Path(arg).exists():
             matches = sorted(glob.glob(arg, recursive=True))
             yield from (matches or [arg])
@@ -58,6 +96,26 @@ def expand_inputs(args: Iterable[str]) -> Iterator[str]:
 
 CSV_COLUMNS = ["input", "score", "mos", *QUALITY_LEVELS, "frames", "error_code", "error_message"]
 WINDOW_CSV_COLUMNS = ["index", "start_s", "end_s", "score", "mos", "alert", "partial", "error_code", "error_message"]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogate(match: re.Match) -> str:
+    code = ord(match.group())
+    # U+DC80..U+DCFF: a byte 0x80..0xff that was not UTF-8, held by os.fsdecode's surrogateescape.
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def printable(value: Any) -> Any:
+    """``value`` with every string made encodable as UTF-8 (the encoding policy of the module docstring):
+    each undecodable file-name byte becomes a ``\\xNN`` escape; dicts and lists are walked."""
+    if isinstance(value, str):
+        return _SURROGATE.sub(_escape_surrogate, value)
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable(v) for v in value]
+    return value
 
 
 class RecordWriter:
@@ -70,6 +128,7 @@ class RecordWriter:
             self.csv.writeheader()
 
     def write(self, record: dict) -> None:
+        record = printable(record)  # one policy for both formats (see the module docstring)
         if self.fmt == "jsonl":
             self.stream.write(json.dumps(record) + "\n")
         else:
@@ -83,26 +142,84 @@ class RecordWriter:
         self.stream.flush()
 
 
+EPILOG = f"""\
+directories are searched recursively for files with these suffixes (any case):
+  {SUFFIXES_SEARCHED}
+
+every input gives one record, in input order: a score, or an error with its code
+(not_found, empty_file, not_a_video, audio_only, unsupported_codec, truncated,
+decode_failed, ...; invalid_input: an empty or blank input; no_videos: a
+directory with no video file in it).
+
+records are UTF-8 text, JSON lines and CSV alike; a byte of a file name that is
+not UTF-8 is written as a \\xNN escape (byte 0xff -> \\xff).
+
+exit status:
+  0 every input was scored
+  3 some inputs failed (see their error records)
+  2 nothing could run (bad arguments, --out not writable, --weights missing,
+    an unloadable artifact or model)
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qclip-score", description="Score video quality with Q-CLIP.")
-    p.add_argument("inputs", nargs="*", help="files, directories, globs, @list.txt")
-    p.add_argument("--artifact", type=Path, help="trained artifact directory (default: the zero-shot model)")
-    p.add_argument("--engine", default="auto", choices=defaults.ENGINES)
-    p.add_argument("--device", default=defaults.DEVICE, help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--batch", type=int, default=defaults.BATCH, help="videos per model call")
-    p.add_argument("--workers", type=int, help="decode threads (default: min(4, cores))")
+    p = argparse.ArgumentParser(prog="qclip-score", description="Score video quality with Q-CLIP.", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*", help="files, directories (searched recursively), globs, @list.txt")
+    p.add_argument("--artifact", type=Path, metavar="DIR",
+                   help="trained artifact directory (default: none, the zero-shot model of --backbone)")
+    p.add_argument("--engine", default="auto", choices=defaults.ENGINES,
+                   help="inference backend (default: %(default)s)")
+    p.add_argument("--device", default=defaults.DEVICE, help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=defaults.BATCH, metavar="N",
+                   help="videos per model call (default: %(default)s)")
+    p.add_argument("--workers", type=int, metavar="N", help="decode threads (default: min(4, cores))")
     p.add_argument("--sampler", help="frame sampler (default: the artifact's)")
-    p.add_argument("--format", default="jsonl", choices=("jsonl", "csv"))
-    p.add_argument("--out", type=Path, help="write records here instead of stdout")
-    p.add_argument("--backbone", default=defaults.BACKBONE, help="zero-shot model backbone (no --artifact)")
-    p.add_argument("--weights", help="local backbone weights file (offline use)")
-    p.add_argument("--stream", metavar="SOURCE", help="score sliding windows of a file or URL (rtsp/http/hls)")
-    p.add_argument("--window-s", type=float, default=defaults.WINDOW_S)
-    p.add_argument("--hop-s", type=float, default=defaults.HOP_S)
-    p.add_argument("--threshold", type=float, help="alert on windows scoring below this")
-    p.add_argument("--timeline", type=Path, metavar="PNG", help="with --stream: plot the per-window scores")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--format", default="jsonl", choices=("jsonl", "csv"), help="record format (default: %(default)s)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write records to FILE (default: stdout)")
+    p.add_argument("--backbone", default=defaults.BACKBONE,
+                   help="zero-shot model backbone, without --artifact (default: %(default)s)")
+    p.add_argument("--weights", metavar="FILE",
+                   help="local backbone weights file, for offline use (default: the hub or its cache)")
+    p.add_argument("--stream", metavar="SOURCE",
+                   help="score sliding windows of a file or URL (rtsp/http/hls) instead of INPUTS (default: off)")
+    p.add_argument("--window-s", type=float, default=defaults.WINDOW_S, metavar="S",
+                   help="with --stream: window length in seconds (default: %(default)s)")
+    p.add_argument("--hop-s", type=float, default=defaults.HOP_S, metavar="S",
+                   help="with --stream: seconds between window starts (default: %(default)s)")
+    p.add_argument("--threshold", type=float, metavar="SCORE",
+                   help="alert on windows scoring below this (default: no alerts)")
+    p.add_argument("--timeline", type=Path, metavar="PNG",
+                   help="with --stream: plot the per-window scores to PNG (default: no plot)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: a bar on stderr)")
     return p
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be written as an output file, or None. Checked before a model loads,
+    so a typo costs no model load and gives one line rather than a traceback."""
+    if path.is_dir():
+        return "is a directory"
+    parent = path.parent
+    if not parent.exists():
+        return f"directory {parent} does not exist"
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not os.access(path if path.exists() else parent, os.W_OK):
+        return "permission denied"
+    return None
+
+
+def _usage_problem(args) -> str | None:
+    """The first argument that makes the run impossible (one line for stderr), or None."""
+    for option, path in (("--out", args.out), ("--timeline", args.timeline)):
+        if path is not None and (why := _unwritable(path)):
+            return f"{option} {path}: {why}"
+    if args.weights is not None:
+        weights = Path(args.weights).expanduser()  # as qclip_engine/artifact.py reads it
+        if not weights.is_file():
+            return f"--weights {args.weights}: {'not a file' if weights.exists() else 'no such file'}"
+    return None
 
 
 def _engine(args):
@@ -126,16 +243,20 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error("--timeline plots the windows of --stream")
     if args.batch < 1:
         _parser().error("--batch must be ≥ 1")
+    if problem := _usage_problem(args):
+        print(f"qclip-score: {problem}", file=sys.stderr)
+        return EXIT_USAGE
 
     try:
         engine = _engine(args)
     except (QCLIPError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"qclip-score: {exc}", file=sys.stderr)
-        if isinstance(exc, WeightsUnavailableError):
+        if isinstance(exc, WeightsUnavailableError) and not args.weights:
             print("qclip-score: on the command line, give that file with --weights FILE", file=sys.stderr)
         return EXIT_USAGE
 
-    out: TextIO = open(args.out, "w", newline="") if args.out else io.TextIOWrapper(sys.stdout.buffer, write_through=True)
+    out: TextIO = (open(args.out, "w", newline="", encoding="utf-8") if args.out
+                   else io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", write_through=True))
     failed = total = 0
     try:
         if args.stream:
@@ -143,15 +264,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from tqdm import tqdm
 
-            inputs = list(expand_inputs(args.inputs))
+            items = list(expand_inputs(args.inputs))
             writer = RecordWriter(out, args.format, CSV_COLUMNS)
-            bar = tqdm(total=len(inputs), unit="video", disable=args.quiet, file=sys.stderr)
-            for result in engine.score(inputs):
-                writer.write(result.to_record())
-                total += 1
-                failed += not result.ok
-                bar.update()
-                bar.set_postfix(failed=failed, refresh=False)
+            bar = tqdm(total=len(items), unit="video", disable=args.quiet, file=sys.stderr)
+            # Only real paths go to the engine, whose results come one each in input order
+            # (qclip_engine/engine.py, QualityEngine.score); the InputErrors are written in between.
+            paths = [item for item in items if not isinstance(item, InputError)]
+            with contextlib.closing(engine.score(paths)) as results:
+                for item in items:
+                    record = item.to_record() if isinstance(item, InputError) else next(results).to_record()
+                    writer.write(record)
+                    total += 1
+                    failed += record.get("error") is not None
+                    bar.update()
+                    bar.set_postfix(failed=failed, refresh=False)
             bar.close()
     finally:
         if args.out:

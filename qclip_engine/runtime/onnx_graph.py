@@ -18,6 +18,8 @@ The runtime writes a graph on demand (the ONNX Runtime backend, into the user ca
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from pathlib import Path
 
@@ -29,6 +31,25 @@ from ..contract import OPSET
 from ..model.folded import FoldedQCLIP
 # Above this many weight bytes the graph goes to external data (protobuf's 2 GiB limit).
 EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+# Loggers of the exporter stack: dozens of "Skipping constant folding" warnings per export
+# that say nothing to a user of the graph.
+EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """Only errors from these loggers while the block runs; their levels are restored after."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def example_frames(folded: FoldedQCLIP, batch: int = 2, frames: int | None = None) -> torch.Tensor:
@@ -49,7 +70,7 @@ def export_onnx(folded: FoldedQCLIP, path: str | Path, *, opset: int = OPSET) ->
     batch = torch.export.Dim("batch", min=1, max=4096)
     frames = torch.export.Dim("frames", min=1, max=4096)
     weight_bytes = sum(t.numel() * t.element_size() for t in list(folded.parameters()) + list(folded.buffers()))
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), _quiet_loggers(*EXPORTER_LOGGERS), torch.no_grad():
         warnings.simplefilter("ignore")  # exporter chatter (deprecations in third-party code) is not the user's business
         torch.onnx.export(
             folded,

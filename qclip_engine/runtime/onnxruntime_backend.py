@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from ..contract import GRAPH_INPUT
 from ..model import QCLIP
+
+log = logging.getLogger("qclip_engine.runtime")
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -68,6 +71,8 @@ class OnnxRuntimeBackend:
 
         path = export_cache_dir(model) / filename
         if not path.is_file():
+            # Once per model and machine; tens of seconds on a small CPU, so say what is happening.
+            log.warning("exporting the model to ONNX once (%s); it is cached in %s", precision, path.parent)
             folded = fold(model)
             if precision == "fp16":
                 folded = reduced_precision(folded)
