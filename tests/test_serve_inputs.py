@@ -7,6 +7,7 @@ Uploads are driven through a real Starlette ``Request`` built from an ASGI scope
 
 import asyncio
 import contextlib
+import json
 import os
 import threading
 import types
@@ -20,8 +21,8 @@ from starlette.requests import Request
 from qclip_engine.engine import SampledVideo, VideoResult
 from qclip_engine.serve.admission import Admission
 from qclip_engine.serve.batcher import Batcher
-from qclip_engine.serve.errors import ApiError, ServiceStopping
-from qclip_engine.serve.inputs import MULTIPART_OVERHEAD, receive_upload, resolve_allowed_path
+from qclip_engine.serve.errors import ApiError, ServiceStopping, error_response
+from qclip_engine.serve.inputs import MULTIPART_OVERHEAD, read_json_path, receive_upload, resolve_allowed_path
 from qclip_engine.serve.metrics import ServiceMetrics
 
 BOUNDARY = "qclip-test"
@@ -353,3 +354,122 @@ def test_a_dead_model_thread_answers_the_waiting_and_stops_running():
     with batcher_of(engine, metrics) as batcher:
         run(main())
     assert admission.count == 0
+
+
+# -- odd client input: every failure is a 4xx with a code, naming only the client's string -----
+
+
+def test_a_too_long_path_is_400_and_names_neither_the_root_nor_the_whole_string(tree):
+    for raw in ("a" * 5000, "sub/" + "b" * 300 + ".mp4"):  # past PATH_MAX; one name past NAME_MAX
+        error = refused(raw, (tree.allowed,))
+        assert (error.status, error.code) == (400, "invalid_path"), raw[:20]
+        assert str(tree.allowed) not in error.message and len(error.message) < 400
+
+
+def test_a_huge_refused_path_is_truncated_in_the_message(tree):
+    error = refused("../" * 2000 + "etc/passwd", (tree.allowed,))
+    assert (error.status, error.code) == (403, "path_not_allowed") and len(error.message) < 400
+
+
+def test_a_symlink_loop_is_400(tree):
+    (tree.allowed / "loop1").symlink_to(tree.allowed / "loop2")
+    (tree.allowed / "loop2").symlink_to(tree.allowed / "loop1")
+    for raw in ("loop1", "loop1/a.mp4"):
+        error = refused(raw, (tree.allowed,))
+        assert (error.status, error.code) == (400, "invalid_path"), raw
+        assert str(tree.allowed) not in error.message
+
+
+def test_a_file_used_as_a_directory_is_422_not_found(tree):
+    error = refused("a.mp4/x.mp4", (tree.allowed,))
+    assert (error.status, error.code) == (422, "not_found") and str(tree.allowed) not in error.message
+
+
+def test_a_fifo_or_a_directory_is_422_not_a_video_without_opening_it(tree):
+    os.mkfifo(tree.allowed / "pipe.mp4")  # opening it would block until a writer came
+    for raw in ("pipe.mp4", "sub", "sub/", "."):
+        error = refused(raw, (tree.allowed,))
+        assert (error.status, error.code) == (422, "not_a_video"), raw
+        assert str(tree.allowed) not in error.message
+
+
+def test_a_device_under_a_root_is_422_not_a_video():
+    error = refused("/dev/zero", (Path("/dev"),))
+    assert (error.status, error.code) == (422, "not_a_video")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")
+def test_an_unreadable_file_or_directory_is_403(tree):
+    (tree.allowed / "locked.mp4").write_bytes(b"x")
+    (tree.allowed / "locked.mp4").chmod(0)
+    (tree.allowed / "sub").chmod(0)
+    try:
+        for raw in ("locked.mp4", "sub/b.mp4"):
+            error = refused(raw, (tree.allowed,))
+            assert (error.status, error.code) == (403, "path_not_allowed"), raw
+            assert str(tree.allowed) not in error.message
+    finally:
+        (tree.allowed / "sub").chmod(0o755)
+
+
+def test_a_file_the_server_may_not_open_is_403_even_as_root(tree, monkeypatch):
+    real_open = os.open
+
+    def denied(path, *args, **kwargs):  # what a non-root server meets on a mode-000 file
+        if Path(path).name == "a.mp4":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+    error = refused("a.mp4", (tree.allowed,))
+    assert (error.status, error.code) == (403, "path_not_allowed") and str(tree.allowed) not in error.message
+
+
+def test_a_path_that_is_not_valid_unicode_is_400(tree):
+    # JSON can carry a lone surrogate ("\ud800"); it names no file and cannot be encoded in an answer.
+    for raw in ("\ud800.mp4", "a\udc80.mp4"):
+        error = refused(raw, (tree.allowed,))
+        assert (error.status, error.code) == (400, "invalid_path")
+        error.message.encode("utf-8")
+
+
+def json_error(body: bytes) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        asyncio.run(read_json_path(request([body], content_type="application/json")))
+    return info.value
+
+
+@pytest.mark.parametrize("body,code", [
+    (b'{"a":' * 8000 + b"1" + b"}" * 8000, "invalid_json"),  # under the 64 KiB limit, too deep to parse
+    (b"[" * 30000, "invalid_json"),
+    (b'{"path": "a.mp4", "x": ' + b"[" * 20000 + b"]" * 20000 + b"}", "invalid_json"),
+    (b'{"path": "\xff\xfe.mp4"}', "invalid_json"),
+    (b"\xff\xfe\x00\x00", "invalid_json"),
+    (b"", "invalid_json"),
+    (b'{"path": ' + b"1" * 5000 + b"}", "invalid_json"),  # past Python's int digit limit
+    (b'{"path": NaN}', "bad_request"),
+    (b'["a.mp4"]', "bad_request"),
+    (b'"a.mp4"', "bad_request"),
+    (b'{"path": ["a.mp4"]}', "bad_request"),
+    (b'{"path": ""}', "bad_request"),
+])
+def test_a_json_body_that_cannot_be_used_is_400(body, code):
+    error = json_error(body)
+    assert (error.status, error.code) == (400, code)
+    assert len(error.message) < 400
+
+
+def test_a_content_length_that_is_not_ascii_digits_does_not_break_the_upload(tmp_path):
+    req = request([multipart(part("file", b"abc", "a.mp4"))])
+    req.scope["headers"].append((b"content-length", "\u00b2\u00b3".encode("latin-1")))  # str.isdigit() says yes
+    assert receive(req, tmp_path).size == 3
+
+
+def test_a_boundary_past_the_parsers_maximum_is_400(tmp_path):
+    error = upload_error(request([b"x"], content_type="multipart/form-data; boundary=" + "b" * 300), tmp_path)
+    assert (error.status, error.code) == (400, "bad_multipart")
+
+
+def test_an_error_message_that_cannot_be_utf8_still_renders():
+    response = error_response(ApiError(400, "invalid_path", "bad \ud800 name"), ServiceMetrics(1))
+    assert json.loads(response.body)["error"]["code"] == "invalid_path"

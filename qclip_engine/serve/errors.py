@@ -4,12 +4,14 @@ Every refusal is ``{"error": {"code", "message"}}`` with an HTTP status (and, fo
 ``Retry-After``). Codes and statuses:
 
     400  invalid_json, bad_request, invalid_path, bad_multipart, missing_file, client_disconnected
-    403  path_not_allowed
+         (invalid_path: a NUL byte, a lone surrogate, a name too long, a symlink loop)
+    403  path_not_allowed (outside every allowed directory, or not readable by the server)
     404  not_found (no such route)          405  method_not_allowed      other: http_<status>
     413  upload_too_large, body_too_large
     415  unsupported_media_type
     422  the video's error code from qclip_engine.errors: not_found, empty_file, not_a_video,
-         audio_only, unsupported_codec, truncated, decode_failed
+         audio_only, unsupported_codec, truncated, decode_failed (for a path request, not_found
+         and not_a_video — a directory, FIFO or device — come from serve/inputs.py before decoding)
     500  internal_error (or the backend's error record when the model call failed)
     503  not_ready, overloaded, shutting_down      504  timeout
 """
@@ -44,5 +46,8 @@ class ServiceStopping(Exception):
 def error_response(error: ApiError, metrics: ServiceMetrics) -> JSONResponse:
     """The JSON answer for ``error``, counted in ``qclip_errors_total`` by code."""
     metrics.errors.labels(error.code).inc()
-    return JSONResponse({"error": {"code": error.code, "message": error.message}}, status_code=error.status,
+    # JSONResponse encodes UTF-8 strictly: a lone surrogate from a client's string would make the
+    # error answer itself fail (a 500), so such characters are spelled as escapes.
+    message = error.message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"error": {"code": error.code, "message": message}}, status_code=error.status,
                         headers=error.headers)

@@ -3,11 +3,17 @@
 Security rules (each answered with the error contract, never a traceback):
 
 * Paths. Scoring by path needs ``--allow-dir``; without one every path request is 403
-  ``path_not_allowed``. A path with a NUL byte is 400 ``invalid_path``. A relative path is
-  taken under the first allowed root. The path is resolved — every symlink and ``..`` —
-  and accepted only if the real path is a root or lies under one (roots are resolved too),
-  so ``../`` escapes, absolute paths outside and symlinks pointing out are 403. The resolved
-  path, not the client's string, is what gets opened, so no checked symlink is followed again.
+  ``path_not_allowed``. A path with a NUL byte or a lone surrogate (JSON can carry one) is 400
+  ``invalid_path``. A relative path is taken under the first allowed root. The path is
+  resolved — every symlink and ``..`` — and accepted only if the real path is a root or lies
+  under one (roots are resolved too), so ``../`` escapes, absolute paths outside and symlinks
+  pointing out are 403. The resolved path, not the client's string, is what gets opened, so no
+  checked symlink is followed again. Only then is it looked at (so nothing outside the roots
+  leaks whether it exists), and every OS error is an answer, not a 500: a name too long or a
+  symlink loop is 400 ``invalid_path``, no permission 403 ``path_not_allowed``, a missing file
+  or a file used as a directory 422 ``not_found``, and anything but a regular file (a
+  directory, a FIFO, a device) 422 ``not_a_video`` — never opened, as a FIFO would block.
+  Messages quote the client's string (cut to ``PATH_SHOWN_CHARS``), never the root.
 * Uploads. The ``file`` part of a ``multipart/form-data`` body is streamed to a temp file made
   by ``mkstemp`` in the upload directory: the client's file name never becomes a server path
   (only its base name is kept, to name the file in answers, and its suffix only if short and
@@ -16,7 +22,9 @@ Security rules (each answered with the error contract, never a traceback):
   a large upload is 413 ``upload_too_large`` with never more than the limit written to disk
   (and about ``UPLOAD_FLUSH_BYTES`` held in memory). The temp file is deleted on every error (413, 400 ``bad_multipart``/``missing_file``/
   ``client_disconnected``, a timeout); after scoring the service deletes it.
-* A JSON body is at most ``JSON_BODY_LIMIT`` bytes (413 ``body_too_large``).
+* A JSON body is at most ``JSON_BODY_LIMIT`` bytes (413 ``body_too_large``). One that does not
+  parse — bad UTF-8, bad syntax, nested too deeply for the parser — is 400 ``invalid_json``; one
+  that is not ``{"path": "<non-empty string>"}`` is 400 ``bad_request``.
 
 Answers name the client's file, never a server path: the service rewrites messages
 (``QualityService._public_message`` in ``serve/service.py``).
@@ -25,16 +33,18 @@ Answers name the client's file, never a server path: the service rewrites messag
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import re
+import stat
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -45,6 +55,7 @@ JSON_BODY_LIMIT = 64 * 1024  # a path request is a few hundred bytes
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and small fields around the file
 UPLOAD_FLUSH_BYTES = 1 << 20  # upload bytes held in memory before they go to the temp file
 _SAFE_SUFFIX = re.compile(r"\.[a-z0-9]{1,8}")
+PATH_SHOWN_CHARS = 200  # of a client's path quoted in an answer (a JSON body may carry 64 KiB of it)
 
 
 @dataclass
@@ -163,10 +174,15 @@ async def receive_upload(request: Request, limit: int, directory: Path | None, w
         raise ApiError(400, "bad_multipart", "multipart/form-data without a boundary")
     body_limit = limit + MULTIPART_OVERHEAD
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > body_limit:
+    # isascii: str.isdigit() also accepts "²", which int() refuses (only reachable in-process:
+    # uvicorn's parser checks the header itself).
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > body_limit:
         raise ApiError(413, "upload_too_large", f"the upload exceeds the limit of {limit} bytes")
     upload = _MultipartUpload(limit, directory, writer)
-    parser = MultipartParser(boundary, upload.callbacks)
+    try:
+        parser = MultipartParser(boundary, upload.callbacks)
+    except FormParserError as exc:  # a boundary past the parser's maximum length
+        raise ApiError(400, "bad_multipart", f"unusable multipart boundary: {exc}") from None
     received = 0
     try:
         async for chunk in request.stream():
@@ -183,7 +199,7 @@ async def receive_upload(request: Request, limit: int, directory: Path | None, w
             raise ApiError(400, "bad_multipart", "the multipart body ended inside the file part")
         await upload.flush()
         upload.close()
-    except MultipartParseError as exc:
+    except FormParserError as exc:  # MultipartParseError and the parser's other refusals
         upload.discard()
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
     except ClientDisconnect:
@@ -207,15 +223,18 @@ async def read_json_path(request: Request) -> str:
         raise ApiError(400, "client_disconnected", "the client went away during the request") from None
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # deep nesting fits in the size limit: '[' * 30000 is 30 KB
+        raise ApiError(400, "invalid_json", "the body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer past Python's digit limit
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {str(exc)[:PATH_SHOWN_CHARS]}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("path"), str) or not payload["path"]:
         raise ApiError(400, "bad_request", 'a JSON request is {"path": "<file under an allowed directory>"}')
     return payload["path"]
 
 
 def resolve_allowed_path(raw: str, roots: tuple[Path, ...]) -> Path:
-    """The real path of ``raw`` (symlinks resolved) if it lies under a root, else 403.
+    """The real path of ``raw`` (symlinks resolved) if it is a readable regular file under a root;
+    else the ``ApiError`` saying why (403 outside the roots; see the module's rules for the rest).
 
     ``roots`` are real paths (resolved by the caller). A relative path is taken relative to the
     first root. The resolved path, not ``raw``, is what gets opened, so no symlink is followed
@@ -226,13 +245,43 @@ def resolve_allowed_path(raw: str, roots: tuple[Path, ...]) -> Path:
                        "this server scores uploads only (start it with --allow-dir to score files by path)")
     if "\x00" in raw:
         raise ApiError(400, "invalid_path", "the path contains a NUL byte")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no file name, and no answer could quote it
+        raise ApiError(400, "invalid_path", f"{shown(raw)} is not valid Unicode") from None
     candidate = Path(raw)
     if not candidate.is_absolute():
         candidate = roots[0] / candidate
     try:
         real = Path(os.path.realpath(candidate))
-    except (OSError, ValueError):
-        raise ApiError(403, "path_not_allowed", f"{raw!r} cannot be resolved") from None
-    if any(real == root or real.is_relative_to(root) for root in roots):
-        return real
-    raise ApiError(403, "path_not_allowed", f"{raw!r} is not under an allowed directory")
+    except (OSError, ValueError) as exc:
+        raise path_error(raw, exc) from None
+    if not any(real == root or real.is_relative_to(root) for root in roots):
+        raise ApiError(403, "path_not_allowed", f"{shown(raw)} is not under an allowed directory")
+    # Checked here, not left to the decoder: its first look (Path.exists) raises on a name too
+    # long, and opening a FIFO would block a decode thread.
+    try:
+        mode = os.stat(real).st_mode
+        if stat.S_ISREG(mode):
+            os.close(os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))  # readable by the server?
+    except (OSError, ValueError) as exc:
+        raise path_error(raw, exc) from None
+    if not stat.S_ISREG(mode):
+        raise ApiError(422, "not_a_video", f"{shown(raw)} is not a regular file")
+    return real
+
+
+def shown(raw: str) -> str:
+    """The client's path as an answer quotes it: ``repr`` (escapes control characters), cut if huge."""
+    return repr(raw if len(raw) <= PATH_SHOWN_CHARS else raw[:PATH_SHOWN_CHARS] + "…")
+
+
+def path_error(raw: str, exc: Exception) -> ApiError:
+    """The answer for an OS error on the client's path ``raw``; the message has no server path."""
+    code = getattr(exc, "errno", None)
+    reason = getattr(exc, "strerror", None) or type(exc).__name__  # strerror names no file
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return ApiError(422, "not_found", f"no such file: {shown(raw)}")  # as the decoder says it (errors.py: 422)
+    if code in (errno.EACCES, errno.EPERM):
+        return ApiError(403, "path_not_allowed", f"{shown(raw)} cannot be read: {reason}")
+    return ApiError(400, "invalid_path", f"{shown(raw)} cannot be used: {reason}")  # ENAMETOOLONG, ELOOP, …
