@@ -99,3 +99,9 @@ class DecodeFailedError(VideoError):
     """Corrupt data: the decoder failed or produced no frame."""
 
     code = "decode_failed"
+
+
+class PermissionDeniedError(VideoError):
+    """The file exists but this process may not read it."""
+
+    code = "permission_denied"

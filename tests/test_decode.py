@@ -1,6 +1,7 @@
 """Decoding: probe facts, sparse = full, rotation, VFR, bounded memory, typed errors on bad files."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from qclip_engine.errors import (
     AudioOnlyError,
     EmptyFileError,
     NotAVideoError,
+    PermissionDeniedError,
     TruncatedVideoError,
     UnsupportedCodecError,
     VideoError,
@@ -259,3 +261,141 @@ def test_candidate_decoding_memory_does_not_grow_with_length(tmp_path):
     # 256 candidates at 128×128 are 12 MiB; the bound leaves room for FFmpeg's buffers only.
     assert growth_long < 64, message
     assert growth_long - growth_short < 16, message
+
+
+# -- raw elementary streams (no seeking, maybe no timestamps) --------------------------------
+def _ffmpeg(*args) -> None:
+    subprocess.run([FFMPEG, "-v", "error", "-y", *map(str, args)], check=True)
+
+
+def _has_encoder(name: str) -> bool:
+    listing = subprocess.run([FFMPEG, "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
+    return any(line.split()[1:2] == [name] for line in listing.splitlines() if line.strip())
+
+
+@pytest.mark.parametrize("kind", ["h264", "hevc", "ivf-vp9"])
+def test_raw_elementary_streams_decode_sequentially_like_their_mp4(tmp_path, kind):
+    codec, muxer, suffix = {
+        "h264": ("libx264", "h264", ".h264"),
+        "hevc": ("libx265", "hevc", ".hevc"),
+        "ivf-vp9": ("libvpx-vp9", "ivf", ".ivf"),
+    }[kind]
+    if not _has_encoder(codec):
+        pytest.skip(f"this ffmpeg has no {codec} encoder")
+    src = lossless(tmp_path / "src.mkv", moving_frames(30))
+    options = ["-g", "8", "-bf", "2"] if codec == "libx264" else ["-g", "8"]
+    if codec == "libx265":
+        options = ["-x265-params", "log-level=error:bframes=2:keyint=8"]
+    muxed = tmp_path / ("muxed.webm" if muxer == "ivf" else "muxed.mp4")
+    _ffmpeg("-i", src, "-c:v", codec, *options, "-pix_fmt", "yuv420p", muxed)
+    raw = tmp_path / f"raw{suffix}"
+    _ffmpeg("-i", muxed, "-c", "copy", "-f", muxer, raw)  # the same bitstream, without the container
+
+    info = decode.probe(raw)
+    assert (info.codec, info.width, info.height, info.frame_count) == (decode.probe(muxed).codec, 96, 64, 30)
+    indices = [29, 0, 9, 8, 17, 17, 3]
+    reference = decode.decode_frames(muxed, size=(48, 80), indices=indices)
+    np.testing.assert_array_equal(decode.decode_frames(raw, size=(48, 80), indices=indices), reference)
+    np.testing.assert_array_equal(decode.decode_frames(raw, size=(48, 80), indices=indices, seek=False), reference)
+    cands = decode.decode_candidates(raw, (32, 32), max_frames=7)
+    np.testing.assert_array_equal(cands.indices, decode.decode_candidates(muxed, (32, 32), max_frames=7).indices)
+    np.testing.assert_array_equal(cands.frames, decode.decode_frames(muxed, size=(32, 32), indices=cands.indices))
+    np.testing.assert_allclose(cands.times, cands.indices / 25.0)
+
+
+# -- display matrix: flips as well as rotations -----------------------------------------------
+def _ffmpeg_all_rgb(path: Path, w: int, h: int) -> np.ndarray:
+    raw = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
+
+
+@pytest.mark.parametrize("flags,rotation", [
+    (["-display_hflip"], 0), (["-display_vflip"], 0), (["-display_hflip", "-display_vflip"], 0),
+    (["-display_hflip"], 90), (["-display_hflip"], 180), (["-display_hflip"], 270), (["-display_vflip"], 90),
+])
+def test_flipped_display_matrix_is_applied_as_ffmpeg_does(tmp_path, flags, rotation):
+    frames = moving_frames(4, h=32, w=64)
+    frames[:, :12, :12] = 255  # an asymmetric mark: the top-left corner of the coded picture
+    plain = encode(tmp_path / "plain.mp4", frames, pix_fmt="yuv444p", options={"qp": "0"})
+    flipped = tmp_path / "flipped.mp4"
+    _ffmpeg(*flags, *(["-display_rotation", rotation] if rotation else []), "-i", plain, "-c", "copy", flipped)
+    info = decode.probe(flipped)
+    hflip = flags.count("-display_hflip") + flags.count("-display_vflip") == 1  # an odd number of mirrors
+    assert info.hflip is hflip and info.to_dict()["hflip"] is hflip
+    assert (info.height, info.width) == ((64, 32) if rotation in (90, 270) else (32, 64))
+    ours = decode.decode_frames(flipped)
+    np.testing.assert_array_equal(ours, _ffmpeg_all_rgb(flipped, info.width, info.height))  # autorotate
+    upright = decode.decode_frames(plain)
+    if flags == ["-display_hflip"] and not rotation:
+        np.testing.assert_array_equal(ours, upright[:, :, ::-1])  # np.fliplr of each frame
+    cands = decode.decode_candidates(flipped, (16, 24))
+    np.testing.assert_array_equal(cands.frames, decode.decode_frames(flipped, size=(16, 24)))
+    assert not decode.probe(plain).hflip
+
+
+# -- unreadable files ---------------------------------------------------------------------------
+def test_unreadable_file_is_permission_denied(tmp_path, clips):
+    if os.geteuid() == 0:
+        pytest.skip("running as root: chmod 000 does not stop root reading the file "
+                    "(test_permission_errors_map_to_permission_denied covers the mapping)")
+    locked = tmp_path / "locked.mp4"
+    locked.write_bytes(Path(clips["h264"]).read_bytes())
+    locked.chmod(0)
+    try:
+        with pytest.raises(PermissionDeniedError) as info:
+            decode.probe(locked)
+        assert info.value.code == "permission_denied" and info.value.path == str(locked)
+    finally:
+        locked.chmod(0o644)
+
+
+def test_permission_errors_map_to_permission_denied(tmp_path, clips, monkeypatch):
+    import av
+    from qclip_engine.video import container as video_container
+
+    # What a non-root reader meets on a chmod 000 file: FFmpeg's open fails with EACCES,
+    # and so does any read of the header.
+    def denied(*args, **kwargs):
+        raise av.error.PermissionError(13, "Permission denied")
+
+    def no_read(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(video_container.av, "open", denied)
+    monkeypatch.setattr(Path, "open", no_read)
+    with pytest.raises(PermissionDeniedError) as info:
+        decode.probe(clips["h264"])
+    assert info.value.code == "permission_denied"
+    assert info.value.to_record()["error"]["code"] == "permission_denied"
+    monkeypatch.setattr(video_container.os, "access", lambda *a, **k: False)
+    with pytest.raises(PermissionDeniedError):
+        decode.probe(clips["h264"])
+
+
+# -- which video stream ---------------------------------------------------------------------
+@pytest.mark.parametrize("suffix,codec", [(".m4a", "aac"), (".mp3", "libmp3lame")])
+def test_audio_with_cover_art_is_audio_only(tmp_path, suffix, codec):
+    if not _has_encoder(codec):
+        pytest.skip(f"this ffmpeg has no {codec} encoder")
+    tone = audio_only(tmp_path / "tone.m4a")
+    cover = tmp_path / "cover.png"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64", "-frames:v", "1", cover)
+    song = tmp_path / f"song{suffix}"
+    _ffmpeg("-i", tone, "-i", cover, "-map", "0", "-map", "1", "-c:a", codec, "-c:v", "mjpeg",
+            "-disposition:v", "attached_pic", song)
+    with pytest.raises(AudioOnlyError) as info:
+        decode.probe(song)
+    assert info.value.code == "audio_only"
+
+
+def test_the_default_of_two_video_streams_is_decoded(tmp_path):
+    small = encode(tmp_path / "small.mkv", moving_frames(5, h=32, w=48, seed=1))
+    big = lossless(tmp_path / "big.mkv", moving_frames(8))
+    both = tmp_path / "both.mkv"
+    _ffmpeg("-i", small, "-i", big, "-map", "0:v", "-map", "1:v", "-c", "copy",
+            "-disposition:v:0", "0", "-disposition:v:1", "default", both)
+    info = decode.probe(both)
+    assert (info.width, info.height, info.frame_count, info.codec) == (96, 64, 8, "ffv1")
+    np.testing.assert_array_equal(decode.decode_frames(both, indices=[7, 2]), moving_frames(8)[[7, 2]])
+    np.testing.assert_array_equal(decode.decode_candidates(both, (64, 96)).frames, moving_frames(8))

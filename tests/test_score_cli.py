@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from media import broken_corpus, encode, moving_frames, odd_but_valid
@@ -197,3 +198,10 @@ def test_help_states_every_default_the_exit_codes_the_suffixes_and_the_encoding(
     for needle in ("0 every input was scored", "3 some inputs failed", "2 nothing could run",
                    ".mp4", ".y4m", "invalid_input", "no_videos", "\\xff", "UTF-8"):
         assert needle in text, needle
+
+
+def test_directory_walks_find_raw_streams_and_the_other_demuxable_kinds(tmp_path):
+    names = ["a.h264", "b.hevc", "c.ivf", "d.3gp", "e.mts", "f.m2ts", "g.gif", "h.y4m", "i.mp4"]
+    for name in names + ["notes.txt", "cover.png"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(Path(p).name for p in expand_inputs([str(tmp_path)])) == sorted(names)

@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from ..errors import DecodeFailedError, NotAVideoError, TruncatedVideoError, UnsupportedCodecError, VideoError, VideoNotFoundError
-from ..video.container import FrameReader, display_rotation, open_video, resize_rgb, to_rgb
+from ..video.container import FrameReader, display_rotation, open_video, resize_rgb, to_rgb, video_stream
 
 Frames = Iterator[tuple[float | None, Callable[[], np.ndarray]]]
 END_OF_MEDIA = object()  # a source's last item: ``(END_OF_MEDIA, nominal frame duration)``
@@ -78,20 +78,21 @@ def _url_frames(url: str, scheme: str, size, timeout_s: float, extra: dict | Non
         raise NotAVideoError(f"{url}: not a stream FFmpeg recognises ({exc.strerror or exc})", path=url) from exc
     except (av.error.FFmpegError, OSError) as exc:
         raise VideoError(f"{url}: cannot open ({getattr(exc, 'strerror', None) or exc})", path=url, code="unreachable") from exc
-    if not container.streams.video:
+    if video_stream(container) is None:
         container.close()
         raise NotAVideoError(f"{url}: no video stream", path=url)
-    if container.streams.video[0].codec_context is None:
+    if video_stream(container).codec_context is None:
         container.close()
         raise UnsupportedCodecError(f"{url}: no decoder for this video codec", path=url)
     return _container_frames(container, url, size, live=scheme in _LIVE_SCHEMES or url.lower().split("?")[0].endswith(".m3u8"))
 
 
 def _container_frames(container, where: str, size, *, live: bool) -> Frames:
-    """Frames of an open container's first video stream, timed by pts; closes the container."""
+    """Frames of an open container's video stream (the one ffmpeg would pick), timed by pts;
+    closes the container."""
     name = where if "://" in where else Path(where).name
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         # Frame threading holds back one frame per thread: fine for files, not for live latency.
         stream.thread_type = "SLICE" if live else "AUTO"
         stream.thread_count = 0

@@ -1,15 +1,20 @@
 """Opening a video with PyAV and reading its frames as ffmpeg does: the pieces every reader shares.
 
 Files (``video.decode``) and streams (``qclip_engine.stream``) both open through
-:func:`open_video` (typed errors: ``not_found``, ``empty_file``, ``not_a_video``,
-``audio_only``, ``unsupported_codec``, ``truncated``), read packets through
-:class:`FrameReader` (a corrupt packet is skipped, as ffmpeg does) and convert frames with
-:func:`to_rgb` (swscale, display rotation applied), so a stream window sees exactly the
-pixels a file decode gives.
+:func:`open_video` (typed errors: ``not_found``, ``permission_denied``, ``empty_file``,
+``not_a_video``, ``audio_only``, ``unsupported_codec``, ``truncated``), pick the video stream
+with :func:`video_stream` (the one ffmpeg would pick; cover art is not video), read packets
+through :class:`FrameReader` (a corrupt packet is skipped, as ffmpeg does) and convert frames
+with :func:`to_rgb` (swscale, the whole display matrix applied: rotation and mirror), so a
+stream window sees exactly the pixels a file decode gives.
 """
 
 from __future__ import annotations
 
+import errno
+import math
+import os
+import struct
 from pathlib import Path
 
 import av
@@ -20,6 +25,7 @@ from ..errors import (
     DecodeFailedError,
     EmptyFileError,
     NotAVideoError,
+    PermissionDeniedError,
     TruncatedVideoError,
     UnsupportedCodecError,
     VideoNotFoundError,
@@ -28,27 +34,46 @@ from ..errors import (
 INTERPOLATION = "BILINEAR"  # PE-Core's preprocessing: bilinear squash-resize
 # What directory walks (qclip-score, the demo dataset) treat as video files; decoding itself
 # never trusts an extension.
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".y4m"})
+VIDEO_SUFFIXES = frozenset({
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts", ".flv", ".wmv",
+    ".3gp", ".ogv", ".mxf", ".y4m", ".gif", ".ivf", ".h264", ".264", ".hevc", ".h265", ".265",
+})
 # Containers whose open failing means "cut short" rather than "not a video": ISO BMFF
 # (mp4/mov, whose sample index may sit at the end) and EBML (mkv/webm).
 _ISO_BMFF_BOX = b"ftyp"
 _EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+_AVFMT_NOTIMESTAMPS = 0x0080  # libavformat's AVFMT_NOTIMESTAMPS input-format flag
 
 
 def open_video(path: str | Path) -> av.container.InputContainer:
     """An open container with a decodable video stream, or the ``VideoError`` saying why not."""
     p = Path(path)
     where = str(p)
+    try:
+        return _open_video(p, where)
+    except PermissionError as exc:  # any read of an unreadable file: stat, FFmpeg's open, the header sniff
+        if isinstance(exc, av.error.FFmpegError) and exc.errno not in (errno.EACCES, errno.EPERM):
+            raise
+        raise PermissionDeniedError(f"{p.name}: permission denied (this process may not read the file)",
+                                    path=where) from exc
+
+
+def _open_video(p: Path, where: str) -> av.container.InputContainer:
     if not p.exists():
         raise VideoNotFoundError(f"no such file: {p}", path=where)
     if not p.is_file():
         raise NotAVideoError(f"not a regular file: {p}", path=where)
+    if not os.access(p, os.R_OK):
+        raise PermissionError(errno.EACCES, "Permission denied", where)
     if p.stat().st_size == 0:
         raise EmptyFileError(f"empty file (0 bytes): {p}", path=where)
     try:
         container = av.open(where, mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as exc:
-        head = p.open("rb").read(12)
+        if isinstance(exc, PermissionError):
+            raise
+        with p.open("rb") as f:
+            head = f.read(12)
         if head[4:8] == _ISO_BMFF_BOX or head[:4] == _EBML_MAGIC:
             raise TruncatedVideoError(
                 f"{p.name}: an MP4/MOV/MKV file FFmpeg cannot open ({exc.strerror or exc}); "
@@ -56,18 +81,41 @@ def open_video(path: str | Path) -> av.container.InputContainer:
                 path=where,
             ) from exc
         raise NotAVideoError(f"{p.name}: not a video FFmpeg recognises ({exc.strerror or exc})", path=where) from exc
-    if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams})
+    stream = video_stream(container)
+    if stream is None:
+        kinds = sorted({"cover art" if s.type == "video" else s.type for s in container.streams})
         container.close()
         if "audio" in kinds:
             raise AudioOnlyError(f"{p.name}: audio only, no video stream", path=where)
         raise NotAVideoError(f"{p.name}: no video stream (streams: {kinds or 'none'})", path=where)
-    stream = container.streams.video[0]
     if stream.codec_context is None:
         codec_id = getattr(stream, "codec_tag", "?")
         container.close()
         raise UnsupportedCodecError(f"{p.name}: no decoder for this video codec (tag {codec_id!r})", path=where)
     return container
+
+
+def video_stream(container: av.container.InputContainer):
+    """The video stream ffmpeg would decode, or None: attached pictures (an audio file's cover
+    art) are not video; of several, FFmpeg's best stream (the default one first), else the first."""
+    candidates = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    try:
+        best = container.streams.best("video")
+    except (AttributeError, av.error.FFmpegError):
+        best = None
+    chosen = [s for s in candidates if best is not None and s.index == best.index]
+    if chosen:
+        return chosen[0]
+    defaults = [s for s in candidates if s.disposition & av.stream.Disposition.default]
+    return (defaults or candidates)[0]
+
+
+def seekable(container: av.container.InputContainer) -> bool:
+    """Whether timestamp seeks can work: raw elementary streams (.h264, .hevc: no timestamps)
+    cannot, and ffmpeg reads them start to end (a failing seek is the other sign; see decode)."""
+    return not container.format.flags & _AVFMT_NOTIMESTAMPS
 
 
 class FrameReader:
@@ -120,21 +168,64 @@ class FrameReader:
 
 def _rotation(angle: float | None) -> int:
     """FFmpeg's display-matrix angle (counter-clockwise, [-180, 180]) → 0/90/180/270."""
-    if not angle:
+    if not angle or math.isnan(angle):
         return 0
     return int(round(angle / 90.0)) % 4 * 90
 
 
-def display_rotation(frame: av.VideoFrame) -> int:
-    """The frame's display rotation (counter-clockwise degrees: 0, 90, 180, 270)."""
+def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
+    """The frame's 3×3 display matrix (9 int32: 16.16 fixed point, last column 2.30), if any."""
     try:
-        return _rotation(frame.rotation)
-    except (AttributeError, ValueError):
-        return 0
+        side_data = list(frame.side_data)
+    except (AttributeError, TypeError):
+        return None
+    for sd in side_data:
+        if getattr(sd.type, "name", str(sd.type)).upper().endswith("DISPLAYMATRIX"):
+            data = bytes(sd)
+            if len(data) >= 36:
+                return struct.unpack("=9i", data[:36])  # native byte order, as FFmpeg stores it
+    return None
 
 
-def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int) -> np.ndarray:
-    """One decoded frame → uint8 RGB ``[H, W, 3]`` upright, swscale-resized to ``size`` (H, W)."""
+def display_orientation(frame: av.VideoFrame) -> tuple[int, bool]:
+    """``(rotation, hflip)``: mirror the coded picture left-right if ``hflip``, then turn it
+    ``rotation`` degrees counter-clockwise (0, 90, 180, 270) — the display matrix, as ffmpeg's
+    autorotate applies it.
+
+    A matrix with a negative determinant mirrors; ``frame.rotation`` alone reads a mirror as
+    a 180° turn (upside down). Undoing the mirror (negating the matrix's first row) leaves a
+    pure rotation, whose angle is computed as libavutil's ``av_display_rotation_get``.
+    """
+    m = _display_matrix(frame)
+    if m is None:
+        try:
+            return _rotation(frame.rotation), False
+        except (AttributeError, ValueError):
+            return 0, False
+    a, b, c, d = (v / 65536.0 for v in (m[0], m[1], m[3], m[4]))
+    hflip = a * d - b * c < 0
+    if hflip:
+        a, b = -a, -b
+    scale_x, scale_y = math.hypot(a, c), math.hypot(b, d)
+    if scale_x == 0 or scale_y == 0:
+        return 0, False
+    return _rotation(-math.degrees(math.atan2(b / scale_y, a / scale_x))), hflip
+
+
+def display_rotation(frame: av.VideoFrame) -> int:
+    """The frame's display rotation (counter-clockwise degrees: 0, 90, 180, 270), applied after
+    the mirror that :func:`display_orientation` reports."""
+    return display_orientation(frame)[0]
+
+
+def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int, hflip: bool | None = None) -> np.ndarray:
+    """One decoded frame → uint8 RGB ``[H, W, 3]`` upright, swscale-resized to ``size`` (H, W).
+
+    ``hflip`` None reads the mirror off the frame's own display matrix (callers that pass only
+    ``rotation``, such as ``stream.sources``, stay right for mirrored files).
+    """
+    if hflip is None:
+        hflip = display_orientation(frame)[1]
     if size is None:
         rgb = frame.to_ndarray(format="rgb24", threads=1)
     else:
@@ -143,8 +234,12 @@ def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int) ->
             h, w = w, h
         # One swscale thread: the decoder's frame threads already fill the cores.
         rgb = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation=INTERPOLATION, threads=1)
+    if hflip:
+        rgb = rgb[:, ::-1]
     if rotation:
         rgb = np.rot90(rgb, k=rotation // 90)
+    if hflip and not rotation:
+        rgb = np.ascontiguousarray(rgb)
     return rgb
 
 

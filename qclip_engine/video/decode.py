@@ -14,8 +14,15 @@ frame's time is its own pts, not ``i / fps``; candidate frames are taken at a un
 stride of the table (uniform in frame index, which for VFR is not uniform in time);
 ``VideoInfo.vfr`` flags such files.
 
-Rotation. The display matrix (phones' portrait video) is applied: frames come out
-upright, and ``VideoInfo.width/height`` are the displayed size.
+Frames without timestamps (raw elementary streams: ``.h264``, ``.hevc``) are counted
+instead: the scan numbers the packets, the decoder's output is numbered in the same way.
+Such streams (and any whose demuxer cannot seek) are decoded start to end, as ffmpeg reads
+them: the file is reopened rather than seeked back, and sparse decoding falls back to a
+sequential pass.
+
+Rotation. The whole display matrix (phones' portrait video, mirrored selfies) is applied as
+ffmpeg's autorotate does: frames come out upright, ``VideoInfo.width/height`` are the
+displayed size, ``VideoInfo.rotation``/``hflip`` say what was applied.
 
 Memory. ``decode_candidates`` holds at most ``max_frames`` frames at the requested
 size, whatever the length of the video; nothing else grows with length except the
@@ -27,7 +34,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import KW_ONLY, asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,7 +43,16 @@ import numpy as np
 
 from ..defaults import MAX_ANALYSIS_FRAMES
 from ..errors import DecodeFailedError, TruncatedVideoError
-from .container import INTERPOLATION, VIDEO_SUFFIXES, FrameReader, display_rotation, open_video, to_rgb
+from .container import (
+    INTERPOLATION,
+    VIDEO_SUFFIXES,
+    FrameReader,
+    display_orientation,
+    open_video,
+    seekable,
+    to_rgb,
+    video_stream,
+)
 from .sampling import candidate_indices
 
 __all__ = [
@@ -72,6 +88,8 @@ class VideoInfo:
     duration: float  # seconds from the first frame's start to the last frame's end
     vfr: bool
     rotation: int  # degrees counter-clockwise applied for display: 0, 90, 180 or 270
+    _: KW_ONLY  # hflip has a default (older records, callers) yet stays next to rotation
+    hflip: bool = False  # mirrored left-right (before the rotation) by the display matrix
     has_b_frames: bool
 
     def to_dict(self) -> dict:
@@ -85,6 +103,7 @@ class FrameTable:
     pts: np.ndarray  # int64 [N], sorted
     keyframe_pts: np.ndarray  # int64 [K], sorted
     time_base: Fraction
+    counted: bool = False  # no timestamps in the file: pts are frame numbers (decode order = display order)
 
     def times(self, indices: Iterable[int] | np.ndarray | None = None) -> np.ndarray:
         pts = self.pts if indices is None else self.pts[np.asarray(indices, dtype=np.int64)]
@@ -103,14 +122,16 @@ class Candidates:
 
 # -- scanning -----------------------------------------------------------------------------
 def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo, FrameTable]:
-    stream = container.streams.video[0]
+    stream = video_stream(container)
     pts, keys = [], []
     demux_error = None
+    stamped = False
     try:
         for packet in container.demux(stream):
             if packet.size == 0:  # the demuxer's end-of-stream marker
                 continue
             stamp = packet.pts if packet.pts is not None else packet.dts
+            stamped = stamped or stamp is not None
             if stamp is None:
                 stamp = pts[-1] + 1 if pts else 0
             pts.append(stamp)
@@ -131,6 +152,10 @@ def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo
     table_pts = np.unique(np.asarray(pts, dtype=np.int64))  # display order
     key_pts = np.unique(np.asarray(keys or pts[:1], dtype=np.int64))
     time_base = stream.time_base or Fraction(1, 90000)
+    counted = not stamped
+    if counted:  # frame numbers: one tick a frame at the stream's rate
+        rate = stream.average_rate or stream.guessed_rate or 25
+        time_base = Fraction(1) / Fraction(rate)
     deltas = np.diff(table_pts)
     if deltas.size:
         frame_step = float(np.median(deltas))
@@ -154,31 +179,33 @@ def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo
         rotation=0,
         has_b_frames=bool(ctx.has_b_frames),
     )
-    return info, FrameTable(table_pts, key_pts, time_base)
+    return info, FrameTable(table_pts, key_pts, time_base, counted)
 
 
 def _configure_decoder(container: av.container.InputContainer, threads: int) -> av.video.stream.VideoStream:
-    stream = container.streams.video[0]
+    stream = video_stream(container)
     stream.thread_type = "AUTO"  # frame + slice threading
     stream.thread_count = threads  # 0: FFmpeg picks (one per core)
     return stream
 
 
 def _open_scanned(path) -> tuple[av.container.InputContainer, VideoInfo, FrameTable]:
-    """Open, scan the frame table, read the display rotation off the first frame; return a fresh container.
+    """Open, scan the frame table, read the display matrix off the first frame; return a fresh container.
 
-    The container is reopened after the scan rather than seeked back to the start, so
-    the decode pass sees the file exactly as a plain sequential decode would.
+    The file is reopened after the scan (and again for the decode) rather than seeked
+    back to the start: raw elementary streams cannot seek, and the decode pass sees the
+    file exactly as a plain sequential decode would.
     """
     where = str(path)
     container = open_video(path)
     try:
         info, table = _scan(container, where)
-        container.seek(0, backward=True)  # in AV_TIME_BASE units: the start of the file
-        first = next(FrameReader(container, container.streams.video[0]), None)
+        container.close()
+        container = open_video(path)
+        first = next(FrameReader(container, video_stream(container)), None)
         if first is None:
             raise DecodeFailedError(f"{Path(path).name}: no frame could be decoded", path=where)
-        rotation = display_rotation(first)
+        rotation, hflip = display_orientation(first)
     except av.error.FFmpegError as exc:
         raise DecodeFailedError(f"{Path(path).name}: {exc}", path=where) from exc
     finally:
@@ -187,6 +214,8 @@ def _open_scanned(path) -> tuple[av.container.InputContainer, VideoInfo, FrameTa
         info = VideoInfo(**{**info.to_dict(), "width": info.height, "height": info.width, "rotation": rotation})
     elif rotation:
         info = VideoInfo(**{**info.to_dict(), "rotation": rotation})
+    if hflip:
+        info = VideoInfo(**{**info.to_dict(), "hflip": True})
     return open_video(path), info, table
 
 
@@ -223,35 +252,42 @@ def iter_frames(
     """
     container, info, table = _open_scanned(path)
     try:
-        yield from _stream(container, table, size, info.rotation, wanted, threads, str(path))
+        yield from _stream(container, table, size, _orient(info), wanted, threads, str(path))
     finally:
         container.close()
 
 
-def _stream(container, table: FrameTable, size, rotation, wanted, threads, where) -> Iterator[tuple[int, np.ndarray]]:
+def _orient(info: VideoInfo) -> tuple[int, bool]:
+    """What ``to_rgb`` applies after its resize: (rotation, hflip)."""
+    return info.rotation, info.hflip
+
+
+def _stream(container, table: FrameTable, size, orient, wanted, threads, where) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode from the container's current position (the start: callers hand a fresh container)."""
     stream = _configure_decoder(container, threads)
     keep = None if wanted is None else np.zeros(len(table.pts), dtype=bool)
     if keep is not None:
         keep[np.asarray(wanted, dtype=np.int64)] = True
 
     def kept():
-        for frame in FrameReader(container, stream):
-            index = _frame_index(table, frame)
+        for n, frame in enumerate(FrameReader(container, stream)):
+            index = _frame_index(table, frame, n)
             if index is not None and (keep is None or keep[index]):
                 yield index, frame
 
-    yield from _convert_ahead(kept(), size, rotation)
+    yield from _convert_ahead(kept(), size, orient)
 
 
-def _convert_ahead(items, size, rotation, depth: int = 4) -> Iterator[tuple[int, np.ndarray]]:
+def _convert_ahead(items, size, orient, depth: int = 4) -> Iterator[tuple[int, np.ndarray]]:
     """Convert frames in a worker thread while the decoder runs ahead (swscale releases the GIL).
 
     At most ``depth`` frames are in flight; order is kept.
     """
+    rotation, hflip = orient
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qclip-swscale") as pool:
         pending: deque = deque()
         for index, frame in items:
-            pending.append((index, pool.submit(to_rgb, frame, size, rotation)))
+            pending.append((index, pool.submit(to_rgb, frame, size, rotation, hflip)))
             if len(pending) >= depth:
                 i, converted = pending.popleft()
                 yield i, converted.result()
@@ -260,10 +296,12 @@ def _convert_ahead(items, size, rotation, depth: int = 4) -> Iterator[tuple[int,
             yield i, converted.result()
 
 
-def _frame_index(table: FrameTable, frame: av.VideoFrame) -> int | None:
+def _frame_index(table: FrameTable, frame: av.VideoFrame, n: int) -> int | None:
+    """The table index of ``frame``, the ``n``-th the decoder output: by timestamp, or by
+    ``n`` where the file has none (the scan counted its packets the same way)."""
     stamp = frame.pts if frame.pts is not None else frame.dts
     if stamp is None:
-        return None
+        return n if table.counted and n < len(table.pts) else None
     i = int(np.searchsorted(table.pts, stamp))
     return i if i < len(table.pts) and table.pts[i] == stamp else None
 
@@ -286,7 +324,7 @@ def decode_candidates(
         slot[wanted] = np.arange(len(wanted))
         frames = np.empty((len(wanted), *size, 3), dtype=np.uint8)
         got = np.zeros(len(wanted), dtype=bool)
-        for index, rgb in _stream(container, table, size, info.rotation, wanted, threads, str(path)):
+        for index, rgb in _stream(container, table, size, _orient(info), wanted, threads, str(path)):
             frames[slot[index]] = rgb
             got[slot[index]] = True
     finally:
@@ -317,9 +355,10 @@ def decode_frames(
     """
     container, info, table = _open_scanned(path)
     where = str(path)
+    orient = _orient(info)
     try:
         if indices is None:
-            frames = [rgb for _, rgb in _stream(container, table, size, info.rotation, None, threads, where)]
+            frames = [rgb for _, rgb in _stream(container, table, size, orient, None, threads, where)]
             if not frames:
                 raise DecodeFailedError(f"{Path(path).name}: no frame could be decoded", path=where)
             return np.stack(frames)
@@ -329,10 +368,15 @@ def decode_frames(
         if order.min() < 0 or order.max() >= info.frame_count:
             raise IndexError(f"frame indices must lie in [0, {info.frame_count - 1}], got {order.min()}..{order.max()}")
         targets = np.unique(order)
-        if seek:
-            found = _seek_decode(container, table, targets, size, info.rotation, threads, where)
-        else:
-            found = dict(_stream(container, table, size, info.rotation, targets, threads, where))
+        found = None
+        if seek and seekable(container) and not table.counted:
+            try:
+                found = _seek_decode(container, table, targets, size, orient, threads, where)
+            except _NotSeekable:  # the demuxer refused to seek, or seeks miss: read it start to end, as ffmpeg does
+                container.close()
+                container = open_video(path)
+        if found is None:
+            found = dict(_stream(container, table, size, orient, targets, threads, where))
     finally:
         container.close()
     missing = [int(i) for i in targets if i not in found]
@@ -341,11 +385,23 @@ def decode_frames(
     return np.stack([found[int(i)] for i in order])
 
 
-def _seek_decode(container, table: FrameTable, targets: np.ndarray, size, rotation, threads, where) -> dict[int, np.ndarray]:
+class _NotSeekable(Exception):
+    """The demuxer refused a seek (raw streams: EPERM) or seeks keep missing; the caller decodes sequentially."""
+
+
+def _seek(container, pts: int, stream) -> None:
+    try:
+        container.seek(pts, stream=stream, backward=True)
+    except av.error.FFmpegError as exc:
+        raise _NotSeekable(str(exc)) from exc
+
+
+def _seek_decode(container, table: FrameTable, targets: np.ndarray, size, orient, threads, where) -> dict[int, np.ndarray]:
     """Decode ``targets`` (sorted) by seeking to the keyframe before each one that lies ahead.
 
     A seek lands on a keyframe chosen by the demuxer (by dts for MP4), which for files
     with B-frames can be one frame late; then we step back one keyframe and retry.
+    Raises ``_NotSeekable`` when the demuxer cannot seek.
     """
     stream = _configure_decoder(container, threads)
     found: dict[int, np.ndarray] = {}
@@ -359,10 +415,10 @@ def _seek_decode(container, table: FrameTable, targets: np.ndarray, size, rotati
             seek_pts = int(keys[max(k - attempt, 0)])
             must_seek = frames is None or position is None or position >= target_pts or seek_pts > position
             if must_seek or attempt:
-                container.seek(seek_pts, stream=stream, backward=True)
+                _seek(container, seek_pts, stream)
                 frames = FrameReader(container, stream)
                 position = None
-            hit = _decode_until(frames, table, target_pts, size, rotation)
+            hit = _decode_until(frames, table, target_pts, size, orient)
             if hit is not None:
                 position, rgb = hit
                 if rgb is not None:
@@ -371,22 +427,20 @@ def _seek_decode(container, table: FrameTable, targets: np.ndarray, size, rotati
             else:
                 frames, position = None, None  # ran off the end
         else:
-            # Seeking is not reliable in this file: decode it in full for what is left.
-            rest = targets[targets >= target]
-            container.seek(int(keys[0]), stream=stream, backward=True)
-            found.update(_stream(container, table, size, rotation, rest, threads, where))
-            return found
+            # Seeking is not reliable in this file: the caller decodes it start to end (on a
+            # reopened file: this decoder is open and cannot be reconfigured for threads).
+            raise _NotSeekable(f"no frame at pts {target_pts} after {_SEEK_ATTEMPTS} seeks")
     return found
 
 
-def _decode_until(frames, table, target_pts, size, rotation):
+def _decode_until(frames, table, target_pts, size, orient):
     """Advance to ``target_pts``: ``(pts, rgb)`` on a hit, ``(pts, None)`` if we passed it, None at the end."""
     for frame in frames:
         stamp = frame.pts if frame.pts is not None else frame.dts
         if stamp is None:
             continue
         if stamp == target_pts:
-            return stamp, to_rgb(frame, size, rotation)
+            return stamp, to_rgb(frame, size, *orient)
         if stamp > target_pts:
             return stamp, None
     return None

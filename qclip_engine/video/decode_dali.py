@@ -202,6 +202,8 @@ def gpu_unsupported_reason(info: VideoInfo, fmt: _FrameFormat | None = None) -> 
         return f"codec {info.codec!r} is not decoded on NVDEC here (GPU codecs: {', '.join(sorted(NVDEC_CODECS))})"
     if info.vfr:
         return "variable frame rate video (DALI's video decoding assumes a constant frame rate)"
+    if info.hflip:
+        return "a mirrored display matrix (the GPU path applies rotations only)"
     h, w = _coded_size(info)
     min_w, min_h = NVDEC_MIN_SIZE.get(codec, (1, 1))
     if w < min_w or h < min_h:
