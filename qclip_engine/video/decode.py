@@ -5,24 +5,15 @@ are converted from the decoder's pixel format (one C call per frame, no Python p
 work, :func:`~qclip_engine.video.container.to_rgb`), with FFmpeg's threaded decoding.
 Opening a file and reading its packets is :mod:`~qclip_engine.video.container`'s job.
 
-Frame identity. A file is first *scanned*: its video packets are demuxed (no
-decoding) into a frame table of presentation timestamps in display order. Frame ``i``
-is the ``i``-th entry of that table, and decoded frames are matched to it by their
-timestamp, never by counting — so a B-frame reorder, a dropped corrupt packet or a
-variable frame rate (VFR) cannot shift indices. VFR files are handled by timestamp: a
-frame's time is its own pts, not ``i / fps``; candidate frames are taken at a uniform
-stride of the table (uniform in frame index, which for VFR is not uniform in time);
-``VideoInfo.vfr`` flags such files.
-
-Frames without timestamps (raw elementary streams: ``.h264``, ``.hevc``) are counted
-instead: the scan numbers the packets, the decoder's output is numbered in the same way.
-Such streams (and any whose demuxer cannot seek) are decoded start to end, as ffmpeg reads
-them: the file is reopened rather than seeked back, and sparse decoding falls back to a
-sequential pass.
+Frame identity. Every decode starts from :func:`~qclip_engine.video.scan.scan`: frame ``i``
+is the ``i``-th entry of the file's frame table, and decoded frames are matched to it by
+their timestamp (or, for raw streams without timestamps, by count) — see ``video/scan.py``.
+Candidate frames are taken at a uniform stride of the table (uniform in frame index, which
+for VFR is not uniform in time). Streams whose demuxer cannot seek are decoded start to end,
+as ffmpeg reads them: sparse decoding falls back to a sequential pass.
 
 Rotation. The whole display matrix (phones' portrait video, mirrored selfies) is applied as
-ffmpeg's autorotate does: frames come out upright, ``VideoInfo.width/height`` are the
-displayed size, ``VideoInfo.rotation``/``hflip`` say what was applied.
+ffmpeg's autorotate does: frames come out upright and unmirrored.
 
 Memory. ``decode_candidates`` holds at most ``max_frames`` frames at the requested
 size, whatever the length of the video; nothing else grows with length except the
@@ -34,26 +25,25 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import KW_ONLY, asdict, dataclass
-from fractions import Fraction
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
 
 from ..defaults import MAX_ANALYSIS_FRAMES
-from ..errors import DecodeFailedError, TruncatedVideoError
+from ..errors import DecodeFailedError
 from .container import (
     INTERPOLATION,
     VIDEO_SUFFIXES,
     FrameReader,
-    display_orientation,
     open_video,
     seekable,
     to_rgb,
     video_stream,
 )
 from .sampling import candidate_indices
+from .scan import FrameTable, VideoInfo, open_scanned, probe, scan
 
 __all__ = [
     "INTERPOLATION",
@@ -76,40 +66,6 @@ DEFAULT_MAX_ANALYSIS_FRAMES = MAX_ANALYSIS_FRAMES
 _SEEK_ATTEMPTS = 4
 
 
-@dataclass(frozen=True)
-class VideoInfo:
-    path: str
-    container: str
-    codec: str
-    width: int  # displayed size, rotation applied
-    height: int
-    fps: float  # average: frames / duration
-    frame_count: int
-    duration: float  # seconds from the first frame's start to the last frame's end
-    vfr: bool
-    rotation: int  # degrees counter-clockwise applied for display: 0, 90, 180 or 270
-    _: KW_ONLY  # hflip has a default (older records, callers) yet stays next to rotation
-    hflip: bool = False  # mirrored left-right (before the rotation) by the display matrix
-    has_b_frames: bool
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class FrameTable:
-    """Display-order timestamps of every frame, and which are keyframes (seek points)."""
-
-    pts: np.ndarray  # int64 [N], sorted
-    keyframe_pts: np.ndarray  # int64 [K], sorted
-    time_base: Fraction
-    counted: bool = False  # no timestamps in the file: pts are frame numbers (decode order = display order)
-
-    def times(self, indices: Iterable[int] | np.ndarray | None = None) -> np.ndarray:
-        pts = self.pts if indices is None else self.pts[np.asarray(indices, dtype=np.int64)]
-        return (pts - self.pts[0]).astype(np.float64) * float(self.time_base)
-
-
 @dataclass
 class Candidates:
     """The analysis frames of one video: at most ``max_frames``, uniform stride, in time order."""
@@ -120,121 +76,11 @@ class Candidates:
     info: VideoInfo
 
 
-# -- scanning -----------------------------------------------------------------------------
-def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo, FrameTable]:
-    stream = video_stream(container)
-    pts, keys = [], []
-    demux_error = None
-    stamped = False
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0:  # the demuxer's end-of-stream marker
-                continue
-            stamp = packet.pts if packet.pts is not None else packet.dts
-            stamped = stamped or stamp is not None
-            if stamp is None:
-                stamp = pts[-1] + 1 if pts else 0
-            pts.append(stamp)
-            if packet.is_keyframe:
-                keys.append(stamp)
-    except av.error.FFmpegError as exc:
-        demux_error = exc
-    name = Path(where).name
-    announced = stream.frames or 0
-    if not pts:
-        raise DecodeFailedError(f"{name}: no video packets could be read ({demux_error or 'empty stream'})", path=where)
-    if demux_error is not None or (announced and len(pts) < announced):
-        raise TruncatedVideoError(
-            f"{name}: the file ends after {len(pts)} of {announced or 'its'} frames"
-            + (f" ({demux_error})" if demux_error else ""),
-            path=where,
-        )
-    table_pts = np.unique(np.asarray(pts, dtype=np.int64))  # display order
-    key_pts = np.unique(np.asarray(keys or pts[:1], dtype=np.int64))
-    time_base = stream.time_base or Fraction(1, 90000)
-    counted = not stamped
-    if counted:  # frame numbers: one tick a frame at the stream's rate
-        rate = stream.average_rate or stream.guessed_rate or 25
-        time_base = Fraction(1) / Fraction(rate)
-    deltas = np.diff(table_pts)
-    if deltas.size:
-        frame_step = float(np.median(deltas))
-        vfr = bool(np.any(np.abs(deltas - frame_step) > max(1.0, 0.01 * frame_step)))
-    else:
-        frame_step = 1.0 / float(stream.average_rate or 25) / float(time_base)
-        vfr = False
-    duration = float((table_pts[-1] - table_pts[0] + frame_step) * time_base)
-    ctx = stream.codec_context
-    width, height = ctx.width, ctx.height
-    info = VideoInfo(
-        path=where,
-        container=container.format.name,
-        codec=ctx.name,
-        width=width,
-        height=height,
-        fps=len(table_pts) / duration if duration > 0 else float(stream.average_rate or 0),
-        frame_count=len(table_pts),
-        duration=duration,
-        vfr=vfr,
-        rotation=0,
-        has_b_frames=bool(ctx.has_b_frames),
-    )
-    return info, FrameTable(table_pts, key_pts, time_base, counted)
-
-
 def _configure_decoder(container: av.container.InputContainer, threads: int) -> av.video.stream.VideoStream:
     stream = video_stream(container)
     stream.thread_type = "AUTO"  # frame + slice threading
     stream.thread_count = threads  # 0: FFmpeg picks (one per core)
     return stream
-
-
-def _open_scanned(path) -> tuple[av.container.InputContainer, VideoInfo, FrameTable]:
-    """Open, scan the frame table, read the display matrix off the first frame; return a fresh container.
-
-    The file is reopened after the scan (and again for the decode) rather than seeked
-    back to the start: raw elementary streams cannot seek, and the decode pass sees the
-    file exactly as a plain sequential decode would.
-    """
-    where = str(path)
-    container = open_video(path)
-    try:
-        info, table = _scan(container, where)
-        container.close()
-        container = open_video(path)
-        first = next(FrameReader(container, video_stream(container)), None)
-        if first is None:
-            raise DecodeFailedError(f"{Path(path).name}: no frame could be decoded", path=where)
-        rotation, hflip = display_orientation(first)
-    except av.error.FFmpegError as exc:
-        raise DecodeFailedError(f"{Path(path).name}: {exc}", path=where) from exc
-    finally:
-        container.close()
-    if rotation in (90, 270):
-        info = VideoInfo(**{**info.to_dict(), "width": info.height, "height": info.width, "rotation": rotation})
-    elif rotation:
-        info = VideoInfo(**{**info.to_dict(), "rotation": rotation})
-    if hflip:
-        info = VideoInfo(**{**info.to_dict(), "hflip": True})
-    return open_video(path), info, table
-
-
-def probe(path: str | Path) -> VideoInfo:
-    """Codec, displayed size, fps, frame count, duration, VFR flag and rotation of a video file.
-
-    Reads the packets once (no decoding beyond the first frame). Raises a ``VideoError``
-    subclass with the error code for unusable files.
-    """
-    container, info, _ = _open_scanned(path)
-    container.close()
-    return info
-
-
-def scan(path: str | Path) -> tuple[VideoInfo, FrameTable]:
-    """``probe`` plus the frame table (every frame's timestamp), from the same single read."""
-    container, info, table = _open_scanned(path)
-    container.close()
-    return info, table
 
 
 # -- streamed decoding ----------------------------------------------------------------------
@@ -250,7 +96,7 @@ def iter_frames(
     Frames not wanted are decoded (the codec needs them) but never converted. Memory
     is one frame at a time.
     """
-    container, info, table = _open_scanned(path)
+    container, info, table = open_scanned(path)
     try:
         yield from _stream(container, table, size, _orient(info), wanted, threads, str(path))
     finally:
@@ -317,7 +163,7 @@ def decode_candidates(
 
     Memory is bounded by ``max_frames × H × W × 3`` bytes whatever the video's length.
     """
-    container, info, table = _open_scanned(path)
+    container, info, table = open_scanned(path)
     try:
         wanted = candidate_indices(info.frame_count, max_frames)
         slot = np.full(info.frame_count, -1, dtype=np.int64)
@@ -353,7 +199,7 @@ def decode_frames(
     each wanted frame instead of decoding everything in between, with pixels equal to
     a full decode's.
     """
-    container, info, table = _open_scanned(path)
+    container, info, table = open_scanned(path)
     where = str(path)
     orient = _orient(info)
     try:
