@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from ..errors import DecodeFailedError, NotAVideoError, TruncatedVideoError, UnsupportedCodecError, VideoError, VideoNotFoundError
-from ..video.container import FrameReader, display_rotation, open_video, resize_rgb, to_rgb, video_stream
+from ..video.container import FrameReader, display_orientation, open_video, resize_rgb, to_rgb, video_stream
 
 Frames = Iterator[tuple[float | None, Callable[[], np.ndarray]]]
 END_OF_MEDIA = object()  # a source's last item: ``(END_OF_MEDIA, nominal frame duration)``
@@ -99,17 +99,17 @@ def _container_frames(container, where: str, size, *, live: bool) -> Frames:
         nominal_dt = 1.0 / float(stream.average_rate or stream.guessed_rate or 25)
         announced = stream.frames or 0
         reader = FrameReader(container, stream, max_bad_packets=MAX_BAD_PACKETS, where=where)
-        rotation = None
+        orientation = None  # (rotation, hflip), read once off the first frame, as decode does
         for frame in reader:
-            if rotation is None:
-                rotation = display_rotation(frame)
+            if orientation is None:
+                orientation = display_orientation(frame)
             t = frame.time
-            yield (None if t is None else float(t)), (lambda f=frame, r=rotation: to_rgb(f, size, r))
+            yield (None if t is None else float(t)), (lambda f=frame, o=orientation: to_rgb(f, size, *o))
         if reader.demux_error is not None:
             raise _mid_stream_error(reader.demux_error, name, where) from reader.demux_error
         if announced and reader.packets < announced:
             raise TruncatedVideoError(f"{name}: the stream ends after {reader.packets} of {announced} frames", path=where)
-        if rotation is None:
+        if orientation is None:
             raise DecodeFailedError(f"{name}: no frame could be decoded", path=where)
         yield END_OF_MEDIA, nominal_dt  # tells the windower the nominal frame duration
     finally:
@@ -141,7 +141,7 @@ def _iter_frames(items: Iterator, size, fps: float) -> Frames:
         else:
             t, frame = i / fps, item
         if isinstance(frame, av.VideoFrame):
-            yield t, (lambda f=frame: to_rgb(f, size, display_rotation(f)))
+            yield t, (lambda f=frame: to_rgb(f, size, *display_orientation(f)))
             continue
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or 0 in frame.shape:

@@ -212,20 +212,10 @@ def display_orientation(frame: av.VideoFrame) -> tuple[int, bool]:
     return _rotation(-math.degrees(math.atan2(b / scale_y, a / scale_x))), hflip
 
 
-def display_rotation(frame: av.VideoFrame) -> int:
-    """The frame's display rotation (counter-clockwise degrees: 0, 90, 180, 270), applied after
-    the mirror that :func:`display_orientation` reports."""
-    return display_orientation(frame)[0]
-
-
-def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int, hflip: bool | None = None) -> np.ndarray:
-    """One decoded frame → uint8 RGB ``[H, W, 3]`` upright, swscale-resized to ``size`` (H, W).
-
-    ``hflip`` None reads the mirror off the frame's own display matrix (callers that pass only
-    ``rotation``, such as ``stream.sources``, stay right for mirrored files).
-    """
-    if hflip is None:
-        hflip = display_orientation(frame)[1]
+def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int, hflip: bool = False) -> np.ndarray:
+    """One decoded frame → uint8 RGB ``[H, W, 3]`` upright, swscale-resized to ``size`` (H, W):
+    mirrored if ``hflip``, then turned ``rotation`` degrees (``display_orientation``'s pair,
+    read once per video by the callers)."""
     if size is None:
         rgb = frame.to_ndarray(format="rgb24", threads=1)
     else:
