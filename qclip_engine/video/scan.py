@@ -11,14 +11,15 @@ instead: the scan numbers the packets, the decoder's output is numbered the same
 (``FrameTable.counted``). The file is reopened after the scan rather than seeked back: such
 streams cannot seek.
 
-The display matrix is read off the first decoded frame: ``VideoInfo.width/height`` are the
-displayed size, ``rotation``/``hflip`` say what decoding applies.
+The display matrix is read off the first decoded frame, decoded during the same pass:
+``VideoInfo.width/height`` are the displayed size, ``rotation``/``hflip`` say what decoding
+applies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import KW_ONLY, asdict, dataclass
+from dataclasses import KW_ONLY, asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import av
 import numpy as np
 
 from ..errors import DecodeFailedError, TruncatedVideoError
-from .container import FrameReader, display_orientation, open_video, video_stream
+from .container import display_orientation, open_video, video_stream
 
 __all__ = ["VideoInfo", "FrameTable", "open_scanned", "probe", "scan"]
 
@@ -65,15 +66,18 @@ class FrameTable:
         return (pts - self.pts[0]).astype(np.float64) * float(self.time_base)
 
 
-
-
 def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo, FrameTable]:
+    """One pass over the packets: the frame table, and the first decodable frame's display
+    matrix (decoded on the way, so the file need not be opened again for it)."""
     stream = video_stream(container)
     pts, keys = [], []
     demux_error = None
     stamped = False
+    orientation = None
     try:
         for packet in container.demux(stream):
+            if orientation is None:
+                orientation = _first_orientation(packet)
             if packet.size == 0:  # the demuxer's end-of-stream marker
                 continue
             stamp = packet.pts if packet.pts is not None else packet.dts
@@ -125,38 +129,39 @@ def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo
         rotation=0,
         has_b_frames=bool(ctx.has_b_frames),
     )
+    if orientation is None:
+        raise DecodeFailedError(f"{name}: no frame could be decoded", path=where)
+    rotation, hflip = orientation
+    turned = {"width": height, "height": width} if rotation in (90, 270) else {}
+    info = replace(info, rotation=rotation, hflip=hflip, **turned)
     return info, FrameTable(table_pts, key_pts, time_base, counted)
 
 
+def _first_orientation(packet) -> tuple[int, bool] | None:
+    """The display matrix of the first frame ``packet`` (with those before it) decodes to, if any;
+    a packet that fails to decode is skipped, as ffmpeg does (the empty end packet flushes)."""
+    try:
+        frames = packet.decode()
+    except av.error.FFmpegError:
+        return None
+    return display_orientation(frames[0]) if frames else None
 
 
 def open_scanned(path) -> tuple[av.container.InputContainer, VideoInfo, FrameTable]:
-    """Open, scan the frame table, read the display matrix off the first frame; return a fresh container.
+    """Open and scan (frame table, display matrix); return a fresh container for the decode.
 
-    The file is reopened after the scan (and again for the decode) rather than seeked
-    back to the start: raw elementary streams cannot seek, and the decode pass sees the
-    file exactly as a plain sequential decode would.
+    The file is reopened after the scan rather than seeked back to the start: raw elementary
+    streams cannot seek, and the decode pass sees the file exactly as a plain sequential
+    decode would.
     """
     where = str(path)
     container = open_video(path)
     try:
         info, table = _scan(container, where)
-        container.close()
-        container = open_video(path)
-        first = next(FrameReader(container, video_stream(container)), None)
-        if first is None:
-            raise DecodeFailedError(f"{Path(path).name}: no frame could be decoded", path=where)
-        rotation, hflip = display_orientation(first)
     except av.error.FFmpegError as exc:
         raise DecodeFailedError(f"{Path(path).name}: {exc}", path=where) from exc
     finally:
         container.close()
-    if rotation in (90, 270):
-        info = VideoInfo(**{**info.to_dict(), "width": info.height, "height": info.width, "rotation": rotation})
-    elif rotation:
-        info = VideoInfo(**{**info.to_dict(), "rotation": rotation})
-    if hflip:
-        info = VideoInfo(**{**info.to_dict(), "hflip": True})
     return open_video(path), info, table
 
 
