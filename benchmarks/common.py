@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import sys
 from pathlib import Path
 
-from qclip_engine.environment import machine, versions
+from qclip_engine.environment import result_record
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -28,15 +27,8 @@ def input_name(path: str | Path) -> str:
 def write_result(name: str, payload: dict) -> Path:
     """Write ``benchmarks/results/NAME.json`` with machine and versions added."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    record = {
-        "benchmark": name,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "versions": versions("numpy"),
-        **payload,
-    }
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path.write_text(json.dumps(result_record(name, payload, "numpy"), indent=2) + "\n")
     return path
 
 

@@ -6,6 +6,7 @@ both, so a figure can be traced to its hardware and software. Torch-free at impo
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import platform
 import subprocess
@@ -67,4 +68,16 @@ def machine() -> dict:
         "gpu": gpu_identity(),
         "platform": platform.platform(),
         "python": platform.python_version(),
+    }
+
+
+def result_record(name: str, payload: dict, *dists: str) -> dict:
+    """What a benchmark (or the demo) writes to ``benchmarks/results/NAME.json``: its name, when,
+    the machine and library versions (the core ones and ``dists``), then ``payload``."""
+    return {
+        "benchmark": name,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(*dists),
+        **payload,
     }

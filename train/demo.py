@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import importlib.util
 import json
 import sys
@@ -158,13 +157,7 @@ def recorded_config(config: dict, out: Path) -> dict:
 
 def write_result(payload: dict) -> Path:
     """``benchmarks/results/demo.json`` of the checkout, with the machine and library versions."""
-    record = {
-        "benchmark": "demo",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": environment.machine(),
-        "versions": environment.versions("numpy", "onnx", "onnxruntime", "imageio-ffmpeg", "scikit-video"),
-        **payload,
-    }
+    record = environment.result_record("demo", payload, "numpy", "onnx", "onnxruntime", "imageio-ffmpeg", "scikit-video")
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(record, indent=2) + "\n")
     return RESULT
