@@ -51,6 +51,7 @@ class VideoResult:
     frames: list[int] | None = None  # frame indices the model saw (display order, from 0)
     frame_times: list[float] | None = None  # their timestamps, seconds from the first frame
     video: dict | None = None  # probe summary: codec, size, fps, frame count, duration, vfr, rotation
+    warnings: list[dict] | None = None  # scored, but: {"code", "message"} (e.g. truncated)
     timing_ms: dict[str, float] = field(default_factory=dict)
     error: dict | None = None
 
@@ -75,6 +76,7 @@ class SampledVideo:
     times: np.ndarray
     video: dict | None
     timing_ms: dict[str, float]
+    warnings: list[dict] | None = None
 
 
 def error_result(source: str, exc: BaseException, timing_ms: dict | None = None) -> VideoResult:
@@ -88,7 +90,8 @@ class QualityEngine:
     ``engine``: ``auto`` | ``torch`` | ``onnxruntime`` | ``tensorrt`` (see
     :func:`qclip_engine.runtime.create_backend`); ``device``: ``auto`` | ``cpu`` | ``cuda[:N]``;
     ``sampler``: defaults to the artifact's; ``backbone``/``pretrained``: the zero-shot
-    model's backbone when no artifact is given.
+    model's backbone when no artifact is given. ``strict``: a file that looks cut short is the
+    ``truncated`` error instead of a score with a ``truncated`` warning (``video/scan.py``).
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class QualityEngine:
         pretrained: str | None = QCLIPConfig.pretrained,
         precision: str | None = None,
         model: QCLIP | None = None,
+        strict: bool = False,
     ):
         if batch < 1:
             raise ValueError(f"batch must be ≥ 1, got {batch}")
@@ -129,6 +133,7 @@ class QualityEngine:
         self.decode_threads = max(1, (os.cpu_count() or 1) // self.workers)
         self.max_analysis_frames = max_analysis_frames
         self.batch_timeout_s = batch_timeout_s
+        self.strict = strict
 
     @property
     def sampler(self) -> str:
@@ -148,6 +153,8 @@ class QualityEngine:
         """Decode and sample one file (raises ``VideoError``)."""
         t0 = time.perf_counter()
         info, table = decode.scan(source)
+        if self.strict:
+            info.require_complete()
         if not self.needs_motion:
             cand = decode.candidate_indices(info.frame_count, self.max_analysis_frames)
             picked = select_frames(self.sampler, np.zeros(len(cand)), self.num_frames, seed=SAMPLER_SEED)
@@ -171,8 +178,9 @@ class QualityEngine:
             frames=np.ascontiguousarray(frames),
             indices=indices,
             times=times,
-            video={k: v for k, v in info.to_dict().items() if k != "path"},
+            video={k: v for k, v in info.to_dict().items() if k not in ("path", "truncation")},
             timing_ms={k: v * 1e3 for k, v in timing.items()},
+            warnings=[{"code": "truncated", "message": info.truncation}] if info.truncation else None,
         )
 
     def sample_frames(self, frames: np.ndarray, name: str = "<frames>", times: np.ndarray | None = None) -> SampledVideo:
@@ -214,6 +222,7 @@ class QualityEngine:
                     frames=[int(x) for x in v.indices],
                     frame_times=[round(float(x), 6) for x in v.times],
                     video=v.video,
+                    warnings=v.warnings,
                     timing_ms=v.timing_ms | {"model": model_ms / len(videos), "batch_size": len(videos)},
                 )
             )

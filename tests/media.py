@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -132,3 +133,100 @@ def odd_but_valid(root: Path) -> list[Path]:
         encode(root / "vfr.mkv", moving_frames(10), pts=[0, 40, 80, 100, 120, 200, 260, 300, 310, 320],
                time_base=Fraction(1, 1000)),
     ]
+
+
+def _ffmpeg(*args) -> None:
+    import subprocess
+
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", *map(str, args)], check=True)
+
+
+def hostile_corpus(root: Path, sources: list[Path]) -> list[tuple[str, set[str]]]:
+    """Over 200 inputs as a hostile tester passes them to ``qclip-score``, each with the outcomes
+    allowed for it: ``"score"`` (possibly with a ``truncated`` warning) or error codes.
+
+    ``sources`` are small intact videos (the first an H.264 MP4). From them: every streamable
+    container (MKV, WebM, MPEG-TS, faststart and fragmented MP4, Y4M), cut at many offsets and
+    with bytes flipped; raw elementary streams; a mirrored display matrix; dropped frames; two
+    video streams; cover art; a Y4M header of 65535×65535; an index without its media data;
+    empty, blank and non-UTF-8 names; empty directories (one named ``x.mp4``); a FIFO; a
+    symlink loop; a name too long; an unreadable file; zero bytes, junk and a missing path.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(2026)
+    h264 = sources[0]
+    made = root / "made"
+    made.mkdir(parents=True)
+    derived = {}
+    for name, args in [("ts.ts", ["-c", "copy"]), ("fast.mp4", ["-c", "copy", "-movflags", "+faststart"]),
+                       ("frag.mp4", ["-c", "copy", "-movflags", "frag_keyframe+empty_moov"]),
+                       ("raw.y4m", ["-c:v", "rawvideo", "-pix_fmt", "yuv420p"]), ("raw.h264", ["-c", "copy", "-f", "h264"]),
+                       ("mirrored.mp4", ["-c", "copy"])]:
+        flags = ["-display_hflip"] if name == "mirrored.mp4" else []
+        _ffmpeg(*flags, "-i", h264, *args, made / name)
+        derived[name] = made / name
+    anything = {"score", "truncated", "decode_failed", "not_a_video", "unsupported_codec", "audio_only"}
+    corpus: list[tuple[str, set[str]]] = []
+    cuttable = [*sources, derived["ts.ts"], derived["fast.mp4"], derived["frag.mp4"], derived["raw.y4m"]]
+    for n, src in enumerate(cuttable):
+        data = src.read_bytes()
+        offsets = sorted({int(len(data) * f) for f in (0.02, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 0.97, 0.995)}
+                         | {int(x) for x in rng.integers(1, len(data), 8)})
+        for j, cut in enumerate(offsets):
+            p = root / f"cut{n}_{j}{src.suffix}"
+            p.write_bytes(data[:cut])
+            corpus.append((str(p), anything))
+        for j in range(5):  # flipped bytes anywhere, headers included
+            buf = bytearray(data)
+            for pos in rng.integers(0, len(buf), size=int(rng.integers(1, 48))):
+                buf[pos] ^= 0xFF
+            p = root / f"flip{n}_{j}{src.suffix}"
+            p.write_bytes(bytes(buf))
+            corpus.append((str(p), anything))
+    for n, src in enumerate(sources):  # the same bytes under the wrong name: still scored
+        p = root / f"renamed{n}.png"
+        p.write_bytes(src.read_bytes())
+        corpus.append((str(p), {"score"}))
+    # Kinds, each once.
+    corpus += [(str(derived["raw.h264"]), {"score"}), (str(derived["mirrored.mp4"]), {"score"})]
+    kept = [i for i in range(30) if i not in (10, 11)]
+    corpus.append((str(encode(root / "dropped.mkv", moving_frames(28), fps=30, pts=[round(i * 1000 / 29.97) for i in kept],
+                              time_base=Fraction(1, 1000))), {"score"}))
+    _ffmpeg("-i", sources[0], "-i", sources[-1], "-map", "0:v", "-map", "1:v", "-c", "copy", root / "two_streams.mkv")
+    corpus.append((str(root / "two_streams.mkv"), {"score"}))
+    tone = audio_only(root / "tone.m4a")
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64", "-frames:v", "1", root / "cover.png")
+    _ffmpeg("-i", tone, "-i", root / "cover.png", "-map", "0", "-map", "1", "-c:a", "aac", "-c:v", "mjpeg",
+            "-disposition:v", "attached_pic", root / "song.m4a")
+    corpus += [(str(tone), {"audio_only"}), (str(root / "song.m4a"), {"audio_only"})]
+    (root / "huge.y4m").write_bytes(b"YUV4MPEG2 W65535 H65535 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + bytes(4096))
+    corpus.append((str(root / "huge.y4m"), {"decode_failed"}))
+    fast = derived["fast.mp4"].read_bytes()
+    (root / "index_only.mp4").write_bytes(fast[: fast.index(b"mdat") + 4])
+    corpus.append((str(root / "index_only.mp4"), {"truncated"}))
+    corpus += [("", {"invalid_input"}), ("  \t", {"invalid_input"})]
+    odd = os.path.join(os.fsencode(root), b"bad\xffname.mp4")
+    with open(odd, "wb") as f:
+        f.write(h264.read_bytes())
+    corpus.append((os.fsdecode(odd), {"score"}))
+    for name in ("empty_dir", "x.mp4"):
+        (root / name).mkdir()
+        corpus.append((str(root / name), {"no_videos"}))
+    os.mkfifo(root / "fifo.mp4")
+    corpus.append((str(root / "fifo.mp4"), {"not_a_video"}))
+    (root / "loop_a.mp4").symlink_to(root / "loop_b.mp4")
+    (root / "loop_b.mp4").symlink_to(root / "loop_a.mp4")
+    corpus.append((str(root / "loop_a.mp4"), {"not_found"}))
+    corpus.append((str(root / ("n" * 300 + ".mp4")), {"not_found"}))
+    locked = root / "locked.mp4"
+    locked.write_bytes(h264.read_bytes())
+    locked.chmod(0)  # root still reads it
+    corpus.append((str(locked), {"permission_denied"} if os.geteuid() else {"score"}))
+    (root / "zero.mp4").write_bytes(b"")
+    (root / "junk.mov").write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    corpus += [(str(root / "zero.mp4"), {"empty_file"}), (str(root / "junk.mov"), {"not_a_video"}),
+               (str(root / "missing.mp4"), {"not_found"})]
+    corpus += [(str(src), {"score"}) for src in sources]
+    return corpus

@@ -169,21 +169,112 @@ def test_undecodable_codec(tmp_path):
     assert info.value.code == "unsupported_codec"
 
 
-@pytest.mark.parametrize("faststart", [False, True])
-def test_truncated_mp4(tmp_path, faststart):
-    options = dict(X264_BFRAMES)
-    path = tmp_path / "full.mp4"
-    encode(path, moving_frames(60, h=96, w=128), options=options)
-    if faststart:  # index first: the cut keeps the index but loses frames
-        fast = tmp_path / "fast.mp4"
-        subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-c", "copy", "-movflags", "+faststart", str(fast)], check=True)
-        path = fast
+def test_a_cut_mp4_without_its_index_is_truncated(tmp_path):
+    path = encode(tmp_path / "full.mp4", moving_frames(60, h=96, w=128), options=dict(X264_BFRAMES))
     data = path.read_bytes()
     cut = tmp_path / "cut.mp4"
-    cut.write_bytes(data[: len(data) // 2])
+    cut.write_bytes(data[: len(data) // 2])  # the index (moov) is at the end: nothing to go by
     with pytest.raises(TruncatedVideoError) as info:
         decode.decode_candidates(cut, (16, 16))
     assert info.value.code == "truncated"
+
+
+@pytest.fixture(scope="module")
+def streamable(tmp_path_factory):
+    """The same 50 frames (2 s at 25 fps) in each container that can be cut and still be read."""
+    root = tmp_path_factory.mktemp("streamable")
+    source = encode(root / "source.mkv", moving_frames(50, h=48, w=64), options=dict(X264_BFRAMES))
+    made = {"mkv": source, "webm": encode(root / "vp9.webm", moving_frames(50, h=48, w=64), codec="libvpx-vp9",
+                                          options={"deadline": "realtime", "cpu-used": "8"})}
+    for kind, suffix, args in [("ts", ".ts", ["-c", "copy"]),
+                               ("faststart_mp4", ".mp4", ["-c", "copy", "-movflags", "+faststart"]),
+                               ("fragmented_mp4", ".mp4", ["-c", "copy", "-movflags", "frag_keyframe+empty_moov"]),
+                               ("y4m", ".y4m", ["-c:v", "rawvideo", "-pix_fmt", "yuv420p"])]:
+        made[kind] = root / f"{kind}{suffix}"
+        subprocess.run([FFMPEG, "-v", "error", "-i", str(source), *args, str(made[kind])], check=True)
+    return made
+
+
+@pytest.mark.parametrize("kind", ["mkv", "webm", "ts", "faststart_mp4", "fragmented_mp4", "y4m"])
+def test_cut_streamable_files_are_decoded_and_flagged_truncated(streamable, kind, tmp_path):
+    whole = decode.probe(streamable[kind])
+    assert whole.truncation is None and whole.frame_count == 50, whole
+    whole.require_complete()  # no error for a whole file
+    data = streamable[kind].read_bytes()
+    for fraction in (0.3, 0.75, 0.95):
+        cut = tmp_path / f"cut{fraction}{streamable[kind].suffix}"
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        info = decode.probe(cut)
+        assert info.truncation, (kind, fraction, info)  # says what was decoded against what was declared
+        assert str(info.frame_count) in info.truncation or f"{info.duration:.3f}" in info.truncation or "cut" in info.truncation
+        if info.declared_frames:
+            assert str(info.declared_frames) in info.truncation
+        elif info.declared_duration:
+            assert f"{info.declared_duration:.3f}" in info.truncation
+        cands = decode.decode_candidates(cut, (16, 16))  # what is there is still decoded
+        assert 0 < len(cands.frames) <= info.frame_count <= 50
+        with pytest.raises(TruncatedVideoError) as strict:
+            info.require_complete()
+        assert strict.value.code == "truncated" and info.truncation in strict.value.message
+
+
+def test_mkv_cut_to_3_of_50_frames_states_decoded_against_declared(streamable, tmp_path):
+    data = streamable["mkv"].read_bytes()
+    for size in range(len(data) // 20, len(data)):  # the shortest cut with 3 frames in it
+        (tmp_path / "cut.mkv").write_bytes(data[:size])
+        try:
+            info = decode.probe(tmp_path / "cut.mkv")
+        except TruncatedVideoError:
+            continue
+        if info.frame_count >= 3:
+            break
+    assert info.declared_duration == pytest.approx(2.0) and info.truncation
+    assert f"of a declared {info.declared_duration:.3f} s" in info.truncation
+
+
+def test_a_faststart_mp4_without_its_media_data_is_truncated(streamable, tmp_path):
+    data = streamable["faststart_mp4"].read_bytes()
+    cut = tmp_path / "index_only.mp4"
+    cut.write_bytes(data[: data.index(b"mdat") + 4])  # the index is whole; the frames are gone
+    with pytest.raises(TruncatedVideoError) as info:
+        decode.probe(cut)
+    assert "50 declared frames" in info.value.message
+
+
+def test_dropped_frames_are_counted_apart_from_variable_frame_rate(tmp_path):
+    kept = [i for i in range(30) if i not in (10, 11)]  # 29.97 fps, two frames missing
+    exact = encode(tmp_path / "ntsc.mp4", moving_frames(28), fps=30, pts=[i * 1001 for i in kept],
+                   time_base=Fraction(1, 30000))
+    rounded = encode(tmp_path / "ntsc.mkv", moving_frames(28), fps=30, pts=[round(i * 1000 / 29.97) for i in kept],
+                     time_base=Fraction(1, 1000))  # Matroska's millisecond timestamps: steps of 33 and 34
+    for path in (exact, rounded):
+        info = decode.probe(path)
+        assert not info.vfr and info.dropped_frames == 2 and info.frame_count == 28, info
+    steady = decode.probe(encode(tmp_path / "steady.mkv", moving_frames(30), pts=[round(i * 1000 / 29.97) for i in range(30)],
+                                 time_base=Fraction(1, 1000)))
+    assert not steady.vfr and steady.dropped_frames == 0
+    vfr = decode.probe(encode(tmp_path / "vfr.mkv", moving_frames(10), pts=[0, 40, 80, 100, 120, 200, 260, 300, 310, 320],
+                              time_base=Fraction(1, 1000)))
+    assert vfr.vfr and vfr.dropped_frames == 0
+
+
+def test_a_y4m_header_with_a_huge_picture_says_so(tmp_path):
+    path = tmp_path / "huge.y4m"
+    path.write_bytes(b"YUV4MPEG2 W65535 H65535 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + bytes(5000))
+    with pytest.raises(VideoError) as info:
+        decode.probe(path)
+    assert "65535×65535" in info.value.message and "busy" not in info.value.message
+
+
+def test_unreachable_paths_say_why(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(VideoNotFoundError) as loop:
+        decode.probe(tmp_path / "a")
+    assert "symlink loop" in loop.value.message
+    with pytest.raises(VideoNotFoundError) as long:  # ENAMETOOLONG: an error record, not an OSError
+        decode.probe(tmp_path / ("x" * 300 + ".mp4"))
+    assert "too long" in long.value.message
 
 
 def test_broken_corpus_never_crashes_and_every_failure_is_typed(tmp_path, clips):

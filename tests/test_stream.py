@@ -242,3 +242,49 @@ def test_plot_timeline_writes_a_png(engine, clip, file_windows, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plot_timeline(file_windows, tmp_path / "plain.png")  # WindowResults, no threshold
     assert (tmp_path / "plain.png").stat().st_size > 1000
+
+
+def _hanging_http_server(payload: bytes, send: int):
+    """An HTTP server that sends the headers (the full length declared) and ``send`` bytes of
+    ``payload``, then goes silent while keeping the connection open."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)
+            conn.recv(65536)
+            if send >= 0:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\n"
+                             + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload[:send])
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, held
+
+
+@pytest.mark.parametrize("send", [-1, 2], ids=["silent_at_open", "silent_mid_stream"])
+def test_a_hung_http_stream_says_it_timed_out(engine, clip, tmp_path, send):
+    web = tmp_path / "web.mp4"
+    subprocess.run([FFMPEG, "-v", "error", "-i", str(clip), "-c", "copy", "-movflags", "+faststart", str(web)], check=True)
+    data = web.read_bytes()
+    listener, held = _hanging_http_server(data, send if send < 0 else len(data) * send // 3)
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/web.mp4"
+        records = list(stream_windows(engine, url, window_s=2.0, hop_s=1.0, timeout_s=1.0))
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    last = records[-1]
+    assert last.error is not None and last.error["code"] == "unreachable", last
+    assert "timed out" in last.error["message"] and "Immediate exit" not in last.error["message"]
+    if send > 0:
+        assert len(records) >= 2 and all(r.ok for r in records[:-1])  # windows before the stall are kept

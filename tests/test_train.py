@@ -98,14 +98,16 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_dataset):
 def test_missing_and_broken_videos_are_listed_and_training_goes_on(tmp_path, tiny_dataset):
     labels = (tiny_dataset / "labels.txt").read_text().splitlines()
     (tiny_dataset / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x13" * 300)
-    labels += ["gone.mp4,0.24,25,50", "broken.mp4,0.24,25,40"]
+    whole = encode(tiny_dataset / "whole.mkv", moving_frames(50)).read_bytes()
+    (tiny_dataset / "cut.mkv").write_bytes(whole[: len(whole) // 2])  # decodable, but its label is for all of it
+    labels += ["gone.mp4,0.24,25,50", "broken.mp4,0.24,25,40", "cut.mkv,0.3,25,50"]
     (tiny_dataset / "labels_bad.txt").write_text("\n".join(labels) + "\n")
     config = _config(tmp_path, tiny_dataset, labels="labels_bad.txt", epochs=1)
     out = tmp_path / "run"
     run.main(["--config", str(config), "--output-dir", str(out)])
     skipped = json.loads((out / "skipped.json").read_text())
     listed = {Path(s["path"]).name: s["code"] for entries in skipped.values() for s in entries}
-    assert listed == {"gone.mp4": "not_found", "broken.mp4": "truncated"}
+    assert listed == {"gone.mp4": "not_found", "broken.mp4": "truncated", "cut.mkv": "truncated"}
     assert len(_lines(out)) == 1
 
     with pytest.raises(VideoError) as info:

@@ -96,8 +96,8 @@ class Skipped:
 class VideoClips(torch.utils.data.Dataset):
     """Sampled uint8 frames ``[K, H, W, 3]`` and the MOS of each usable video.
 
-    Every file is probed up front: unusable ones are listed in ``skipped`` and left
-    out (or, with ``strict``, raise). Frame choice is seeded per (seed, epoch, item),
+    Every file is probed up front: unusable ones — a file cut short included, as its label
+    is for the whole video — are listed in ``skipped`` and left out (or, with ``strict``, raise). Frame choice is seeded per (seed, epoch, item),
     so a run and its resumed twin see the same frames. ``cache`` keeps each video's
     candidate frames and motion in memory after the first decode (small datasets).
     """
@@ -128,7 +128,7 @@ class VideoClips(torch.utils.data.Dataset):
         self.records: list[LabelledVideo] = []
         for record in tqdm(records, desc=desc, unit="video", leave=False):
             try:
-                decode.probe(record.path)
+                decode.probe(record.path).require_complete()
             except VideoError as exc:
                 if strict:
                     raise

@@ -10,8 +10,12 @@ default backbone is used (its weights come from the hub or its cache; offline,
 ``--weights FILE`` gives them).
 
 Every input yields exactly one record — a score or an error with its code — in input order,
-and the run goes on after a bad input. Besides the decode codes of ``qclip_engine.errors``,
-an input can fail before decoding with ``invalid_input`` (an empty or blank input) or
+and the run goes on after a bad input. A file that looks cut short (it ends before the frames
+or duration its container declares, or inside a frame) is scored on what is there, with a
+``warnings`` entry of code ``truncated`` saying what was decoded against what was declared;
+``--strict`` makes it the ``truncated`` error instead.
+
+Besides the decode codes of ``qclip_engine.errors``, an input can fail before decoding with ``invalid_input`` (an empty or blank input) or
 ``no_videos`` (a directory with no file of a video suffix in it). Exit status: 0 when every
 input was scored, 3 when some failed, 2 when nothing could run (bad arguments — ``--out``
 and ``--weights`` are checked before any model loads — or an unloadable artifact or model).
@@ -74,27 +78,41 @@ def expand_inputs(args: Iterable[str]) -> Iterator[str | InputError]:
             if not arg[1:].strip():
                 yield InputError(arg, QCLIPError(f"input {arg!r}: the list file name is empty", code="invalid_input"))
                 continue
-            try:
-                lines = Path(arg[1:]).read_text().splitlines()
-            except OSError:
+            try:  # file names as the OS gives them: bytes that are not UTF-8 kept (os.fsdecode's way)
+                lines = Path(arg[1:]).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+            except (OSError, ValueError):
                 yield arg[1:]
                 continue
             yield from expand_inputs(line.strip() for line in lines if line.strip() and not line.startswith("#"))
-        elif Path(arg).is_dir():
+        elif _is_dir(arg):
             found = sorted(str(p) for p in Path(arg).rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
             if found:
                 yield from found
             else:
                 message = f"directory {arg} holds no video file (searched recursively for {SUFFIXES_SEARCHED})"
                 yield InputError(arg, QCLIPError(message, code="no_videos"))
-        elif GLOB_CHARS & set(arg) and not Path(arg).exists():
+        elif GLOB_CHARS & set(arg) and not _exists(arg):
             matches = sorted(glob.glob(arg, recursive=True))
             yield from (matches or [arg])
         else:
             yield arg
 
 
-CSV_COLUMNS = ["input", "score", "mos", *QUALITY_LEVELS, "frames", "error_code", "error_message"]
+def _is_dir(arg: str) -> bool:
+    try:
+        return Path(arg).is_dir()
+    except (OSError, ValueError):  # a name too long, a NUL byte: not a directory; the decoder says why
+        return False
+
+
+def _exists(arg: str) -> bool:
+    try:
+        return Path(arg).exists()
+    except (OSError, ValueError):
+        return False
+
+
+CSV_COLUMNS = ["input", "score", "mos", *QUALITY_LEVELS, "frames", "warnings", "error_code", "error_message"]
 WINDOW_CSV_COLUMNS = ["index", "start_s", "end_s", "score", "mos", "alert", "partial", "error_code", "error_message"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -136,6 +154,8 @@ class RecordWriter:
             row.update(record.get("levels") or {})
             if record.get("frames") is not None:
                 row["frames"] = " ".join(map(str, record["frames"]))
+            if record.get("warnings"):
+                row["warnings"] = "; ".join(f"{w['code']}: {w['message']}" for w in record["warnings"])
             if record.get("error"):
                 row["error_code"], row["error_message"] = record["error"]["code"], record["error"]["message"]
             self.csv.writerow(row)
@@ -150,6 +170,10 @@ every input gives one record, in input order: a score, or an error with its code
 (not_found, empty_file, not_a_video, audio_only, unsupported_codec, truncated,
 decode_failed, ...; invalid_input: an empty or blank input; no_videos: a
 directory with no video file in it).
+
+a file cut short (it ends before the frames or duration its container declares,
+or inside a frame) is scored on what is there with a "warnings" entry of code
+truncated; --strict makes it the truncated error.
 
 records are UTF-8 text, JSON lines and CSV alike; a byte of a file name that is
 not UTF-8 is written as a \\xNN escape (byte 0xff -> \\xff).
@@ -176,6 +200,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N", help="decode threads (default: min(4, cores))")
     p.add_argument("--sampler", help="frame sampler (default: the artifact's)")
     p.add_argument("--format", default="jsonl", choices=("jsonl", "csv"), help="record format (default: %(default)s)")
+    p.add_argument("--strict", action="store_true",
+                   help="a file cut short is the truncated error, not a score with a warning (default: off)")
     p.add_argument("--out", type=Path, metavar="FILE", help="write records to FILE (default: stdout)")
     p.add_argument("--backbone", default=defaults.BACKBONE,
                    help="zero-shot model backbone, without --artifact (default: %(default)s)")
@@ -225,7 +251,8 @@ def _usage_problem(args) -> str | None:
 def _engine(args):
     from ..engine import QualityEngine
 
-    kwargs = dict(engine=args.engine, device=args.device, batch=args.batch, sampler=args.sampler, workers=args.workers)
+    kwargs = dict(engine=args.engine, device=args.device, batch=args.batch, sampler=args.sampler, workers=args.workers,
+                  strict=args.strict)
     if args.artifact is not None:
         if args.weights:
             from ..artifact import load_artifact
@@ -257,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out: TextIO = (open(args.out, "w", newline="", encoding="utf-8") if args.out
                    else io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", write_through=True))
-    failed = total = 0
+    failed = total = warned = 0
     try:
         if args.stream:
             failed, total = _score_stream(engine, args, out)
@@ -276,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                     writer.write(record)
                     total += 1
                     failed += record.get("error") is not None
+                    warned += bool(record.get("warnings"))
                     bar.update()
                     bar.set_postfix(failed=failed, refresh=False)
             bar.close()
@@ -284,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             out.close()
         else:
             out.detach()
+    if warned:
+        print(f"qclip-score: {warned} of {total} input(s) scored with warnings (see their records)", file=sys.stderr)
     if failed:
         print(f"qclip-score: {failed} of {total} input(s) failed (see their error records)", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -76,6 +76,8 @@ def _url_frames(url: str, scheme: str, size, timeout_s: float, extra: dict | Non
         raise VideoNotFoundError(f"{url}: not found ({exc.strerror or exc})", path=url) from exc
     except av.error.InvalidDataError as exc:
         raise NotAVideoError(f"{url}: not a stream FFmpeg recognises ({exc.strerror or exc})", path=url) from exc
+    except (av.error.ExitError, av.error.TimeoutError) as exc:  # PyAV's timeout aborts as "Immediate exit requested"
+        raise VideoError(f"{url}: no answer within {timeout_s:g} s (timed out)", path=url, code="unreachable") from exc
     except (av.error.FFmpegError, OSError) as exc:
         raise VideoError(f"{url}: cannot open ({getattr(exc, 'strerror', None) or exc})", path=url, code="unreachable") from exc
     if video_stream(container) is None:
@@ -84,10 +86,11 @@ def _url_frames(url: str, scheme: str, size, timeout_s: float, extra: dict | Non
     if video_stream(container).codec_context is None:
         container.close()
         raise UnsupportedCodecError(f"{url}: no decoder for this video codec", path=url)
-    return _container_frames(container, url, size, live=scheme in _LIVE_SCHEMES or url.lower().split("?")[0].endswith(".m3u8"))
+    return _container_frames(container, url, size, live=scheme in _LIVE_SCHEMES or url.lower().split("?")[0].endswith(".m3u8"),
+                             timeout_s=timeout_s)
 
 
-def _container_frames(container, where: str, size, *, live: bool) -> Frames:
+def _container_frames(container, where: str, size, *, live: bool, timeout_s: float | None = None) -> Frames:
     """Frames of an open container's video stream (the one ffmpeg would pick), timed by pts;
     closes the container."""
     name = where if "://" in where else Path(where).name
@@ -106,7 +109,7 @@ def _container_frames(container, where: str, size, *, live: bool) -> Frames:
             t = frame.time
             yield (None if t is None else float(t)), (lambda f=frame, o=orientation: to_rgb(f, size, *o))
         if reader.demux_error is not None:
-            raise _mid_stream_error(reader.demux_error, name, where) from reader.demux_error
+            raise _mid_stream_error(reader.demux_error, name, where, timeout_s) from reader.demux_error
         if announced and reader.packets < announced:
             raise TruncatedVideoError(f"{name}: the stream ends after {reader.packets} of {announced} frames", path=where)
         if orientation is None:
@@ -116,7 +119,10 @@ def _container_frames(container, where: str, size, *, live: bool) -> Frames:
         container.close()
 
 
-def _mid_stream_error(exc: av.error.FFmpegError, name: str, where: str) -> VideoError:
+def _mid_stream_error(exc: av.error.FFmpegError, name: str, where: str, timeout_s: float | None = None) -> VideoError:
+    if isinstance(exc, (av.error.TimeoutError, av.error.ExitError)) and timeout_s is not None:
+        # PyAV's read timeout aborts the read, which FFmpeg reports as "Immediate exit requested"
+        return VideoError(f"{name}: no data for {timeout_s:g} s (timed out)", path=where, code="unreachable")
     if isinstance(exc, (av.error.TimeoutError, av.error.ExitError, av.error.ConnectionResetError,
                         av.error.ConnectionAbortedError, av.error.BrokenPipeError)):
         return VideoError(f"{name}: the stream stopped ({exc.strerror or exc})", path=where, code="unreachable")

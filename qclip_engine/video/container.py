@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -59,13 +60,17 @@ def open_video(path: str | Path) -> av.container.InputContainer:
 
 
 def _open_video(p: Path, where: str) -> av.container.InputContainer:
-    if not p.exists():
-        raise VideoNotFoundError(f"no such file: {p}", path=where)
-    if not p.is_file():
+    try:
+        st = os.stat(p)
+    except PermissionError:
+        raise
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise VideoNotFoundError(f"{_unreachable(exc)}: {p}", path=where) from exc
+    if not stat.S_ISREG(st.st_mode):
         raise NotAVideoError(f"not a regular file: {p}", path=where)
     if not os.access(p, os.R_OK):
         raise PermissionError(errno.EACCES, "Permission denied", where)
-    if p.stat().st_size == 0:
+    if st.st_size == 0:
         raise EmptyFileError(f"empty file (0 bytes): {p}", path=where)
     try:
         container = av.open(where, mode="r", metadata_errors="ignore")
@@ -73,7 +78,9 @@ def _open_video(p: Path, where: str) -> av.container.InputContainer:
         if isinstance(exc, PermissionError):
             raise
         with p.open("rb") as f:
-            head = f.read(12)
+            head = f.read(256)
+        if head.startswith(b"YUV4MPEG2 "):  # FFmpeg's refusal of a huge picture reads "Device or resource busy"
+            raise DecodeFailedError(f"{p.name}: {_y4m_refusal(head, exc)}", path=where) from exc
         if head[4:8] == _ISO_BMFF_BOX or head[:4] == _EBML_MAGIC:
             raise TruncatedVideoError(
                 f"{p.name}: an MP4/MOV/MKV file FFmpeg cannot open ({exc.strerror or exc}); "
@@ -93,6 +100,33 @@ def _open_video(p: Path, where: str) -> av.container.InputContainer:
         container.close()
         raise UnsupportedCodecError(f"{p.name}: no decoder for this video codec (tag {codec_id!r})", path=where)
     return container
+
+
+def _unreachable(exc: Exception) -> str:
+    """Why a path leads to no file, in words (the path is added by the caller)."""
+    code = getattr(exc, "errno", None)
+    if code == errno.ELOOP:
+        return "a symlink loop (too many levels of symbolic links)"
+    if code == errno.ENAMETOOLONG:
+        return "the file name is too long for this system"
+    if code == errno.ENOTDIR:
+        return "no such file (a part of the path is not a directory)"
+    if isinstance(exc, ValueError):
+        return "no such file (the name contains a NUL byte)"
+    return "no such file"
+
+
+def _y4m_refusal(head: bytes, exc: av.error.FFmpegError) -> str:
+    """Why FFmpeg refused a YUV4MPEG2 header, in words."""
+    fields = head.split(b"\n", 1)[0].split()[1:]
+    dims = {f[:1]: f[1:] for f in fields if f[:1] in (b"W", b"H")}
+    try:
+        w, h = int(dims[b"W"]), int(dims[b"H"])
+    except (KeyError, ValueError):
+        return f"a Y4M header without a usable picture size ({exc.strerror or exc})"
+    if w <= 0 or h <= 0 or (w + 128) * (h + 128) >= (2**31 - 1) // 8:  # libavutil's av_image_check_size
+        return f"the Y4M header declares a {w}×{h} picture, past what FFmpeg accepts"
+    return f"a Y4M header FFmpeg refuses ({exc.strerror or exc})"
 
 
 def video_stream(container: av.container.InputContainer):

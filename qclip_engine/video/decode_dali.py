@@ -42,7 +42,8 @@ Fallback to PyAV (decode on the CPU, then ``.to(device)``), recorded in
       MPEG-4, VP8, MJPEG, FFV1, … use PyAV), or the frame is below NVDEC's minimum size;
     - the pixel format is not 8-bit 4:2:0, the coded size is odd, or the colour matrix
       is one swscale and the correction above do not share (YCgCo, RGB, …);
-    - the file is VFR (``info.vfr``): DALI documents its video readers as CFR-only;
+    - the file is VFR (``info.vfr``) or has dropped frames (``info.dropped_frames``): DALI
+      documents its video readers as CFR-only;
     - DALI raises, or its frame count disagrees with the frame table.
 ``backend="dali"`` turns every fallback into a :class:`DaliDecodeError` (tests,
 debugging); ``backend="pyav"`` always uses PyAV.
@@ -202,6 +203,8 @@ def gpu_unsupported_reason(info: VideoInfo, fmt: _FrameFormat | None = None) -> 
         return f"codec {info.codec!r} is not decoded on NVDEC here (GPU codecs: {', '.join(sorted(NVDEC_CODECS))})"
     if info.vfr:
         return "variable frame rate video (DALI's video decoding assumes a constant frame rate)"
+    if info.dropped_frames:
+        return f"{info.dropped_frames} dropped frames (DALI's video decoding assumes no gaps in the frame rate)"
     if info.hflip:
         return "a mirrored display matrix (the GPU path applies rotations only)"
     h, w = _coded_size(info)

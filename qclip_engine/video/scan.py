@@ -14,12 +14,26 @@ streams cannot seek.
 The display matrix is read off the first decoded frame, decoded during the same pass:
 ``VideoInfo.width/height`` are the displayed size, ``rotation``/``hflip`` say what decoding
 applies.
+
+Frame rate. Gaps between frames are measured in the median frame step: gaps that are whole
+multiples of it are dropped frames of a constant-rate file (``dropped_frames`` counts them);
+any other gap makes the file VFR (``vfr``).
+
+Truncation. A file cut short is scored on what is there, and ``VideoInfo.truncation`` says
+what was decoded against what the file declares (``declared_frames``/``declared_duration``);
+``require_complete`` turns it into the ``truncated`` error (``qclip-score --strict``, training).
+The signs, from the same pass: fewer packets than the declared frame count (MP4, AVI); an
+end short of the declared duration (Matroska/WebM); a last packet the demuxer marks corrupt
+(MP4, fragmented or not: its data runs past the end of the file); a read error; and, for the
+two formats with fixed-size units, bytes left over after the last whole frame (Y4M) or a
+size that is not a whole number of transport packets (MPEG-TS). Nothing left to decode is
+the ``truncated`` error outright.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import KW_ONLY, asdict, dataclass, replace
+from dataclasses import KW_ONLY, asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,6 +42,15 @@ import numpy as np
 
 from ..errors import DecodeFailedError, TruncatedVideoError
 from .container import display_orientation, open_video, video_stream
+
+# Formats whose headers state a duration (Matroska: Segment Duration and ffmpeg's per-track
+# DURATION tag). Elsewhere FFmpeg estimates durations from the data it finds (a fragmented
+# MP4's duration grows with its fragments); MP4 states its frame count instead.
+_DECLARES_DURATION = ("matroska",)
+_TS_PACKET_SIZES = (188, 192, 204)  # MPEG-TS, M2TS (timecode prefix), TS with Reed-Solomon
+# A container-wide duration covers the other streams too (audio may end later): only a
+# shortfall past this is called truncation when the video track does not state its own.
+_CONTAINER_DURATION_SLACK_S = 0.5
 
 __all__ = ["VideoInfo", "FrameTable", "open_scanned", "probe", "scan"]
 
@@ -47,9 +70,18 @@ class VideoInfo:
     _: KW_ONLY  # hflip has a default (older records, callers) yet stays next to rotation
     hflip: bool = False  # mirrored left-right (before the rotation) by the display matrix
     has_b_frames: bool
+    dropped_frames: int = 0  # frames missing from a constant-rate file (gaps of whole frame steps)
+    declared_frames: int | None = None  # what the container states, when it does
+    declared_duration: float | None = None  # seconds
+    truncation: str | None = None  # why the file looks cut short (decoded against declared), or None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def require_complete(self) -> None:
+        """Raise the ``truncated`` error if the file looks cut short (the strict policy)."""
+        if self.truncation:
+            raise TruncatedVideoError(f"{Path(self.path).name}: {self.truncation}", path=self.path)
 
 
 @dataclass(frozen=True)
@@ -67,19 +99,22 @@ class FrameTable:
 
 
 def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo, FrameTable]:
-    """One pass over the packets: the frame table, and the first decodable frame's display
-    matrix (decoded on the way, so the file need not be opened again for it)."""
+    """One pass over the packets: the frame table, the truncation signs, and the first
+    decodable frame's display matrix (decoded on the way, so the file need not be opened
+    again for it)."""
     stream = video_stream(container)
     pts, keys = [], []
     demux_error = None
     stamped = False
     orientation = None
+    last = None  # the last non-empty packet
     try:
         for packet in container.demux(stream):
             if orientation is None:
                 orientation = _first_orientation(packet)
             if packet.size == 0:  # the demuxer's end-of-stream marker
                 continue
+            last = packet
             stamp = packet.pts if packet.pts is not None else packet.dts
             stamped = stamped or stamp is not None
             if stamp is None:
@@ -90,15 +125,13 @@ def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo
     except av.error.FFmpegError as exc:
         demux_error = exc
     name = Path(where).name
-    announced = stream.frames or 0
+    declared_frames = stream.frames or None
+    declared_duration = _declared_duration(container, stream)
     if not pts:
-        raise DecodeFailedError(f"{name}: no video packets could be read ({demux_error or 'empty stream'})", path=where)
-    if demux_error is not None or (announced and len(pts) < announced):
-        raise TruncatedVideoError(
-            f"{name}: the file ends after {len(pts)} of {announced or 'its'} frames"
-            + (f" ({demux_error})" if demux_error else ""),
-            path=where,
-        )
+        if declared_frames or declared_duration or demux_error is not None:
+            raise TruncatedVideoError(f"{name}: no frame of the {_declared(declared_frames, declared_duration)} "
+                                      f"could be read ({demux_error or 'the media data is missing'})", path=where)
+        raise DecodeFailedError(f"{name}: no video packets could be read (empty stream)", path=where)
     table_pts = np.unique(np.asarray(pts, dtype=np.int64))  # display order
     key_pts = np.unique(np.asarray(keys or pts[:1], dtype=np.int64))
     time_base = stream.time_base or Fraction(1, 90000)
@@ -106,16 +139,19 @@ def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo
     if counted:  # frame numbers: one tick a frame at the stream's rate
         rate = stream.average_rate or stream.guessed_rate or 25
         time_base = Fraction(1) / Fraction(rate)
-    deltas = np.diff(table_pts)
-    if deltas.size:
-        frame_step = float(np.median(deltas))
-        vfr = bool(np.any(np.abs(deltas - frame_step) > max(1.0, 0.01 * frame_step)))
-    else:
-        frame_step = 1.0 / float(stream.average_rate or 25) / float(time_base)
-        vfr = False
+    frame_step, vfr, dropped = _frame_rate(table_pts, stream, time_base)
     duration = float((table_pts[-1] - table_pts[0] + frame_step) * time_base)
+    truncation = _truncation(
+        container, stream, where, last, demux_error, len(pts), declared_frames, declared_duration,
+        decoded_end=float((table_pts[-1] + frame_step) * time_base), frame_s=float(frame_step * time_base),
+    )
+    if orientation is None:
+        if truncation:
+            raise TruncatedVideoError(f"{name}: no frame could be decoded; {truncation}", path=where)
+        raise DecodeFailedError(f"{name}: no frame could be decoded", path=where)
+    rotation, hflip = orientation
     ctx = stream.codec_context
-    width, height = ctx.width, ctx.height
+    width, height = (ctx.height, ctx.width) if rotation in (90, 270) else (ctx.width, ctx.height)
     info = VideoInfo(
         path=where,
         container=container.format.name,
@@ -126,15 +162,78 @@ def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo
         frame_count=len(table_pts),
         duration=duration,
         vfr=vfr,
-        rotation=0,
+        rotation=rotation,
+        hflip=hflip,
         has_b_frames=bool(ctx.has_b_frames),
+        dropped_frames=dropped,
+        declared_frames=declared_frames,
+        declared_duration=declared_duration,
+        truncation=truncation,
     )
-    if orientation is None:
-        raise DecodeFailedError(f"{name}: no frame could be decoded", path=where)
-    rotation, hflip = orientation
-    turned = {"width": height, "height": width} if rotation in (90, 270) else {}
-    info = replace(info, rotation=rotation, hflip=hflip, **turned)
     return info, FrameTable(table_pts, key_pts, time_base, counted)
+
+
+def _frame_rate(table_pts: np.ndarray, stream, time_base: Fraction) -> tuple[float, bool, int]:
+    """``(frame step in ticks, vfr, dropped frames)``: a gap of a whole number k of median steps
+    is k − 1 dropped frames of a constant-rate file; any other gap means a variable rate."""
+    deltas = np.diff(table_pts).astype(np.float64)
+    if not deltas.size:
+        return 1.0 / float(stream.average_rate or 25) / float(time_base), False, 0
+    step = float(np.median(deltas))
+    multiples = np.maximum(np.rint(deltas / step), 1.0)
+    # Timestamps rounded to the time base (Matroska's milliseconds) are off by up to a tick
+    # each, so k steps may be off by k ticks.
+    whole = np.abs(deltas - multiples * step) <= np.maximum(multiples, 0.01 * deltas)
+    vfr = not bool(np.all(whole))
+    dropped = 0 if vfr else int(np.sum(multiples - 1))
+    return step, vfr, dropped
+
+
+def _declared_duration(container, stream) -> float | None:
+    """The video's duration as the container's header states it (seconds), or None."""
+    if not container.format.name.startswith(_DECLARES_DURATION):
+        return None
+    tag = stream.metadata.get("DURATION")  # Matroska, as ffmpeg writes it: HH:MM:SS.nnnnnnnnn
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            pass
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1e6 if container.duration else None
+
+
+def _declared(frames: int | None, duration: float | None) -> str:
+    if frames:
+        return f"{frames} declared frames"
+    return f"declared {duration:.3f} s" if duration else "file"
+
+
+def _truncation(container, stream, where, last, demux_error, packets, declared_frames, declared_duration,
+                *, decoded_end: float, frame_s: float) -> str | None:
+    """Why the file looks cut short, saying what was decoded against what was declared; or None."""
+    if demux_error is not None:
+        return f"reading stopped after {packets} frames ({demux_error})"
+    if declared_frames and packets < declared_frames:
+        return f"the file ends after {packets} of its {declared_frames} declared frames"
+    if last is not None and last.is_corrupt:
+        return f"the last of {packets} frames is cut off (its data runs past the end of the file)"
+    if declared_duration and not declared_frames:
+        own = "DURATION" in stream.metadata or bool(stream.duration)
+        others = len(container.streams) > 1
+        slack = 0.5 * frame_s + (0.0 if own or not others else _CONTAINER_DURATION_SLACK_S)
+        if decoded_end < declared_duration - slack:
+            return f"the frames end at {decoded_end:.3f} s of a declared {declared_duration:.3f} s ({packets} frames)"
+    fmt = container.format.name
+    if last is not None and (fmt == "yuv4mpegpipe" or fmt == "mpegts"):
+        size = Path(where).stat().st_size
+        if fmt == "yuv4mpegpipe" and last.pos >= 0 and size > last.pos + last.size:
+            return f"{size - last.pos - last.size} bytes of a cut frame follow the last of {packets} whole frames"
+        if fmt == "mpegts" and all(size % unit for unit in _TS_PACKET_SIZES):
+            return f"the file ends inside a transport packet (after {packets} frames)"
+    return None
 
 
 def _first_orientation(packet) -> tuple[int, bool] | None:
