@@ -2,11 +2,12 @@
 
 Two servers start side by side (module fixtures): ``main`` (batch 8, path requests under one
 allowed directory, 1 MiB uploads, its own upload directory so leftovers can be checked) and
-``busy`` (one request in flight, a 3 s deadline, no allowed directory) for overload,
-deadline and shutdown. Every client call has a timeout, and a client timeout fails the
+``busy`` (one request in flight, a 3 s deadline, no allowed directory, a minimum upload rate
+of 2 KiB/s after 1 s) for overload, deadline, slow uploads and shutdown. Every client call has a timeout, and a client timeout fails the
 test: the service must answer every request itself.
 """
 
+import json
 import os
 import signal
 import socket
@@ -29,6 +30,8 @@ from qclip_engine import QCLIP, QCLIPConfig, save_artifact
 CLIENT_TIMEOUT_S = 30.0
 READY_DEADLINE_S = 120.0
 BUSY_TIMEOUT_S = 3.0
+BUSY_GRACE_S = 1.0
+BUSY_MIN_KIBPS = 2
 MAIN_UPLOAD_MB = 1
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,6 +123,40 @@ def chunked_upload(url: str, size: int) -> httpx.Response:
                    headers={"content-type": f"multipart/form-data; boundary={boundary}"})
 
 
+def raw_head(url: str, length: int, boundary: str = "raw") -> tuple[socket.socket, bytes]:
+    """A connection to ``url`` and the HTTP head of a multipart upload of ``length`` body bytes."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=CLIENT_TIMEOUT_S)
+    return sock, (f"POST /v1/score HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n"
+                  f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
+
+
+def multipart(fields: list[tuple[str, str | None, bytes]], boundary: str = "raw") -> bytes:
+    """A multipart body of (field name, file name or None, data) parts."""
+    out = b""
+    for name, filename, data in fields:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict, bytes]:
+    """(status, lower-cased headers, body) of one HTTP answer with a Content-Length, on a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed without an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed inside the answer"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
 def concurrently(n: int, call) -> list[httpx.Response]:
     """``call(client, i)`` for i < n from ``n`` threads released together, so the requests overlap."""
     start = threading.Barrier(n)
@@ -178,6 +215,8 @@ def media(tmp_path_factory) -> dict[str, Path]:
     (corrupt / "empty.mp4").write_bytes(b"")
     (corrupt / "truncated.mp4").write_bytes(good[1].read_bytes()[: good[1].stat().st_size // 2])
     (corrupt / "notes.mp4").write_text("not a video, just text\n")
+    whole = encode(root / "whole.mkv", moving_frames(50)).read_bytes()
+    (corrupt / "cut.mkv").write_bytes(whole[: len(whole) // 2])  # streamable: still decodable
     audio_only(corrupt / "tone.m4a")
     return {"allowed": allowed, "outside": outside, "secret": secret, "corrupt": corrupt,
             "good0": good[0], "good1": good[1], "good2": good[2], "uploads": root / "uploads"}
@@ -191,7 +230,8 @@ def servers(artifact, media, tmp_path_factory):
                   "--allow-dir", str(media["allowed"]), "--max-upload-mb", str(MAIN_UPLOAD_MB),
                   "--upload-dir", str(media["uploads"]), "--batch-wait-ms", "20", "--timeout-s", "30")
     busy = launch(artifact, logs / "busy.log", "--batch", "1", "--queue", "1", "--workers", "1",
-                  "--timeout-s", str(BUSY_TIMEOUT_S))
+                  "--timeout-s", str(BUSY_TIMEOUT_S), "--upload-grace-s", str(BUSY_GRACE_S),
+                  "--min-upload-kib-s", str(BUSY_MIN_KIBPS), "--strict")
     try:
         wait_ready(main)
         wait_ready(busy)
@@ -356,9 +396,13 @@ def test_overload_gives_503_with_retry_after_and_every_request_an_answer(busy, m
 
 def test_a_request_past_its_deadline_gets_504(busy):
     boundary = "qclip-slow"
+    # Enough bytes at once that the average stays above the minimum rate through the stall:
+    # only the deadline, which covers the upload, stops this one.
+    lead = os.urandom(int((BUSY_TIMEOUT_S + 3) * BUSY_MIN_KIBPS * 1024))
 
-    def slow_body():  # a client that stalls mid-upload holds its slot only until the deadline
+    def slow_body():
         yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.mp4\"\r\n\r\n").encode()
+        yield lead
         time.sleep(BUSY_TIMEOUT_S + 1)
         yield f"\r\n--{boundary}--\r\n".encode()
 
@@ -368,6 +412,18 @@ def test_a_request_past_its_deadline_gets_504(busy):
     assert_error(response, 504, "timeout")
     assert time.monotonic() - started < BUSY_TIMEOUT_S + 5
     assert value(samples(busy), "qclip_requests_in_flight") == 0  # the slot came back
+
+
+def test_an_upload_under_the_minimum_rate_gets_408(busy):
+    sock, head = raw_head(busy.url, 10000)
+    with sock:
+        started = time.monotonic()
+        sock.sendall(head + b'--raw\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n\r\nx')
+        status, headers, body = read_answer(sock)  # then nothing: dropped once the grace is over
+        elapsed = time.monotonic() - started
+    assert (status, json.loads(body)["error"]["code"]) == (408, "upload_too_slow"), body
+    assert headers["connection"] == "close" and BUSY_GRACE_S - 0.1 <= elapsed < BUSY_GRACE_S + 3, elapsed
+    assert value(samples(busy), "qclip_errors_total", code="upload_too_slow") >= 1
 
 
 def test_cli_refuses_bad_arguments_and_exits_1_when_the_model_cannot_load(tmp_path):
@@ -384,8 +440,48 @@ def test_cli_refuses_bad_arguments_and_exits_1_when_the_model_cannot_load(tmp_pa
     assert broken.returncode == 1 and "could not be loaded" in broken_err.splitlines()[-1]
 
 
-def test_sigterm_shuts_down_cleanly(busy):
+def test_a_cut_file_is_scored_with_a_warning_or_refused_422_truncated_under_strict(main, busy, media):
+    cut = media["corrupt"] / "cut.mkv"
+    scored = upload(main.url, cut)
+    assert scored.status_code == 200, scored.text
+    [warning] = scored.json()["warnings"]
+    assert warning["code"] == "truncated" and "of a declared 2.000 s" in warning["message"]
+    assert "warnings" not in upload(main.url, media["good0"]).json()
+    error = assert_error(upload(busy.url, cut), 422, "truncated")  # busy runs with --strict
+    assert "cut.mkv" in error["message"] and str(media["corrupt"]) not in error["message"]
+
+
+def test_sigterm_closes_the_listener_and_answers_requests_in_flight(busy, media):
+    """What the README says of SIGTERM: the listener closes at once (so /readyz does not answer:
+    the connection is refused), idle keep-alive connections close, a request in flight is
+    answered and its connection closed after the answer."""
+    host, port = busy.url.removeprefix("http://").split(":")
+    idle = socket.create_connection((host, int(port)), timeout=CLIENT_TIMEOUT_S)
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_answer(idle)[0] == 200  # a keep-alive connection, now idle
+    # A pad field keeps the average rate above the minimum while the upload waits for the signal.
+    body = multipart([("pad", None, b"p" * 32768), ("file", "good0.mp4", media["good0"].read_bytes())])
+    flying, head = raw_head(busy.url, len(body))
+    flying.sendall(head + body[:-10])
+    time.sleep(0.3)
+
     busy.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            httpx.get(busy.url + "/readyz", timeout=2)
+        except httpx.ConnectError:
+            break  # refused: the listener is closed, though a request is still in flight
+        assert time.monotonic() < deadline, "the listener still accepts connections after SIGTERM"
+        time.sleep(0.05)
+    assert idle.recv(1) == b""  # the idle keep-alive connection was closed
+    flying.sendall(body[-10:])
+    status, _, answer = read_answer(flying)
+    assert status == 200 and json.loads(answer)["input"] == "good0.mp4", answer
+    assert flying.recv(1) == b""  # and its connection closed after it
+    idle.close()
+    flying.close()
+
     # uvicorn shuts down gracefully, then re-raises the signal: the status is SIGTERM's.
     assert busy.proc.wait(timeout=20) in (0, -signal.SIGTERM), busy.log_text()
     log = busy.log_text()

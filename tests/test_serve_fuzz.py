@@ -57,9 +57,8 @@ class FakeEngine:
         return [VideoResult(input=v.input, score=0.5, timing_ms=dict(v.timing_ms)) for v in videos]
 
 
-@pytest.fixture
-def served(tmp_path, monkeypatch, caplog):
-    """(client, allowed root, upload dir, outside dir) of a ready app on a fake engine."""
+def make_tree(tmp_path: Path) -> types.SimpleNamespace:
+    """The allowed root (odd files and links), the upload dir and a dir outside, under ``tmp_path``."""
     base = Path(os.path.realpath(tmp_path))
     allowed, uploads, outside = base / "allowed", base / "uploads", base / "outside"
     for d in (allowed / "sub", uploads, outside):
@@ -80,17 +79,28 @@ def served(tmp_path, monkeypatch, caplog):
     (allowed / "dangling").symlink_to(allowed / "nowhere.mp4")
     os.mkfifo(allowed / "pipe.mp4")
     (allowed / "ünï cödé 😀.mp4").write_bytes(GOOD)
+    return types.SimpleNamespace(allowed=allowed, uploads=uploads, outside=outside, base=base)
+
+
+def fake_settings(tree: types.SimpleNamespace, **overrides) -> ServeSettings:
+    return ServeSettings(**{"artifact": None, "batch": 2, "allow_dirs": (tree.allowed,), "max_upload_bytes": MAX_UPLOAD,
+                            "timeout_s": 20.0, "batch_wait_s": 0.001, "upload_dir": tree.uploads, "queue": 8}
+                         | overrides)
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch, caplog):
+    """(client, allowed root, upload dir, outside dir) of a ready app on a fake engine."""
+    tree = make_tree(tmp_path)
     monkeypatch.setattr(service_module, "QualityEngine", FakeEngine)
     caplog.set_level(logging.INFO)
-    settings = ServeSettings(artifact=None, batch=2, allow_dirs=(allowed,), max_upload_bytes=MAX_UPLOAD,
-                             timeout_s=20.0, batch_wait_s=0.001, upload_dir=uploads, queue=8)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(create_app(fake_settings(tree)), raise_server_exceptions=False) as client:
         deadline = time.monotonic() + 20
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "the fake engine never got ready"
             time.sleep(0.01)
-        yield types.SimpleNamespace(client=client, allowed=allowed, uploads=uploads, outside=outside, base=base)
-    (allowed / "locked.mp4").chmod(0o644)
+        yield types.SimpleNamespace(client=client, **vars(tree))
+    (tree.allowed / "locked.mp4").chmod(0o644)
 
 
 def check(served, caplog, response, sent: str = "") -> None:

@@ -2,14 +2,18 @@
 
     qclip-serve ARTIFACT [--batch N] [--engine ENGINE] [--host HOST] [--port PORT]
                 [--allow-dir DIR ...] [--max-upload-mb MB] [--queue N] [--timeout-s S] [--workers N]
+                [--max-uploads N] [--min-upload-kib-s KIB_S] [--upload-grace-s S]
 
     curl -F file=@clip.mp4 http://127.0.0.1:8000/v1/score
     curl -H 'content-type: application/json' -d '{"path": "/data/clip.mp4"}' http://127.0.0.1:8000/v1/score
 
 Endpoints: POST /v1/score, GET /healthz (alive), GET /readyz (model loaded and warm),
 GET /metrics (Prometheus). Path requests are refused unless the file's real path lies
-under an --allow-dir. SIGINT/SIGTERM: requests in flight are answered, then the process
-exits (uvicorn re-raises the signal, so the status is the signal's). Exit status 1: the
+under an --allow-dir. SIGINT/SIGTERM: the listening socket closes at once (new connections are
+refused, so a load balancer sees the instance leave; /readyz does not answer during the drain),
+idle keep-alive connections close, requests in flight are answered and their connections closed
+after the answer; then the model stops and the process exits (uvicorn re-raises the signal, so
+the status is the signal's). Exit status 1: the
 model could not be loaded; 2: bad arguments. Defaults: ``qclip-serve --help`` (from
 qclip_engine/defaults.py). ``--help`` and argument errors import neither torch nor the web
 stack: the service is imported in main, after the checks.
@@ -38,6 +42,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qclip-serve", description=__doc__.splitlines()[0],
@@ -57,7 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queue", type=positive_int, default=None,
                         help=f"requests in flight before new ones get 503; None: {defaults.QUEUE_PER_BATCH} × batch")
     parser.add_argument("--timeout-s", type=positive_float, default=defaults.REQUEST_TIMEOUT_S,
-                        help="per-request deadline, upload included (504 past it)")
+                        help="per-request deadline, from its headers to its answer, upload included (504 past it)")
+    parser.add_argument("--max-uploads", type=positive_int, default=defaults.MAX_UPLOADS,
+                        help="request bodies (uploads, JSON) received at once before new requests get 503; "
+                             "a body still arriving holds no --queue slot")
+    parser.add_argument("--min-upload-kib-s", type=non_negative_float, default=defaults.MIN_UPLOAD_KIBPS,
+                        help="KiB/s: after --upload-grace-s, a request body whose average rate since it began is "
+                             "below this is dropped with 408 upload_too_slow (0: no minimum)")
+    parser.add_argument("--upload-grace-s", type=positive_float, default=defaults.UPLOAD_GRACE_S,
+                        help="seconds a request body may take before --min-upload-kib-s applies")
+    parser.add_argument("--strict", action="store_true",
+                        help="a file cut short is the error 422 truncated; without it, it is scored on what is "
+                             "there and the answer carries a truncated warning")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help=f"decode threads; None: the engine's default ({defaults.decode_workers()} here)")
     parser.add_argument("--batch-wait-ms", type=float, default=defaults.SERVE_BATCH_WAIT_S * 1e3,
@@ -67,6 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     parser.add_argument("--no-access-log", action="store_true", help="no uvicorn line per request")
     return parser
+
+
+def settings_from_args(args: argparse.Namespace):
+    """The ``ServeSettings`` of parsed arguments (imports the service: call after the cheap checks)."""
+    from ..serve.settings import ServeSettings
+
+    return ServeSettings(
+        artifact=args.artifact,
+        engine=args.engine,
+        device=args.device,
+        batch=args.batch,
+        workers=args.workers,
+        allow_dirs=tuple(args.allow_dir),
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        queue=args.queue,
+        timeout_s=args.timeout_s,
+        batch_wait_s=args.batch_wait_ms / 1e3,
+        upload_dir=args.upload_dir,
+        max_uploads=args.max_uploads,
+        min_upload_bytes_per_s=args.min_upload_kib_s * 1024,
+        upload_grace_s=args.upload_grace_s,
+        strict=args.strict,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,22 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from ..serve import create_app
-    from ..serve.settings import ServeSettings
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = ServeSettings(
-        artifact=args.artifact,
-        engine=args.engine,
-        device=args.device,
-        batch=args.batch,
-        workers=args.workers,
-        allow_dirs=tuple(args.allow_dir),
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-        queue=args.queue,
-        timeout_s=args.timeout_s,
-        batch_wait_s=args.batch_wait_ms / 1e3,
-        upload_dir=args.upload_dir,
-    )
+    settings = settings_from_args(args)
     server: uvicorn.Server | None = None
 
     def stop_server() -> None:  # the model failed to load: no point in answering 503 for ever

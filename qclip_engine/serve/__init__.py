@@ -2,18 +2,19 @@
 
 Request path (``POST /v1/score``)::
 
-    admission ──> receive input ──> decode pool ──> batch queue ──> model thread
-    (503 when     (JSON path under   (--workers      (bounded,      (one thread: next_batch
-     --queue       --allow-dir, or    threads,        thread-safe)   up to --batch, then
-     requests      a multipart        engine.sample)                 engine.run_batch)
-     in flight)    upload to a temp
-                   file, 413 past
-                   --max-upload-mb)
+    receive input ─────> admission ──> decode pool ──> batch queue ──> model thread
+    (JSON path under     (503 when     (--workers      (bounded,      (one thread: next_batch
+     --allow-dir, or a    --queue       threads,        thread-safe)   up to --batch, then
+     multipart upload     requests      engine.sample)                 engine.run_batch)
+     to a temp file;      in flight)
+     413 past --max-upload-mb, 408 under --min-upload-kib-s after --upload-grace-s,
+     503 past --max-uploads bodies arriving, or at once, body unread, if admission is full)
 
 Every request is answered: a score (200), a structured error ``{"error": {"code", "message"}}``
-— 400/403/413/415/422 for the request or its video, 503 when overloaded or not ready (with
+— 400/403/408/413/415/422 for the request or its video, 503 when overloaded or not ready (with
 ``Retry-After``), 504 past ``--timeout-s``, 500 for a server fault (codes: ``serve/errors.py``).
-The timeout covers the whole request, upload included, so a slow client cannot hold a slot for ever.
+The timeout covers the whole request, upload included; a body still arriving holds no scoring
+slot, and one under the minimum rate is dropped (408) long before the timeout.
 
 Rooms: ``settings`` (ServeSettings), ``errors`` (ApiError and its rendering), ``metrics``
 (Prometheus), ``admission`` (slots), ``batcher`` (the model thread), ``inputs`` (uploads, paths

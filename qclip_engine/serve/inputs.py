@@ -20,8 +20,12 @@ Security rules (each answered with the error contract, never a traceback):
   alphanumeric, as a hint for FFmpeg). The size limit is enforced while the body streams in —
   a declared Content-Length over it is refused before reading, a chunked body is counted — so
   a large upload is 413 ``upload_too_large`` with never more than the limit written to disk
-  (and about ``UPLOAD_FLUSH_BYTES`` held in memory). The temp file is deleted on every error (413, 400 ``bad_multipart``/``missing_file``/
-  ``client_disconnected``, a timeout); after scoring the service deletes it.
+  (and about ``UPLOAD_FLUSH_BYTES`` held in memory). The temp file is deleted on every error (413,
+  400 ``bad_multipart``/``missing_file``/``client_disconnected``, 408, a timeout); after scoring
+  the service deletes it.
+* Slow bodies. Both readers take the body through ``body_chunks``: after a grace period, a body
+  whose average rate since it began falls under a minimum (``MinRate``) is dropped with 408
+  ``upload_too_slow`` (and ``Connection: close``), a client that sends nothing at all included.
 * A JSON body is at most ``JSON_BODY_LIMIT`` bytes (413 ``body_too_large``). One that does not
   parse — bad UTF-8, bad syntax, nested too deeply for the parser — is 400 ``invalid_json``; one
   that is not ``{"path": "<non-empty string>"}`` is 400 ``bad_request``.
@@ -33,6 +37,7 @@ Answers name the client's file, never a server path: the service rewrites messag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -43,6 +48,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import AsyncIterator
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -56,6 +62,59 @@ MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and small fields arou
 UPLOAD_FLUSH_BYTES = 1 << 20  # upload bytes held in memory before they go to the temp file
 _SAFE_SUFFIX = re.compile(r"\.[a-z0-9]{1,8}")
 PATH_SHOWN_CHARS = 200  # of a client's path quoted in an answer (a JSON body may carry 64 KiB of it)
+
+
+@dataclass(frozen=True)
+class MinRate:
+    """A body's floor: once ``grace_s`` has passed, its average rate since it began must stay at
+    or above ``bytes_per_s`` (0: no floor)."""
+
+    bytes_per_s: float = 0.0
+    grace_s: float = 0.0
+
+    def describe(self) -> str:
+        return f"{self.bytes_per_s / 1024:g} KiB/s on average after the first {self.grace_s:g} s"
+
+
+async def _next_chunk(stream: AsyncIterator[bytes]) -> bytes | None:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def body_chunks(request: Request, min_rate: MinRate) -> AsyncIterator[bytes]:
+    """``request.stream()``, ended with 408 ``upload_too_slow`` once the body falls under ``min_rate``.
+
+    The wait for each chunk ends at the instant the average since the start would fall under the
+    floor, start + max(grace, received / rate) (as Apache mod_reqtimeout's MinRate), so a client
+    that stalls, or never sends a byte, is dropped too. Time the reader spends between chunks
+    (a disk write) is ours, not the client's: it moves the start.
+    """
+    stream = request.stream()
+    try:
+        if min_rate.bytes_per_s <= 0:
+            async for chunk in stream:
+                yield chunk
+            return
+        loop = asyncio.get_running_loop()
+        started, received = loop.time(), 0
+        while True:
+            deadline = started + max(min_rate.grace_s, received / min_rate.bytes_per_s)
+            try:
+                chunk = await asyncio.wait_for(_next_chunk(stream), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                # Connection: close: no point reading the rest of a body this slow.
+                raise ApiError(408, "upload_too_slow", f"the request body came in slower than {min_rate.describe()}",
+                               {"Connection": "close"}) from None
+            if chunk is None:
+                return
+            received += len(chunk)
+            paused = loop.time()
+            yield chunk
+            started += loop.time() - paused
+    finally:
+        await stream.aclose()
 
 
 @dataclass
@@ -165,7 +224,8 @@ class _MultipartUpload:
             remove()
 
 
-async def receive_upload(request: Request, limit: int, directory: Path | None, writer: ThreadPoolExecutor) -> Upload:
+async def receive_upload(request: Request, limit: int, directory: Path | None, writer: ThreadPoolExecutor,
+                         min_rate: MinRate = MinRate()) -> Upload:
     """The multipart body's ``file`` part, written to a temp file (the caller deletes it)."""
     started = time.perf_counter()
     _, params = parse_options_header(request.headers.get("content-type", ""))
@@ -185,13 +245,14 @@ async def receive_upload(request: Request, limit: int, directory: Path | None, w
         raise ApiError(400, "bad_multipart", f"unusable multipart boundary: {exc}") from None
     received = 0
     try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > body_limit:  # a body without Content-Length, or one that lied about it
-                raise ApiError(413, "upload_too_large", f"the upload exceeds the limit of {limit} bytes")
-            parser.write(chunk)
-            if upload.buffered >= UPLOAD_FLUSH_BYTES:
-                await upload.flush()
+        async with contextlib.aclosing(body_chunks(request, min_rate)) as chunks:
+            async for chunk in chunks:
+                received += len(chunk)
+                if received > body_limit:  # a body without Content-Length, or one that lied about it
+                    raise ApiError(413, "upload_too_large", f"the upload exceeds the limit of {limit} bytes")
+                parser.write(chunk)
+                if upload.buffered >= UPLOAD_FLUSH_BYTES:
+                    await upload.flush()
         parser.finalize()
         if upload.path is None:
             raise ApiError(400, "missing_file", f"multipart body without a {UPLOAD_FIELD!r} part")
@@ -205,20 +266,21 @@ async def receive_upload(request: Request, limit: int, directory: Path | None, w
     except ClientDisconnect:
         upload.discard()
         raise ApiError(400, "client_disconnected", "the client went away during the upload") from None
-    except BaseException:  # 413, 400, a timeout's cancellation: no temp file outlives its request
+    except BaseException:  # 413, 400, 408, a timeout's cancellation: no temp file outlives its request
         upload.discard()
         raise
     return Upload(upload.path, upload.filename, upload.size, (time.perf_counter() - started) * 1e3)
 
 
-async def read_json_path(request: Request) -> str:
+async def read_json_path(request: Request, min_rate: MinRate = MinRate()) -> str:
     """The ``path`` of a JSON ``{"path": ...}`` body."""
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > JSON_BODY_LIMIT:
-                raise ApiError(413, "body_too_large", f"a JSON request is at most {JSON_BODY_LIMIT} bytes")
+        async with contextlib.aclosing(body_chunks(request, min_rate)) as chunks:
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > JSON_BODY_LIMIT:
+                    raise ApiError(413, "body_too_large", f"a JSON request is at most {JSON_BODY_LIMIT} bytes")
     except ClientDisconnect:
         raise ApiError(400, "client_disconnected", "the client went away during the request") from None
     try:

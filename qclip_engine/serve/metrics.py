@@ -33,6 +33,8 @@ class ServiceMetrics:
         self.queue_depth = Gauge("qclip_queue_depth", "Decoded videos waiting for a batch", registry=r)
         self.in_flight = Gauge("qclip_requests_in_flight", "Admitted score requests whose work is not finished",
                                registry=r)
+        self.uploads_in_progress = Gauge("qclip_uploads_in_progress",
+                                         "Score request bodies (uploads, JSON) being received", registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

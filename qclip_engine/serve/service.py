@@ -1,10 +1,13 @@
 """``QualityService``: the engine, the decode pool, admission and the batcher behind ``/v1/score``.
 
 The model loads in the background (``/healthz`` answers at once, ``/readyz`` once the model is
-warm). A score request is admitted (``serve/admission.py``), its input received
-(``serve/inputs.py``), decoded in the decode pool (PyAV releases the GIL) and handed to the
-batcher's model thread (``serve/batcher.py``). The whole request, upload included, runs under
-``--timeout-s``. Answers never name a server path: messages are rewritten to the client's names.
+warm). A score request's input is received first (``serve/inputs.py``: at most ``max_uploads``
+bodies at once, each above a minimum rate after a grace period), and only then admitted
+(``serve/admission.py``), so a slow client never holds a scoring slot; a request that arrives
+while admission is full is refused at once, its body unread. Then it is decoded in the decode
+pool (PyAV releases the GIL) and handed to the batcher's model thread (``serve/batcher.py``).
+The whole request, upload included, runs under ``--timeout-s``. Answers never name a server
+path: messages are rewritten to the client's names.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ..errors import QCLIPError, error_record
 from .admission import Admission, Slot
 from .batcher import Batcher
 from .errors import ApiError, ServiceStopping
-from .inputs import Upload, read_json_path, receive_upload, resolve_allowed_path
+from .inputs import MinRate, Upload, read_json_path, receive_upload, resolve_allowed_path
 from .metrics import ServiceMetrics
 from .settings import ServeSettings
 
@@ -41,13 +44,18 @@ class QualityService:
     """Built at start-up, torn down at exit; ``on_fatal`` is called when the model cannot be loaded."""
 
     def __init__(self, settings: ServeSettings, on_fatal: Callable[[], None] | None = None):
-        if settings.batch < 1 or settings.queue_limit < 1:
-            raise ValueError("batch and queue must be ≥ 1")
+        if settings.batch < 1 or settings.queue_limit < 1 or settings.max_uploads < 1:
+            raise ValueError("batch, queue and max_uploads must be ≥ 1")
+        if settings.min_upload_bytes_per_s > 0 and not settings.upload_grace_s > 0:
+            raise ValueError("a minimum upload rate needs a grace period > 0")
         self.settings = settings
         self.on_fatal = on_fatal
         self.metrics = ServiceMetrics(settings.batch)
         self.admission = Admission(settings.queue_limit)
         self.metrics.in_flight.set_function(lambda: self.admission.count)
+        self.receiving = 0  # bodies being received (event loop only)
+        self.metrics.uploads_in_progress.set_function(lambda: self.receiving)
+        self.min_rate = MinRate(settings.min_upload_bytes_per_s, settings.upload_grace_s)
         self.metrics.queue_depth.set_function(lambda: self.batcher.queue.qsize() if self.batcher is not None else 0)
         self.allow_roots = tuple(Path(os.path.realpath(d)) for d in settings.allow_dirs)
         self.engine: QualityEngine | None = None  # set once the model is loaded and warm
@@ -72,7 +80,8 @@ class QualityService:
         started = time.perf_counter()
         try:
             engine = await asyncio.to_thread(
-                QualityEngine, s.artifact, engine=s.engine, device=s.device, batch=s.batch, workers=s.workers)
+                QualityEngine, s.artifact, engine=s.engine, device=s.device, batch=s.batch, workers=s.workers,
+                strict=s.strict)
             blank = engine.sample_frames(np.zeros((engine.num_frames, *engine.image_size, 3), np.uint8), "<warm-up>")
             self.batcher = Batcher(engine, self.metrics, max_batch=s.batch, max_wait_s=s.batch_wait_s,
                                    capacity=s.queue_limit)
@@ -122,18 +131,26 @@ class QualityService:
             code, message = "not_ready", "the model is loading"
         return ApiError(503, code, message, {"Retry-After": str(NOT_READY_RETRY_S)})
 
+    def overloaded_error(self, body_read: bool) -> ApiError:
+        headers = {"Retry-After": str(self.retry_after_s())}
+        if not body_read:  # answered before the body: close rather than read it all to keep the connection
+            headers["Connection"] = "close"
+        return ApiError(503, "overloaded", f"{self.admission.limit} requests in flight; retry later", headers)
+
     async def score(self, request: Request) -> JSONResponse:
         if not self.ready:
             raise self.not_ready_error()
-        slot = self.admission.try_admit()
-        if slot is None:
-            raise ApiError(503, "overloaded", f"{self.admission.limit} requests in flight; retry later",
-                           {"Retry-After": str(self.retry_after_s())})
+        if self.admission.count >= self.admission.limit:  # cheap early refusal; admitted for real after the receive
+            raise self.overloaded_error(body_read=False)
+        if self.receiving >= self.settings.max_uploads:
+            raise ApiError(503, "overloaded", f"{self.settings.max_uploads} uploads in progress; retry later",
+                           {"Retry-After": str(self.retry_after_s()), "Connection": "close"})
         started = time.perf_counter()
         received: list[Upload] = []  # filled once the upload is in, so the message and cleanup can name it
         resolved: list[tuple[Path, str]] = []  # (server path, what the client called it)
+        slots: list[Slot] = []  # the scoring slot, once admitted
         try:
-            name, result, timing = await asyncio.wait_for(self._score(request, slot, received, resolved),
+            name, result, timing = await asyncio.wait_for(self._score(request, slots, received, resolved),
                                                           self.settings.timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"no result within {self.settings.timeout_s:g} s") from None
@@ -144,7 +161,8 @@ class QualityService:
             record["message"] = self._public_message(record["message"], received, resolved)
             raise ApiError.from_record(422, record) from None
         finally:
-            slot.release()
+            for slot in slots:
+                slot.release()
             for upload in received:
                 upload.path.unlink(missing_ok=True)
         if not result.ok:  # the backend failed on this request's batch
@@ -154,25 +172,36 @@ class QualityService:
         record["timing_ms"] = timing | record["timing_ms"] | {"total": (time.perf_counter() - started) * 1e3}
         return JSONResponse(record)
 
-    async def _score(self, request: Request, slot: Slot, received: list[Upload],
+    async def _score(self, request: Request, slots: list[Slot], received: list[Upload],
                      resolved: list[tuple[Path, str]]) -> tuple[str, VideoResult, dict]:
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type == "application/json":
-            name = await read_json_path(request)
-            source = resolve_allowed_path(name, self.allow_roots)
-            resolved.append((source, name))
-            timing: dict[str, float] = {}
-        elif media_type == "multipart/form-data":
-            upload = await receive_upload(request, self.settings.max_upload_bytes, self.settings.upload_dir,
-                                          self.upload_writer)
-            received.append(upload)
-            source, name = upload.path, upload.filename
-            timing = {"upload": upload.receive_ms}
-        else:
-            raise ApiError(415, "unsupported_media_type",
-                           'send JSON {"path": ...} or a multipart/form-data upload in the field "file"')
+        self.receiving += 1
+        try:
+            source, name, timing = await self._receive(request, received, resolved)
+        finally:
+            self.receiving -= 1
+        slot = self.admission.try_admit()  # only now: a body still arriving holds no scoring slot
+        if slot is None:
+            raise self.overloaded_error(body_read=True)
+        slots.append(slot)
         video = await self._decode(source, slot, timing)
         return name, await self.batcher.submit(video, slot), timing
+
+    async def _receive(self, request: Request, received: list[Upload],
+                       resolved: list[tuple[Path, str]]) -> tuple[Path, str, dict[str, float]]:
+        """(the file to decode, the client's name for it, timing) of a JSON path or a multipart upload."""
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type == "application/json":
+            name = await read_json_path(request, self.min_rate)
+            source = resolve_allowed_path(name, self.allow_roots)
+            resolved.append((source, name))
+            return source, name, {}
+        if media_type == "multipart/form-data":
+            upload = await receive_upload(request, self.settings.max_upload_bytes, self.settings.upload_dir,
+                                          self.upload_writer, self.min_rate)
+            received.append(upload)
+            return upload.path, upload.filename, {"upload": upload.receive_ms}
+        raise ApiError(415, "unsupported_media_type",
+                       'send JSON {"path": ...} or a multipart/form-data upload in the field "file"')
 
     async def _decode(self, source: Path, slot: Slot, timing: dict[str, float]) -> SampledVideo:
         submitted = time.perf_counter()
