@@ -1,10 +1,13 @@
-"""``qclip-export ARTIFACT --engine onnx|trt [--fp16] [--batch N] [--out DIR]``.
+"""``qclip-export ARTIFACT --engine onnx|trt [--fp16] [--int8] [--batch N] [--out DIR]``.
 
 Folds the artifact's model, exports it, and checks the export — run by the runtime's own
 backends — against the unfolded torch FP32 model on a fixed batch of real frames. Files go beside the artifact (or to
 ``--out``): ``model.onnx`` (and ``model.fp16.onnx`` with ``--fp16``); for ``--engine trt``
 also ``model.plan`` + ``model.plan.json`` and ``timing.cache``; and the parity report
-``parity_onnx.json`` / ``parity_trt.json``.
+``parity_onnx.json`` / ``parity_trt.json``. With ``--int8`` (ONNX only): ``model.int8.onnx``
+(``qclip_engine/runtime/quantize.py``) and ``precision.json``, the score drift of CPU BF16 (torch)
+and INT8 (ONNX Runtime) against FP32 on ``DRIFT_VIDEOS`` windows of the parity clips — what
+``--precision auto`` on the CPU requires before it uses either.
 
 Exit codes: 0 done; 1 the FP32 export is outside the parity tolerance; 2 the requested
 engine cannot be built here (no TensorRT) or the artifact cannot be loaded.
@@ -36,11 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("artifact", type=Path, help="artifact directory (config.json + adapters.safetensors)")
     parser.add_argument("--engine", choices=("onnx", "trt"), required=True)
     parser.add_argument("--fp16", action="store_true", help="also an FP16 graph (FP32 LayerNorms and head); the TensorRT engine is built from it")
+    parser.add_argument("--int8", action="store_true",
+                        help="also the INT8 graph for CPUs (model.int8.onnx) and the measured score drift of CPU BF16 "
+                             "and INT8 against FP32 (precision.json, which --precision auto reads); --engine onnx only")
     parser.add_argument("--batch", type=int, default=8, help="TensorRT: optimal batch of videos (profile 1 … 2·batch)")
     parser.add_argument("--out", type=Path, help="output directory (default: the artifact directory)")
     parser.add_argument("--weights", help="local backbone weights, when the artifact's source is not reachable")
     parser.add_argument("--parity-videos", nargs="+", help="videos for the parity check (default: the sample clips)")
     args = parser.parse_args(argv)
+    if args.int8 and args.engine != "onnx":
+        parser.error("--int8 is for the CPU graph: use it with --engine onnx")
 
     if args.engine == "trt":
         from qclip_engine.runtime.tensorrt_backend import TensorRTUnavailable, import_tensorrt
@@ -75,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.fp16:
         t = _step(f"exporting {out / 'model.fp16.onnx'} (FP16, FP32 LayerNorms and head)")
         graphs["model.fp16.onnx"] = export_onnx(reduced_precision(folded), out / "model.fp16.onnx")
+        _done(t)
+    if args.int8:
+        from qclip_engine.runtime.quantize import quantize_int8
+
+        t = _step(f"quantizing {out / 'model.int8.onnx'} (INT8 matrix products; FP32 LayerNorms, softmax and head)")
+        graphs["model.int8.onnx"] = quantize_int8(graphs["model.onnx"], out / "model.int8.onnx")
         _done(t)
 
     t = _step("parity: decoding the fixed batch and running the torch FP32 reference")
@@ -118,7 +132,35 @@ def main(argv: list[str] | None = None) -> int:
             print(f"qclip-export: {name} differs from the torch model by more than {FP32_TOLERANCE}", file=sys.stderr)
             status = 1
     print(f"parity report: {report_path}")
+    if args.int8:
+        _measure_drift(model, args, graphs["model.int8.onnx"], out)
     return status
+
+
+def _measure_drift(model, args, int8_graph: Path, out: Path) -> None:
+    """Write ``precision.json``: BF16 (torch) and INT8 (ONNX Runtime) scores against FP32."""
+    from qclip_engine import defaults
+    from qclip_engine.runtime.cpu_choice import DRIFT_FILE
+    from qclip_engine.runtime.cpu_features import cpu_identity
+    from qclip_engine.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from qclip_engine.runtime.torch_backend import TorchBackend
+
+    from .parity import DRIFT_VIDEOS, parity_frames, precision_drift, reference_outputs
+
+    t = _step(f"score drift of BF16 and INT8 against FP32 on {DRIFT_VIDEOS} clip windows")
+    frames, source = parity_frames(model.image_size, model.config.num_frames, args.parity_videos, count=DRIFT_VIDEOS)
+    reference = reference_outputs(model, frames)
+    runs = {"bf16": ("torch", TorchBackend(model, "cpu", precision="bf16").run),
+            "int8": ("onnxruntime", OnnxRuntimeBackend(None, "cpu", graph=int8_graph).run)}
+    drift = precision_drift(reference, runs, frames, source, defaults.PRECISION_MIN_SROCC)
+    drift["cpu"] = cpu_identity().to_dict()
+    (out / DRIFT_FILE).write_text(json.dumps(drift, indent=2) + "\n")
+    _done(t)
+    for precision, d in drift["precisions"].items():
+        verdict = "used by --precision auto" if d["within_limit"] else "NOT used by --precision auto"
+        print(f"{precision}: SROCC vs FP32 {d['srocc']:.4f} (limit {d['min_srocc']}), max |Δscore| "
+              f"{d['max_abs_score_diff']:.2e}: {verdict}")
+    print(f"drift report: {out / DRIFT_FILE}")
 
 
 if __name__ == "__main__":

@@ -74,3 +74,28 @@ def parity_report(
         "srocc_vs_torch": float(stats.spearmanr(score, ref_score).statistic) if len(score) > 1 else None,
         "reference": "unfolded QCLIP, torch FP32, CPU",
     }
+
+
+DRIFT_VIDEOS = 24  # windows of the drift clips: enough for a rank correlation to mean something
+
+
+def precision_drift(
+    reference: tuple[np.ndarray, np.ndarray],
+    runs: dict[str, tuple[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]]],
+    frames: np.ndarray,
+    source: str,
+    limits: dict[str, float],
+) -> dict:
+    """Score drift of each reduced precision against FP32: ``runs`` maps a precision to
+    ``(engine, run)``; the record ``QualityEngine``'s ``auto`` reads (``runtime/cpu_choice.py``)."""
+    _, ref_score = reference
+    out = {}
+    for precision, (engine, run) in runs.items():
+        score = np.asarray(run(frames)[1], dtype=np.float64)
+        diff = np.abs(score - ref_score)
+        srocc = float(stats.spearmanr(score, ref_score).statistic)
+        out[precision] = {"engine": engine, "srocc": srocc, "max_abs_score_diff": float(diff.max()),
+                          "mean_abs_score_diff": float(diff.mean()), "min_srocc": limits[precision],
+                          "within_limit": bool(srocc >= limits[precision])}
+    return {"reference": "unfolded QCLIP, torch FP32, CPU", "videos": int(len(frames)), "frames": source,
+            "precisions": out}

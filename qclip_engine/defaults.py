@@ -8,6 +8,13 @@ from __future__ import annotations
 
 ENGINES = ("auto", "torch", "onnxruntime", "tensorrt")
 DEVICE = "auto"
+# auto: on a GPU, FP16; on the CPU, the fastest of the backend × precision pairs this CPU allows
+# whose measured score drift is within PRECISION_MIN_SROCC (qclip_engine/runtime/cpu_choice.py).
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+PRECISION = "auto"
+# Least SROCC against FP32 scores (on the clips qclip-export --int8 measures) for auto to use a
+# reduced precision; one outside its limit is never chosen by auto.
+PRECISION_MIN_SROCC = {"bf16": 0.995, "int8": 0.99}
 BACKBONE = "PE-Core-L-14-336"  # QCLIPConfig's default; qclip-score's zero-shot model without --artifact
 
 # Batching (qclip_engine.batching): most videos per backend call, and how long a partial

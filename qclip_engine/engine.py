@@ -51,6 +51,7 @@ class VideoResult:
     frames: list[int] | None = None  # frame indices the model saw (display order, from 0)
     frame_times: list[float] | None = None  # their timestamps, seconds from the first frame
     video: dict | None = None  # probe summary: codec, size, fps, frame count, duration, vfr, rotation
+    backend: str | None = None  # what scored it: engine-precision, e.g. onnxruntime-int8, torch-bf16
     warnings: list[dict] | None = None  # scored, but: {"code", "message"} (e.g. truncated)
     timing_ms: dict[str, float] = field(default_factory=dict)
     error: dict | None = None
@@ -89,6 +90,8 @@ class QualityEngine:
 
     ``engine``: ``auto`` | ``torch`` | ``onnxruntime`` | ``tensorrt`` (see
     :func:`qclip_engine.runtime.create_backend`); ``device``: ``auto`` | ``cpu`` | ``cuda[:N]``;
+    ``precision``: ``auto`` (on the CPU: measured, ``runtime/cpu_choice.py``) | ``fp32`` | ``fp16``
+    | ``bf16`` | ``int8``;
     ``sampler``: defaults to the artifact's; ``backbone``/``pretrained``: the zero-shot
     model's backbone when no artifact is given. ``strict``: a file that looks cut short is the
     ``truncated`` error instead of a score with a ``truncated`` warning (``video/scan.py``).
@@ -107,7 +110,7 @@ class QualityEngine:
         batch_timeout_s: float = defaults.BATCH_WAIT_S,
         backbone: str = QCLIPConfig.backbone,
         pretrained: str | None = QCLIPConfig.pretrained,
-        precision: str | None = None,
+        precision: str = defaults.PRECISION,
         model: QCLIP | None = None,
         strict: bool = False,
     ):
@@ -222,6 +225,7 @@ class QualityEngine:
                     frames=[int(x) for x in v.indices],
                     frame_times=[round(float(x), 6) for x in v.times],
                     video=v.video,
+                    backend=self.backend.label,
                     warnings=v.warnings,
                     timing_ms=v.timing_ms | {"model": model_ms / len(videos), "batch_size": len(videos)},
                 )

@@ -30,19 +30,22 @@ def test_quick_demo_runs_offline_ships_its_artifact_and_labels_its_numbers_hones
     best = out_dir / "run" / "best"
     assert (best / "adapters.safetensors").is_file()
     assert (best / "model.onnx").is_file() and (best / "parity_onnx.json").is_file()
+    assert (best / "model.int8.onnx").is_file()  # and the drift that --precision auto requires:
+    assert set(json.loads((best / "precision.json").read_text())["precisions"]) == {"bf16", "int8"}
 
     # qclip-score wrote one record per held-out clip, each with a score
     heldout = (out_dir / "data" / "labels_test.txt").read_text().splitlines()
     records = [json.loads(line) for line in (out_dir / "scores.jsonl").read_text().splitlines()]
     assert sorted(r["input"].rsplit("/", 1)[-1] for r in records) == sorted(line.split(",")[0] for line in heldout)
     assert all("error" not in r and isinstance(r["score"], float) for r in records)
+    assert {r["backend"] for r in records} == {"onnxruntime-fp32"}
     assert f"{out_dir / 'scores.jsonl'}" in out and "videos/s" in out
 
     result = json.loads(result_path.read_text())
     assert result["benchmark"] == "demo" and result["machine"]["cores"] and result["versions"]["onnxruntime"]
     assert result["scoring"]["records"] == "scores.jsonl" and result["scoring"]["videos"] == len(heldout)
     assert result["scoring"]["videos_per_s"] > 0 and result["export_s"] > 0
-    assert result["onnx_graph"] == "run/best/model.onnx"
+    assert result["onnx_graph"] == "run/best/model.onnx" and result["precision_drift"] == "run/best/precision.json"
     assert result["config"]["data"]["data_root"] == "data" and result["config"]["output_dir"] == "run"
     assert result["out_dir"] is None  # outside the checkout: not recorded
     assert not [s for s in _strings(result) if s.startswith("/") or str(tmp_path) in s]

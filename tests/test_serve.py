@@ -265,6 +265,9 @@ def test_health_readiness_and_an_upload_scored(main, media):
     record = response.json()
     assert record["input"] == "good0.mp4"
     assert isinstance(record["score"], float)
+    # What scored it, in the answer, /readyz and the metrics' labels alike (no drift record: FP32).
+    assert record["backend"] == "torch-fp32" and ready["precision"] == "fp32"
+    assert value(samples(main), "qclip_backend_info", backend="torch", precision="fp32", device="cpu") == 1
     assert list(record["levels"]) == ["bad", "poor", "fair", "good", "excellent"]
     assert len(record["frames"]) == 2 and record["video"]["frame_count"] == 12
     for key in ("upload", "decode", "queue", "model", "total"):

@@ -39,7 +39,7 @@ class FakeEngine:
     """What ``QualityService`` uses of ``QualityEngine``, without a model."""
 
     num_frames, image_size, workers, batch = 1, (2, 2), 2, 2
-    backend = types.SimpleNamespace(name="fake", device="cpu")
+    backend = types.SimpleNamespace(name="fake", device="cpu", precision="fp32", label="fake-fp32")
     calibration, sampler = None, "fake"
 
     def __init__(self, artifact, **kwargs):

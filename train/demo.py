@@ -6,10 +6,11 @@
    starts from, before any step);
 3. trains the Q-CLIP adapters with ``configs/demo.yaml`` on a RANDOM-INIT backbone (no
    pretrained weights can be fetched offline);
-4. exports the best epoch's artifact to ONNX exactly as ``qclip-export --engine onnx`` does
-   (``model.onnx`` and its parity report beside the artifact);
-5. scores the held-out clips with that graph exactly as ``qclip-score --engine onnxruntime``
-   does (records in ``OUT/scores.jsonl``), timed;
+4. exports the best epoch's artifact to ONNX exactly as ``qclip-export --engine onnx --int8``
+   does (``model.onnx``, ``model.int8.onnx``, the parity report and the measured score drift of
+   CPU BF16/INT8, ``precision.json``, beside the artifact);
+5. scores the held-out clips with the FP32 graph exactly as ``qclip-score --engine onnxruntime
+   --precision fp32`` does (records in ``OUT/scores.jsonl``), timed;
 
 then prints the held-out metrics against VMAF and records them in
 ``benchmarks/results/demo.json`` (paths in it relative to ``--out``).
@@ -113,18 +114,19 @@ def srocc_gain(untrained: np.ndarray, trained: np.ndarray, targets: np.ndarray, 
 
 
 def export_onnx(best_dir: Path) -> float:
-    """``qclip-export BEST --engine onnx`` in-process; its wall seconds. DemoStepError unless it succeeds."""
+    """``qclip-export BEST --engine onnx --int8`` in-process; its wall seconds. DemoStepError unless it succeeds."""
     started = time.perf_counter()
-    status = export_cli.main([str(best_dir), "--engine", "onnx"])
+    status = export_cli.main([str(best_dir), "--engine", "onnx", "--int8"])
     if status != 0:
-        raise DemoStepError(f"qclip-export {best_dir} --engine onnx exited with status {status} (see its output above)")
+        raise DemoStepError(f"qclip-export {best_dir} --engine onnx --int8 exited with status {status} (see its output above)")
     return time.perf_counter() - started
 
 
 def score_with_onnxruntime(records: list[LabelledVideo], best_dir: Path, records_path: Path) -> dict:
-    """``qclip-score CLIPS --artifact BEST --engine onnxruntime`` in-process, timed (model and
-    graph loading included); its metrics against VMAF from the records it wrote."""
-    argv = [r.path for r in records] + ["--artifact", str(best_dir), "--engine", "onnxruntime",
+    """``qclip-score CLIPS --artifact BEST --engine onnxruntime --precision fp32`` in-process, timed
+    (model and graph loading included); its metrics against VMAF from the records it wrote. FP32,
+    so that the line compares with training's own evaluation of the same model."""
+    argv = [r.path for r in records] + ["--artifact", str(best_dir), "--engine", "onnxruntime", "--precision", "fp32",
                                         "--out", str(records_path), "--quiet"]
     started = time.perf_counter()
     status = score_cli.main(argv)
@@ -189,7 +191,7 @@ def _train(config: dict) -> dict:
 def _ship(config: dict, out: Path) -> dict:
     """Steps 4 and 5: the best artifact through qclip-export and qclip-score."""
     best_dir = Path(config["output_dir"]) / BEST
-    print(f"4/5 Exporting {best_dir} to ONNX (qclip-export --engine onnx) …")
+    print(f"4/5 Exporting {best_dir} to ONNX (qclip-export --engine onnx --int8) …")
     export_s = export_onnx(best_dir)
     records = heldout_records(config)
     records_path = out / RECORDS
@@ -199,6 +201,7 @@ def _ship(config: dict, out: Path) -> dict:
         "export_s": export_s,
         "onnx_graph": _relative(best_dir / "model.onnx", out),
         "parity_report": _relative(best_dir / "parity_onnx.json", out),
+        "precision_drift": _relative(best_dir / "precision.json", out),
         "scoring": {k: scoring[k] for k in ("videos", "seconds", "videos_per_s")}
         | {"engine": "onnxruntime", "records": _relative(records_path, out)},
         "trained_best_epoch_onnxruntime": scoring["metrics"],

@@ -195,6 +195,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="auto", choices=defaults.ENGINES,
                    help="inference backend (default: %(default)s)")
     p.add_argument("--device", default=defaults.DEVICE, help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    p.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS,
+                   help="auto: FP16 on a GPU; on the CPU the fastest backend and precision measured here among "
+                        "those the CPU has and whose score drift the artifact records within limits "
+                        "(default: %(default)s)")
     p.add_argument("--batch", type=int, default=defaults.BATCH, metavar="N",
                    help="videos per model call (default: %(default)s)")
     p.add_argument("--workers", type=int, metavar="N", help="decode threads (default: min(4, cores))")
@@ -252,7 +256,7 @@ def _engine(args):
     from ..engine import QualityEngine
 
     kwargs = dict(engine=args.engine, device=args.device, batch=args.batch, sampler=args.sampler, workers=args.workers,
-                  strict=args.strict)
+                  strict=args.strict, precision=args.precision)
     if args.artifact is not None:
         if args.weights:
             from ..artifact import load_artifact

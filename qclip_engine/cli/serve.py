@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=defaults.ENGINES, default="auto",
                         help="auto: TensorRT or torch on a GPU, ONNX Runtime (else torch) on the CPU")
     parser.add_argument("--device", default=defaults.DEVICE, help="auto, cpu or cuda[:N]")
+    parser.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS,
+                        help="auto: FP16 on a GPU; on the CPU the fastest backend and precision measured at start-up "
+                             "among those the CPU has and whose score drift the artifact records within limits")
     parser.add_argument("--host", default=defaults.SERVE_HOST, help="interface to bind (0.0.0.0 exposes the service)")
     parser.add_argument("--port", type=int, default=defaults.SERVE_PORT, help="0: any free port (uvicorn logs it)")
     parser.add_argument("--allow-dir", type=Path, action="append", default=[], metavar="DIR",
@@ -99,6 +102,7 @@ def settings_from_args(args: argparse.Namespace):
         artifact=args.artifact,
         engine=args.engine,
         device=args.device,
+        precision=args.precision,
         batch=args.batch,
         workers=args.workers,
         allow_dirs=tuple(args.allow_dir),

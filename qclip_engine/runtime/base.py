@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from .. import defaults
 from ..defaults import ENGINES
 from ..model.qclip import QCLIP
 
@@ -18,6 +19,11 @@ from ..model.qclip import QCLIP
 class Backend(Protocol):
     name: str
     device: str
+    precision: str
+
+    @property
+    def label(self) -> str:
+        """``name-precision``, as results and metrics report the backend (``torch-bf16``)."""
 
     def run(self, frames: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """uint8 ``[B, F, H, W, 3]`` → ``(level_sims [B, 5], score [B])`` float32 numpy."""
@@ -46,8 +52,12 @@ def export_cache_dir(model: QCLIP) -> Path:
     for name, tensor in sorted(model.trainable_state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
-    root = Path(os.environ.get("QCLIP_CACHE", Path.home() / ".cache" / "qclip-engine"))
-    return root / "exports" / h.hexdigest()[:16]
+    return cache_root() / "exports" / h.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    """The user cache of exported graphs and CPU choices: ``$QCLIP_CACHE`` or ``~/.cache/qclip-engine``."""
+    return Path(os.environ.get("QCLIP_CACHE", Path.home() / ".cache" / "qclip-engine"))
 
 
 def create_backend(
@@ -60,28 +70,31 @@ def create_backend(
 ) -> Backend:
     """The backend for ``model``.
 
-    ``engine="auto"``: on a GPU, TensorRT when the artifact has a ``model.plan`` and
-    ``tensorrt`` imports, else torch FP16; on the CPU, ONNX Runtime when it and the
-    exporter are installed (the exported graph runs ~2.4× the eager model), else torch.
+    On a GPU, ``engine="auto"`` is TensorRT when the artifact has a ``model.plan`` and
+    ``tensorrt`` imports, else torch; ``precision="auto"`` (or None) is FP16. On the CPU, any
+    ``auto`` is settled by measurement among what the CPU and the artifact's measured drift
+    allow (``runtime/cpu_choice.py``); an explicit engine and precision are built as asked.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    precision = precision or defaults.PRECISION
+    if precision not in defaults.PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {defaults.PRECISIONS}")
     device = resolve_device(device)
     artifact_dir = Path(artifact_dir) if artifact_dir else None
     plan = artifact_dir / "model.plan" if artifact_dir else None
+    if device == "cpu" and engine != "tensorrt":
+        from .cpu_choice import choose_cpu_backend
+
+        return choose_cpu_backend(
+            model, lambda c: _build(model, c.engine, device, artifact_dir, c.precision), artifact_dir=artifact_dir,
+            engine=engine, precision=precision, onnxruntime=_have("onnxruntime", "onnx", "onnxscript"))
+    if precision == "auto":
+        precision = None  # the GPU backends' default: FP16
     if engine == "auto":
-        if device.startswith("cuda"):
-            engine = "tensorrt" if plan is not None and plan.is_file() and _have("tensorrt") else "torch"
-        else:
-            engine = "onnxruntime" if _have("onnxruntime", "onnx", "onnxscript") else "torch"
-    if engine == "torch":
-        from .torch_backend import TorchBackend
-
-        return TorchBackend(model, device, precision=precision)
-    if engine == "onnxruntime":
-        from .onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(model, device, artifact_dir=artifact_dir, precision=precision)
+        engine = "tensorrt" if plan is not None and plan.is_file() and _have("tensorrt") else "torch"
+    if engine in ("torch", "onnxruntime"):
+        return _build(model, engine, device, artifact_dir, precision)
     from .tensorrt_backend import TensorRTBackend
 
     if plan is None or not plan.is_file():
@@ -89,3 +102,13 @@ def create_backend(
             f"engine 'tensorrt' needs {plan or 'ARTIFACT/model.plan'}: build it with qclip-export ARTIFACT --engine trt"
         )
     return TensorRTBackend(plan, device)
+
+
+def _build(model: QCLIP, engine: str, device: str, artifact_dir: Path | None, precision: str | None) -> Backend:
+    if engine == "torch":
+        from .torch_backend import TorchBackend
+
+        return TorchBackend(model, device, precision=precision)
+    from .onnxruntime_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(model, device, artifact_dir=artifact_dir, precision=precision)

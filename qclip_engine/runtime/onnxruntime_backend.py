@@ -36,10 +36,15 @@ def session(path: str | Path, providers: list[str] | None = None, threads: int |
     return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 
+GRAPH_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
 class OnnxRuntimeBackend:
-    """An ONNX graph in ONNX Runtime: ``graph`` when given; else ``model.onnx``
-    (``model.fp16.onnx`` on a GPU) from the artifact directory when it is there, else
-    exported once into the user cache (``$QCLIP_CACHE``, ``~/.cache/qclip-engine``)."""
+    """An ONNX graph in ONNX Runtime: ``graph`` when given; else the precision's graph
+    (``GRAPH_FILES``: FP32 on the CPU by default, FP16 on a GPU, INT8 on request) from the
+    artifact directory when it is there, else written once into the user cache
+    (``$QCLIP_CACHE``, ``~/.cache/qclip-engine``; the INT8 graph by quantizing the FP32 one,
+    ``runtime/quantize.py``)."""
 
     name = "onnxruntime"
 
@@ -50,8 +55,10 @@ class OnnxRuntimeBackend:
         if graph is None:
             if model is None:
                 raise ValueError("OnnxRuntimeBackend needs a model or a graph")
-            filename = "model.fp16.onnx" if precision == "fp16" else "model.onnx"
-            graph = self._graph(model, artifact_dir, filename, precision)
+            if precision not in GRAPH_FILES:
+                raise ValueError(f"ONNX Runtime runs the graph in {', '.join(GRAPH_FILES)}, not {precision!r} "
+                                 "(BF16 on the CPU runs in the torch backend)")
+            graph = self._graph(model, artifact_dir, precision)
         provider = provider or ("cuda" if on_gpu else "cpu")
         # No spinning: decode workers share the cores with the model's threads. The CPU arena
         # stays on (turning it off cost ~30 % of model time here); it keeps the activations of
@@ -61,8 +68,13 @@ class OnnxRuntimeBackend:
         self.path = Path(graph)
         self.precision = precision
 
-    @staticmethod
-    def _graph(model: QCLIP, artifact_dir: Path | None, filename: str, precision: str) -> Path:
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.precision}"
+
+    @classmethod
+    def _graph(cls, model: QCLIP, artifact_dir: Path | None, precision: str) -> Path:
+        filename = GRAPH_FILES[precision]
         if artifact_dir is not None and (artifact_dir / filename).is_file():
             return artifact_dir / filename
         from ..model.folded import fold, reduced_precision
@@ -70,6 +82,15 @@ class OnnxRuntimeBackend:
         from .onnx_graph import export_onnx
 
         path = export_cache_dir(model) / filename
+        if precision == "int8" and not path.is_file():
+            from .quantize import quantize_int8
+
+            fp32 = cls._graph(model, artifact_dir, "fp32")
+            log.warning("quantizing the ONNX graph to INT8 once; it is cached in %s", path.parent)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".partial.onnx")
+            quantize_int8(fp32, tmp)
+            tmp.replace(path)
         if not path.is_file():
             # Once per model and machine; tens of seconds on a small CPU, so say what is happening.
             log.warning("exporting the model to ONNX once (%s); it is cached in %s", precision, path.parent)

@@ -78,6 +78,16 @@ class TensorRTBackend:
     def __init__(self, plan: Path, device: str = "cuda"):
         self.runner = TensorRTRunner(plan, torch.device(device).index)
         self.device = device
+        sidecar = Path(f"{plan}.json")  # written beside the plan by qclip-export --engine trt
+        try:
+            built = json.loads(sidecar.read_text()).get("precision", "")
+        except (OSError, ValueError):
+            built = ""
+        self.precision = "fp16" if built.startswith("fp16") else "fp32" if built else "unknown"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.precision}"
 
     def run(self, frames) -> tuple[np.ndarray, np.ndarray]:
         x = torch.as_tensor(frames).to(self.runner.device, non_blocking=True)

@@ -1,4 +1,5 @@
-"""The folded model in torch: CPU FP32, CUDA FP16 (default) or BF16."""
+"""The folded model in torch: CPU FP32 (default) or BF16 (oneDNN on AMX / AVX-512-BF16), CUDA FP16
+(default) or BF16."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ class TorchBackend:
         self.module = folded.to(device).eval()
         self.device = device
         self.precision = precision
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.precision}"
 
     @torch.inference_mode()
     def run(self, frames) -> tuple[np.ndarray, np.ndarray]:

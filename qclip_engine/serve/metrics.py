@@ -33,6 +33,9 @@ class ServiceMetrics:
         self.queue_depth = Gauge("qclip_queue_depth", "Decoded videos waiting for a batch", registry=r)
         self.in_flight = Gauge("qclip_requests_in_flight", "Admitted score requests whose work is not finished",
                                registry=r)
+        # 1 for the backend the model runs on once loaded (on the CPU, the one auto measured fastest).
+        self.backend_info = Gauge("qclip_backend_info", "The scoring backend: engine, precision, device",
+                                  ["backend", "precision", "device"], registry=r)
         self.uploads_in_progress = Gauge("qclip_uploads_in_progress",
                                          "Score request bodies (uploads, JSON) being received", registry=r)
 

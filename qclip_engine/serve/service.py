@@ -80,8 +80,8 @@ class QualityService:
         started = time.perf_counter()
         try:
             engine = await asyncio.to_thread(
-                QualityEngine, s.artifact, engine=s.engine, device=s.device, batch=s.batch, workers=s.workers,
-                strict=s.strict)
+                QualityEngine, s.artifact, engine=s.engine, device=s.device, precision=s.precision, batch=s.batch,
+                workers=s.workers, strict=s.strict)
             blank = engine.sample_frames(np.zeros((engine.num_frames, *engine.image_size, 3), np.uint8), "<warm-up>")
             self.batcher = Batcher(engine, self.metrics, max_batch=s.batch, max_wait_s=s.batch_wait_s,
                                    capacity=s.queue_limit)
@@ -96,8 +96,10 @@ class QualityService:
             return
         self.decode_pool = ThreadPoolExecutor(engine.workers, thread_name_prefix="qclip-decode")
         self.engine = engine
+        backend = engine.backend
+        self.metrics.backend_info.labels(backend.name, backend.precision, backend.device).set(1)
         log.info("ready in %.1f s: backend %s on %s, batch %d, %d decode workers, %d requests in flight at most",
-                 time.perf_counter() - started, engine.backend.name, engine.backend.device, engine.batch,
+                 time.perf_counter() - started, backend.label, backend.device, engine.batch,
                  engine.workers, s.queue_limit)
 
     async def stop(self) -> None:
@@ -247,6 +249,7 @@ class QualityService:
         return {
             "status": "ready",
             "backend": engine.backend.name,
+            "precision": engine.backend.precision,
             "device": engine.backend.device,
             "batch": engine.batch,
             "image_size": list(engine.image_size),

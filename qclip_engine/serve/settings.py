@@ -19,6 +19,7 @@ class ServeSettings:
     artifact: Path | None
     engine: str = "auto"  # one of defaults.ENGINES
     device: str = defaults.DEVICE
+    precision: str = defaults.PRECISION
     batch: int = defaults.BATCH
     workers: int | None = None  # decode threads; None: the engine's default (defaults.decode_workers)
     allow_dirs: tuple[Path, ...] = ()  # roots for path requests; none: uploads only
