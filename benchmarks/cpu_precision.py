@@ -42,9 +42,12 @@ from qclip_engine.samples import sample_clips
 
 
 def heldout_clips(demo_out: Path) -> list[str]:
-    data = demo_out / "data"
-    lines = (data / "labels_test.txt").read_text().splitlines()
-    return [str(data / line.split(",")[0]) for line in lines if line.strip()]
+    """The demo's held-out clips, as its config lists them (``configs/demo.yaml``)."""
+    from train.demo import CONFIG, heldout_records
+    from train.run import load_config
+
+    config = load_config(CONFIG, [f"data.data_root={(demo_out / 'data').resolve()}"])
+    return [r.path for r in heldout_records(config)]
 
 
 def drift_of(scores: np.ndarray, reference: np.ndarray, limit: float | None) -> dict:
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         for c in ALL_CANDIDATES:
             engines[c.label] = QualityEngine(artifact, model=model, engine=c.engine, device="cpu", precision=c.precision,
                                              batch=args.batch, workers=args.workers)
-        sampler = engines["torch-fp32"]
+        sampler = engines["torch-fp32"]  # the artifact's own sampler for the drift frames
         videos = [sampler.sample(path) for path in clips]  # decoded once: every backend sees the same frames
         frames = np.stack([v.frames for v in videos])
         outputs = {label: e.backend.run(frames)[1].astype(np.float64) for label, e in engines.items()}
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         e2e = {}
         engines["auto"] = QualityEngine(artifact, model=model, device="cpu", batch=args.batch, workers=args.workers)
         for label, e in engines.items():
+            e.sampler = "uniform"  # as the reference pipeline samples: a like-for-like comparison
             run = engine_run(e, clips, clips[:1])
             run.pop("scores")
             e2e[label] = run | {"ratio_vs_reference": run["videos_per_s"] / ref_vps}

@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         t = _step(f"exporting {out / 'model.fp16.onnx'} (FP16, FP32 LayerNorms and head)")
         graphs["model.fp16.onnx"] = export_onnx(reduced_precision(folded), out / "model.fp16.onnx")
         _done(t)
+    if not args.int8:
+        _remove_stale_int8(out)
     if args.int8:
         from qclip_engine.runtime.quantize import quantize_int8
 
@@ -137,10 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def _remove_stale_int8(out: Path) -> None:
+    """A new FP32 graph makes an earlier INT8 graph and its drift record another model's: remove them."""
+    from qclip_engine.runtime.cpu_choice import DRIFT_FILE
+
+    for name in ("model.int8.onnx", DRIFT_FILE):
+        if (out / name).is_file():
+            (out / name).unlink()
+            print(f"removed {out / name} (from an earlier export; --int8 writes it again)", flush=True)
+
+
 def _measure_drift(model, args, int8_graph: Path, out: Path) -> None:
     """Write ``precision.json``: BF16 (torch) and INT8 (ONNX Runtime) scores against FP32."""
     from qclip_engine import defaults
-    from qclip_engine.runtime.cpu_choice import DRIFT_FILE
+    from qclip_engine.runtime.cpu_choice import DRIFT_FILE, model_fingerprint
     from qclip_engine.runtime.cpu_features import cpu_identity
     from qclip_engine.runtime.onnxruntime_backend import OnnxRuntimeBackend
     from qclip_engine.runtime.torch_backend import TorchBackend
@@ -154,6 +166,7 @@ def _measure_drift(model, args, int8_graph: Path, out: Path) -> None:
             "int8": ("onnxruntime", OnnxRuntimeBackend(None, "cpu", graph=int8_graph).run)}
     drift = precision_drift(reference, runs, frames, source, defaults.PRECISION_MIN_SROCC)
     drift["cpu"] = cpu_identity().to_dict()
+    drift["model_fingerprint"] = model_fingerprint(model)  # auto ignores a record of another model
     (out / DRIFT_FILE).write_text(json.dumps(drift, indent=2) + "\n")
     _done(t)
     for precision, d in drift["precisions"].items():

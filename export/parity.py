@@ -65,7 +65,7 @@ def parity_report(
 ) -> dict:
     """Compare ``run(frames) -> (level_sims, score)`` with the reference outputs."""
     ref_sims, ref_score = reference
-    sims, score = (np.asarray(a, dtype=np.float64) for a in run(frames))
+    sims, score = (np.asarray(a, dtype=np.float64) for a in in_chunks(run, frames))
     d_score, d_sims = np.abs(score - ref_score), np.abs(sims - ref_sims)
     return {
         "frames": {"source": source, "shape": list(frames.shape)},
@@ -77,6 +77,14 @@ def parity_report(
 
 
 DRIFT_VIDEOS = 24  # windows of the drift clips: enough for a rank correlation to mean something
+CHUNK_VIDEOS = 4  # videos per backend call: a large backbone's activations stay a few GB
+
+
+def in_chunks(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], frames: np.ndarray,
+              chunk: int = CHUNK_VIDEOS) -> tuple[np.ndarray, np.ndarray]:
+    """``run(frames)`` over ``chunk`` videos at a time, concatenated."""
+    parts = [run(frames[i:i + chunk]) for i in range(0, len(frames), chunk)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def precision_drift(
@@ -91,7 +99,7 @@ def precision_drift(
     _, ref_score = reference
     out = {}
     for precision, (engine, run) in runs.items():
-        score = np.asarray(run(frames)[1], dtype=np.float64)
+        score = np.asarray(in_chunks(run, frames)[1], dtype=np.float64)
         diff = np.abs(score - ref_score)
         srocc = float(stats.spearmanr(score, ref_score).statistic)
         out[precision] = {"engine": engine, "srocc": srocc, "max_abs_score_diff": float(diff.max()),

@@ -124,13 +124,15 @@ class QualityEngine:
                 model.zero_shot = True
         self.model = model.eval()
         self.artifact = Path(artifact) if artifact is not None else None
-        self.backend = create_backend(model, engine, device, artifact_dir=self.artifact, precision=precision)
+        self.workers = workers or defaults.decode_workers()
+        # On the CPU, auto times its candidates beside this many decoding threads, as they will run.
+        self.backend = create_backend(model, engine, device, artifact_dir=self.artifact, precision=precision,
+                                      batch=batch, decode_workers=self.workers)
         self.calibration = model.calibration
         self.image_size = tuple(model.image_size)
         self.num_frames = model.config.num_frames
         self.sampler = sampler or model.config.sampler  # an unknown sampler fails here, not per video
         self.batch = batch
-        self.workers = workers or defaults.decode_workers()
         # Each worker's decoder gets its share of the cores: frame threads beyond that only
         # contend with the other workers and the backend.
         self.decode_threads = max(1, (os.cpu_count() or 1) // self.workers)

@@ -68,8 +68,14 @@ def test_the_int8_graph_keeps_the_contract_and_the_head_in_fp32(model, exported)
     ops = [n.op_type for n in graph.graph.node]
     assert "MatMulInteger" in ops and "LayerNormalization" in ops and "Softmax" in ops
     by_name = {n.name: n for n in graph.graph.node}
-    head = head_nodes(onnx.load(str(exported / "model.onnx")).graph)
+    fp32 = onnx.load(str(exported / "model.onnx")).graph
+    head = head_nodes(fp32)
     assert head and all(by_name[name].op_type not in ("MatMulInteger", "DynamicQuantizeLinear") for name in head)
+    assert by_name[head[0]].op_type == "ReduceMean" and any(by_name[name].op_type == "MatMul" for name in head)
+    # Every other product with a constant weight is INT8 (the tower, the adapters, the projection).
+    weights = {i.name for i in fp32.initializer}
+    products = [n for n in fp32.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights and n.name not in head]
+    assert ops.count("MatMulInteger") >= len(products) > 10
     backend = OnnxRuntimeBackend(None, "cpu", graph=exported / "model.int8.onnx")
     for batch, count in ((1, 2), (3, 5)):  # any batch, any frame count
         sims, score = backend.run(uint8_frames(model, batch, count).numpy())
@@ -111,14 +117,15 @@ class Built:
         return None
 
 
-def _drift(path, bf16, int8):
+def _drift(path, bf16, int8, fingerprint=None):
+    """An artifact directory whose precision.json records these SROCCs (for ``fingerprint``'s model)."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / cpu_choice.DRIFT_FILE).write_text(json.dumps({"precisions": {
+    (path / cpu_choice.DRIFT_FILE).write_text(json.dumps({"model_fingerprint": fingerprint, "precisions": {
         "bf16": {"srocc": bf16}, "int8": {"srocc": int8}}}))
     return path
 
 
-def _choose(model, artifact, cpu, speeds):
+def _choose(model, artifact, cpu, speeds, build=Built):
     """The label ``auto`` picks with these frames/s per candidate, and which were timed."""
     timed = []
 
@@ -126,27 +133,62 @@ def _choose(model, artifact, cpu, speeds):
         timed.append(run.__self__.label)
         return speeds[run.__self__.label]
 
-    chosen = choose_cpu_backend(model, Built, artifact_dir=artifact, cpu=cpu, timer=timer)
+    chosen = choose_cpu_backend(model, build, artifact_dir=artifact, cpu=cpu, timer=timer)
     return chosen.label, timed
 
 
 def test_auto_takes_the_fastest_eligible_candidate_and_caches_the_choice(model, tmp_path, monkeypatch):
     monkeypatch.setenv("QCLIP_CACHE", str(tmp_path / "cache"))
     speeds = {"torch-fp32": 5.0, "onnxruntime-fp32": 10.0, "torch-bf16": 30.0, "onnxruntime-int8": 40.0}
-    both = _drift(tmp_path / "both", bf16=0.999, int8=0.995)
+    mine = cpu_choice.model_fingerprint(model)
+    both = _drift(tmp_path / "both", bf16=0.999, int8=0.995, fingerprint=mine)
     label, timed = _choose(model, both, AMX, speeds)
-    assert label == "onnxruntime-int8" and sorted(timed) == sorted(speeds)
+    assert label == "onnxruntime-int8" and sorted(set(timed)) == sorted(speeds)
     label, timed = _choose(model, both, AMX, speeds)  # measured once per machine and model
     assert label == "onnxruntime-int8" and timed == []
     # INT8 outside its drift limit is never chosen, however fast.
-    label, timed = _choose(model, _drift(tmp_path / "int8_drifts", bf16=0.999, int8=0.95), AMX, speeds)
+    label, timed = _choose(model, _drift(tmp_path / "int8_drifts", bf16=0.999, int8=0.95, fingerprint=mine), AMX, speeds)
     assert label == "torch-bf16" and "onnxruntime-int8" not in timed
-    # Unmeasured drift: FP32 only; a CPU without the instructions: FP32 only.
+    # Unmeasured drift, drift measured for another model, an unmeasurable (NaN) SROCC: FP32 only.
     assert _choose(model, None, AMX, speeds)[0] == "onnxruntime-fp32"
-    assert _choose(model, _drift(tmp_path / "plain", bf16=1.0, int8=1.0), PLAIN, speeds)[0] == "onnxruntime-fp32"
+    assert _choose(model, _drift(tmp_path / "other", bf16=1.0, int8=1.0, fingerprint="another"), AMX, speeds)[0] \
+        == "onnxruntime-fp32"
+    assert _choose(model, _drift(tmp_path / "nan", bf16=float("nan"), int8=None, fingerprint=mine), AMX, speeds)[0] \
+        == "onnxruntime-fp32"
+    # A CPU without the instructions: FP32 only.
+    assert _choose(model, _drift(tmp_path / "plain", bf16=1.0, int8=1.0, fingerprint=mine), PLAIN, speeds)[0] \
+        == "onnxruntime-fp32"
     # Where ONNX Runtime is slower than torch on this CPU, torch wins.
     slow_ort = speeds | {"onnxruntime-fp32": 4.0, "onnxruntime-int8": 4.5}
     assert _choose(model, both, ZEN4, slow_ort)[0] == "torch-bf16"
+
+
+def test_a_candidate_that_fails_and_an_unwritable_cache_do_not_stop_the_choice(model, tmp_path, monkeypatch):
+    blocked = tmp_path / "cache_is_a_file"
+    blocked.write_text("")
+    monkeypatch.setenv("QCLIP_CACHE", str(blocked))  # mkdir under it fails: nothing can be cached
+    speeds = {"torch-fp32": 5.0, "onnxruntime-fp32": 10.0, "torch-bf16": 30.0, "onnxruntime-int8": 40.0}
+    artifact = _drift(tmp_path / "a", bf16=0.999, int8=0.999, fingerprint=cpu_choice.model_fingerprint(model))
+
+    def build(candidate):
+        if candidate.label == "onnxruntime-int8":
+            raise RuntimeError("quantization failed")
+        return Built(candidate)
+
+    label, timed = _choose(model, artifact, AMX, speeds, build=build)
+    assert label == "torch-bf16" and "onnxruntime-int8" not in timed
+
+
+def test_gpu_auto_is_unchanged(model, tmp_path, monkeypatch):
+    from qclip_engine.runtime import base
+
+    built = []
+    monkeypatch.setattr(base, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(base, "_build", lambda model, engine, device, artifact, precision: built.append(
+        (engine, device, precision)) or Built(Candidate(engine, precision or "fp16")))
+    create_backend(model, "auto", "cuda", artifact_dir=tmp_path, precision="auto")
+    create_backend(model, "onnxruntime", "cuda")
+    assert built == [("torch", "cuda", None), ("onnxruntime", "cuda", None)]  # None: the GPU backends' FP16
 
 
 def test_engine_results_and_create_backend_report_the_backend(model, tmp_path, monkeypatch):
@@ -160,3 +202,29 @@ def test_engine_results_and_create_backend_report_the_backend(model, tmp_path, m
     engine = QualityEngine(model=model, engine="torch", device="cpu", precision="bf16", batch=2)
     result = engine.run_batch([engine.sample_frames(uint8_frames(model, 1, 6)[0].numpy())])[0]
     assert result.backend == "torch-bf16" and result.to_record()["backend"] == "torch-bf16"
+
+
+def test_a_plain_export_removes_an_earlier_int8_graph_and_drift_record(tmp_path, capsys):
+    from qclip_engine.export.cli import _remove_stale_int8
+
+    for name in ("model.int8.onnx", cpu_choice.DRIFT_FILE, "model.onnx"):
+        (tmp_path / name).write_text("x")
+    _remove_stale_int8(tmp_path)  # what qclip-export without --int8 does before writing model.onnx
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert "removed" in capsys.readouterr().out
+
+
+def test_candidates_are_timed_beside_the_engines_decoding_threads(model, tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setenv("QCLIP_CACHE", str(tmp_path / "cache"))
+    seen = []
+
+    def timer(run, frames):  # what runs while a candidate is timed
+        seen.append(sum(t.name == "qclip-load" and t.is_alive() for t in threading.enumerate()))
+        return {"torch-fp32": 1.0, "onnxruntime-fp32": 2.0}[run.__self__.label]
+
+    chosen = choose_cpu_backend(model, Built, artifact_dir=None, cpu=PLAIN, timer=timer, decode_workers=2)
+    assert chosen.label == "onnxruntime-fp32"
+    assert max(seen) == 2 and seen[:2] == [0, 0]  # warm-ups alone; the timed rounds beside 2 decoders
+    assert not any(t.name == "qclip-load" for t in threading.enumerate())  # stopped afterwards

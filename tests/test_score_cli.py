@@ -83,6 +83,7 @@ def test_a_cut_file_is_scored_with_a_warning_or_with_strict_is_the_truncated_err
     assert main([str(whole), str(cut), *common]) == 0  # scored: a warning is not a failure
     full, partial = rows()
     assert not full.get("warnings") and not full.get("error_code")
+    assert full["backend"] == partial["backend"] == "torch-fp32"  # what scored it, in both formats
     warnings = partial["warnings"]
     text = warnings if fmt == "csv" else "; ".join(f"{w['code']}: {w['message']}" for w in warnings)
     assert text.startswith("truncated: ") and "of a declared 2.000 s" in text, text

@@ -60,6 +60,7 @@ def model_score(model, frames):
 def test_windows_cover_the_file(file_windows, clip):
     info = decode.probe(clip)
     assert all(w.ok for w in file_windows)
+    assert {w.to_record()["backend"] for w in file_windows} == {"torch-fp32"}  # what scored each window
     starts = [w.start_s for w in file_windows]
     assert starts[0] == 0.0
     np.testing.assert_allclose(np.diff(starts), 1.0)

@@ -8,7 +8,7 @@
    pretrained weights can be fetched offline);
 4. exports the best epoch's artifact to ONNX exactly as ``qclip-export --engine onnx --int8``
    does (``model.onnx``, ``model.int8.onnx``, the parity report and the measured score drift of
-   CPU BF16/INT8, ``precision.json``, beside the artifact);
+   CPU BF16/INT8 on the held-out clips, ``precision.json``, beside the artifact);
 5. scores the held-out clips with the FP32 graph exactly as ``qclip-score --engine onnxruntime
    --precision fp32`` does (records in ``OUT/scores.jsonl``), timed;
 
@@ -113,10 +113,12 @@ def srocc_gain(untrained: np.ndarray, trained: np.ndarray, targets: np.ndarray, 
             "method": "paired bootstrap over held-out clips, 1000 resamples, percentile"}
 
 
-def export_onnx(best_dir: Path) -> float:
-    """``qclip-export BEST --engine onnx --int8`` in-process; its wall seconds. DemoStepError unless it succeeds."""
+def export_onnx(best_dir: Path, videos: list[str]) -> float:
+    """``qclip-export BEST --engine onnx --int8 --parity-videos VIDEOS`` in-process; its wall seconds.
+    DemoStepError unless it succeeds. The held-out clips (many sources and distortions) make a
+    better drift measurement than the three sample clips."""
     started = time.perf_counter()
-    status = export_cli.main([str(best_dir), "--engine", "onnx", "--int8"])
+    status = export_cli.main([str(best_dir), "--engine", "onnx", "--int8", "--parity-videos", *videos])
     if status != 0:
         raise DemoStepError(f"qclip-export {best_dir} --engine onnx --int8 exited with status {status} (see its output above)")
     return time.perf_counter() - started
@@ -192,8 +194,8 @@ def _ship(config: dict, out: Path) -> dict:
     """Steps 4 and 5: the best artifact through qclip-export and qclip-score."""
     best_dir = Path(config["output_dir"]) / BEST
     print(f"4/5 Exporting {best_dir} to ONNX (qclip-export --engine onnx --int8) …")
-    export_s = export_onnx(best_dir)
     records = heldout_records(config)
+    export_s = export_onnx(best_dir, [r.path for r in records])
     records_path = out / RECORDS
     print(f"5/5 Scoring the {len(records)} held-out clips with ONNX Runtime (qclip-score --engine onnxruntime) …")
     scoring = score_with_onnxruntime(records, best_dir, records_path)

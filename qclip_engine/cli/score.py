@@ -112,8 +112,9 @@ def _exists(arg: str) -> bool:
         return False
 
 
-CSV_COLUMNS = ["input", "score", "mos", *QUALITY_LEVELS, "frames", "warnings", "error_code", "error_message"]
-WINDOW_CSV_COLUMNS = ["index", "start_s", "end_s", "score", "mos", "alert", "partial", "error_code", "error_message"]
+CSV_COLUMNS = ["input", "score", "mos", *QUALITY_LEVELS, "frames", "backend", "warnings", "error_code", "error_message"]
+WINDOW_CSV_COLUMNS = ["index", "start_s", "end_s", "score", "mos", "alert", "partial", "backend", "error_code",
+                      "error_message"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 

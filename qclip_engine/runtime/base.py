@@ -67,13 +67,16 @@ def create_backend(
     *,
     artifact_dir: str | Path | None = None,
     precision: str | None = None,
+    batch: int = 1,
+    decode_workers: int = 0,
 ) -> Backend:
     """The backend for ``model``.
 
     On a GPU, ``engine="auto"`` is TensorRT when the artifact has a ``model.plan`` and
     ``tensorrt`` imports, else torch; ``precision="auto"`` (or None) is FP16. On the CPU, any
     ``auto`` is settled by measurement among what the CPU and the artifact's measured drift
-    allow (``runtime/cpu_choice.py``); an explicit engine and precision are built as asked.
+    allow (``runtime/cpu_choice.py``), timed at the engine's ``batch`` (capped) beside its
+    ``decode_workers``; an explicit engine and precision are built as asked.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
@@ -88,7 +91,8 @@ def create_backend(
 
         return choose_cpu_backend(
             model, lambda c: _build(model, c.engine, device, artifact_dir, c.precision), artifact_dir=artifact_dir,
-            engine=engine, precision=precision, onnxruntime=_have("onnxruntime", "onnx", "onnxscript"))
+            engine=engine, precision=precision, onnxruntime=_have("onnxruntime", "onnx", "onnxscript"), batch=batch,
+            decode_workers=decode_workers)
     if precision == "auto":
         precision = None  # the GPU backends' default: FP16
     if engine == "auto":

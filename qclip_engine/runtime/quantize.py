@@ -1,11 +1,12 @@
 """The INT8 graph: ONNX Runtime's dynamic quantization of the exported FP32 graph.
 
-Only matrix products with a constant weight (``MatMul``/``Gemm`` of the tower, the adapters and
-the projection) become INT8, weights per channel, activations quantized per call. Everything
-else stays FP32, as in the FP16 graph (``model/folded.py``, ``reduced_precision``): the input
-scaling, the patch convolution, LayerNorms, softmax and the attention products between
-activations, and the head — every node from the frame mean on (the similarities to the level
-prompts and the score), found by walking the graph from its ``ReduceMean``. The graph contract
+Only matrix products with a constant weight become INT8 — the tower's blocks, the adapters and
+the projection (ONNX Runtime's quantizer first rewrites a ``Gemm`` as ``MatMul`` + ``Add``) —
+weights per channel, activations quantized per call. Everything else stays FP32, as in the FP16 graph (``model/folded.py``,
+``reduced_precision``): the input scaling, the patch convolution, LayerNorms, softmax and the
+attention products between activations, and the head — every node from the frame mean on (the
+similarities to the level prompts and the score): the last ``ReduceMean`` of the graph and what
+follows from it. The graph contract
 is unchanged: uint8 ``[B, F, H, W, 3]`` in, ``level_sims`` and ``score`` out, B and F dynamic.
 """
 
@@ -14,13 +15,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-QUANTIZED_OPS = ("MatMul", "Gemm")
+QUANTIZED_OPS = ("MatMul",)
 
 
 def head_nodes(graph) -> list[str]:
-    """Names of the nodes downstream of the frame mean (the first ``ReduceMean``): the head."""
+    """Names of the nodes downstream of the frame mean (the graph's last ``ReduceMean``: the
+    tower's own reductions, if any, come before it): the head."""
     nodes = list(graph.node)
-    start = next((n for n in nodes if n.op_type == "ReduceMean"), None)
+    start = next((n for n in reversed(nodes) if n.op_type == "ReduceMean"), None)
     if start is None:
         raise ValueError("no ReduceMean (frame mean) in the graph: not a Q-CLIP export")
     reached = set(start.output)

@@ -132,6 +132,7 @@ def _score(engine, batch: list[_Sampled], threshold: float | None) -> list[Windo
             alert=threshold is not None and r.score < threshold,
             frames=[int(w.numbers[i]) for i in s.video.indices],
             frame_times=[round(float(t), 6) for t in s.video.times],
+            backend=r.backend,
             timing_ms=r.timing_ms | {"latency": (now - w.closed_at) * 1e3},
         ))
     return scored

@@ -23,6 +23,7 @@ class WindowResult:
     error: dict | None = None  # {"code", "message"}
     frames: list[int] | None = None  # source frame numbers (from 0) the model saw
     frame_times: list[float] | None = None  # their times, seconds from the first frame
+    backend: str | None = None  # what scored it (engine-precision, as in VideoResult)
     timing_ms: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -40,7 +41,7 @@ class WindowResult:
         }
         if not self.ok:
             return record | {"error": self.error, "timing_ms": self.timing_ms}
-        for key in ("score", "mos", "levels", "frames", "frame_times"):
+        for key in ("score", "mos", "levels", "frames", "frame_times", "backend"):
             value = getattr(self, key)
             if value is not None:
                 record[key] = value
