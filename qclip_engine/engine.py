@@ -12,6 +12,12 @@ Frame choice is the training pipeline's: candidates at a uniform stride (at most
 motion (``needs_motion`` false in the sampler registry: ``uniform``,
 ``uniform_random_start``, ``random``) decode only the frames they pick, by seeking; the
 indices are the same as through the candidates.
+
+Where the frames live is the frame source's business (``video/frames.py``): the host path
+(PyAV → numpy) or the device path (frames stay on the backend's device from the decoder to
+the backend: DALI/NVDEC, the motion kernel, an on-device gather and ``torch.stack``).
+``decoder="auto"`` takes the device path for a CUDA backend when DALI and cuda-python import;
+every result says which decoder ran (``video.decoder``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import torch
 
 from . import defaults
 from .artifact import calibrated_mos, load_artifact
@@ -35,6 +42,7 @@ from .model.qclip import QCLIP, QCLIPConfig
 from .runtime import create_backend
 from .video import decode
 from .video.frame_mse import frame_mse
+from .video.frames import DECODERS, DeviceSource, HostSource, device_path_unavailable
 from .video.sampling import check_sampler, select_frames
 
 SAMPLER_SEED = defaults.SAMPLER_SEED
@@ -80,6 +88,16 @@ class SampledVideo:
     warnings: list[dict] | None = None
 
 
+def stack_frames(frames: list) -> np.ndarray | torch.Tensor:
+    """One batch ``[B, K, H, W, 3]`` where the frames are: numpy on the host, a torch stack on their
+    device (numpy frames joining device ones — a stream's — go up to that device)."""
+    tensors = [f for f in frames if not isinstance(f, np.ndarray)]
+    if not tensors:
+        return np.stack(frames)
+    device = tensors[0].device
+    return torch.stack([torch.as_tensor(f).to(device) for f in frames])
+
+
 def error_result(source: str, exc: BaseException, timing_ms: dict | None = None) -> VideoResult:
     """``source``'s error result: the error contract's code and message (see ``errors.error_record``)."""
     return VideoResult(input=source, error=error_record(exc), timing_ms=timing_ms or {})
@@ -113,6 +131,7 @@ class QualityEngine:
         precision: str = defaults.PRECISION,
         model: QCLIP | None = None,
         strict: bool = False,
+        decoder: str = "auto",
     ):
         if batch < 1:
             raise ValueError(f"batch must be ≥ 1, got {batch}")
@@ -139,6 +158,7 @@ class QualityEngine:
         self.max_analysis_frames = max_analysis_frames
         self.batch_timeout_s = batch_timeout_s
         self.strict = strict
+        self.source = self._frame_source(decoder)
 
     @property
     def sampler(self) -> str:
@@ -147,6 +167,22 @@ class QualityEngine:
     @sampler.setter
     def sampler(self, name: str) -> None:
         self._sampler = check_sampler(name)
+        if hasattr(self, "source"):
+            self.source.sampler = self._sampler
+
+    def _frame_source(self, decoder: str) -> HostSource:
+        """``host`` (PyAV → numpy), ``device`` (frames stay on the backend's device), or ``auto``:
+        the device path where DALI and cuda-python serve a CUDA backend, else the host path."""
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        self.decoder_reason = None
+        if decoder == "auto":
+            self.decoder_reason = device_path_unavailable(self.backend.device)
+            decoder = "host" if self.decoder_reason else "device"
+        common = dict(max_analysis_frames=self.max_analysis_frames, threads=self.decode_threads)
+        if decoder == "device":
+            return DeviceSource(self.image_size, self.num_frames, self._sampler, device=self.backend.device, **common)
+        return HostSource(self.image_size, self.num_frames, self._sampler, **common)
 
     @property
     def needs_motion(self) -> bool:
@@ -155,37 +191,20 @@ class QualityEngine:
 
     # -- stages ------------------------------------------------------------------------------
     def sample(self, source: str | Path) -> SampledVideo:
-        """Decode and sample one file (raises ``VideoError``)."""
-        t0 = time.perf_counter()
-        info, table = decode.scan(source)
-        if self.strict:
-            info.require_complete()
-        if not self.needs_motion:
-            cand = decode.candidate_indices(info.frame_count, self.max_analysis_frames)
-            picked = select_frames(self.sampler, np.zeros(len(cand)), self.num_frames, seed=SAMPLER_SEED)
-            indices = cand[picked]
-            t1 = time.perf_counter()
-            frames = decode.decode_frames(source, self.image_size, indices=indices, threads=self.decode_threads)
-            times = table.times(indices)
-            timing = {"probe": t1 - t0, "decode": time.perf_counter() - t1, "motion": 0.0}
-        else:
-            t1 = time.perf_counter()
-            cands = decode.decode_candidates(
-                source, self.image_size, max_frames=self.max_analysis_frames, threads=self.decode_threads
-            )
-            t2 = time.perf_counter()
-            m = frame_mse(cands.frames)
-            picked = select_frames(self.sampler, m, self.num_frames, seed=SAMPLER_SEED)
-            frames, indices, times = cands.frames[picked], cands.indices[picked], cands.times[picked]
-            timing = {"probe": t1 - t0, "decode": t2 - t1, "motion": time.perf_counter() - t2}
+        """Decode and sample one file (raises ``VideoError``), through the engine's frame source."""
+        s = self.source.sample(source, strict=self.strict)
+        video = {k: v for k, v in s.info.to_dict().items() if k not in ("path", "truncation")}
+        video["decoder"] = s.decoder
+        if s.fallback:
+            video["decoder_fallback"] = s.fallback
         return SampledVideo(
             input=str(source),
-            frames=np.ascontiguousarray(frames),
-            indices=indices,
-            times=times,
-            video={k: v for k, v in info.to_dict().items() if k not in ("path", "truncation")},
-            timing_ms={k: v * 1e3 for k, v in timing.items()},
-            warnings=[{"code": "truncated", "message": info.truncation}] if info.truncation else None,
+            frames=s.frames,
+            indices=s.indices,
+            times=s.times,
+            video=video,
+            timing_ms={k: v * 1e3 for k, v in s.timing.items()},
+            warnings=[{"code": "truncated", "message": s.info.truncation}] if s.info.truncation else None,
         )
 
     def sample_frames(self, frames: np.ndarray, name: str = "<frames>", times: np.ndarray | None = None) -> SampledVideo:
@@ -213,7 +232,7 @@ class QualityEngine:
         if not videos:
             return []
         t0 = time.perf_counter()
-        sims, scores = self.backend.run(np.stack([v.frames for v in videos]))
+        sims, scores = self.backend.run(stack_frames([v.frames for v in videos]))
         model_ms = (time.perf_counter() - t0) * 1e3
         mos = calibrated_mos(scores, self.calibration) if self.calibration else None
         results = []

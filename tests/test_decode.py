@@ -232,6 +232,15 @@ def test_mkv_cut_to_3_of_50_frames_states_decoded_against_declared(streamable, t
     assert f"of a declared {info.declared_duration:.3f} s" in info.truncation
 
 
+def test_a_fragmented_mp4_cut_inside_a_fragment_header_is_truncated(streamable, tmp_path):
+    data = streamable["fragmented_mp4"].read_bytes()
+    header = data.rindex(b"moof") - 4  # the last fragment's header box starts 4 bytes before its type
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: header + 12])  # every earlier fragment is whole: only the box sizes tell
+    info = decode.probe(cut)
+    assert info.frame_count < 50 and "'moof'" in info.truncation and "past the end of the file" in info.truncation
+
+
 def test_a_faststart_mp4_without_its_media_data_is_truncated(streamable, tmp_path):
     data = streamable["faststart_mp4"].read_bytes()
     cut = tmp_path / "index_only.mp4"

@@ -249,7 +249,7 @@ def test_rotated_video_matches_pyav(tmp_path, rotation):
 def test_sparse_frames_match_pyav(tmp_path):
     path = media.encode(tmp_path / "s.mp4", smooth_frames(60), **H264)
     order = np.array([59, 3, 3, 30, 0, 47, 12, 59])
-    frames, backend, reason = dd._decode_frames(path, SIZE, order, backend="dali")
+    frames, backend, reason = dd.decode_frames_gpu_detailed(path, SIZE, order, backend="dali")
     assert backend == "dali" and reason is None
     ref = decode.decode_frames(path, SIZE, order)
     assert_close_to_pyav(frames.cpu().numpy(), ref, decode.decode_frames(path, SIZE), order)
@@ -315,7 +315,7 @@ def test_other_codecs_fall_back_to_pyav(tmp_path, codec):
     cpu = decode.decode_candidates(path, SIZE)
     assert gpu.backend == "pyav" and "codec" in gpu.fallback_reason
     np.testing.assert_array_equal(gpu.frames.cpu().numpy(), cpu.frames)
-    frames, backend, _ = dd._decode_frames(path, SIZE, [1, 0])
+    frames, backend, _ = dd.decode_frames_gpu_detailed(path, SIZE, [1, 0])
     assert backend == "pyav"
     np.testing.assert_array_equal(frames.cpu().numpy(), decode.decode_frames(path, SIZE, [1, 0]))
     with pytest.raises(dd.DaliDecodeError):

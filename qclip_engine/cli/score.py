@@ -194,8 +194,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", type=Path, metavar="DIR",
                    help="trained artifact directory (default: none, the zero-shot model of --backbone)")
     p.add_argument("--engine", default="auto", choices=defaults.ENGINES,
-                   help="inference backend (default: %(default)s)")
+                   help="inference backend; auto: on a GPU TensorRT (with a plan) or torch, on the CPU the one "
+                        "--precision auto measures fastest (default: %(default)s)")
     p.add_argument("--device", default=defaults.DEVICE, help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    p.add_argument("--decoder", default="auto", choices=("auto", "host", "device"),
+                   help="host: PyAV on the CPU, frames copied to the backend; device: frames stay on the backend's "
+                        "device (NVDEC through DALI on a GPU); auto: device for a CUDA backend when DALI and "
+                        "cuda-python import (default: %(default)s)")
     p.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS,
                    help="auto: FP16 on a GPU; on the CPU the fastest backend and precision measured here among "
                         "those the CPU has and whose score drift the artifact records within limits "
@@ -257,7 +262,7 @@ def _engine(args):
     from ..engine import QualityEngine
 
     kwargs = dict(engine=args.engine, device=args.device, batch=args.batch, sampler=args.sampler, workers=args.workers,
-                  strict=args.strict, precision=args.precision)
+                  strict=args.strict, precision=args.precision, decoder=args.decoder)
     if args.artifact is not None:
         if args.weights:
             from ..artifact import load_artifact

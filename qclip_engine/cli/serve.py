@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("artifact", type=Path, help="artifact directory (from training or qclip-export)")
     parser.add_argument("--batch", type=positive_int, default=defaults.BATCH, help="most videos per model call")
     parser.add_argument("--engine", choices=defaults.ENGINES, default="auto",
-                        help="auto: TensorRT or torch on a GPU, ONNX Runtime (else torch) on the CPU")
+                        help="auto: on a GPU TensorRT (with a plan) or torch; on the CPU the engine --precision "
+                             "auto measures fastest")
     parser.add_argument("--device", default=defaults.DEVICE, help="auto, cpu or cuda[:N]")
     parser.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS,
                         help="auto: FP16 on a GPU; on the CPU the fastest backend and precision measured at start-up "

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..contract import GRAPH_INPUT
 from ..model import QCLIP
+from ..video.frames import to_host
 
 log = logging.getLogger("qclip_engine.runtime")
 
@@ -103,5 +104,6 @@ class OnnxRuntimeBackend:
         return path
 
     def run(self, frames) -> tuple[np.ndarray, np.ndarray]:
-        sims, score = self.session.run(None, {GRAPH_INPUT: np.ascontiguousarray(np.asarray(frames, dtype=np.uint8))})
+        # The CPU provider reads host memory: device frames are copied down, and counted (video/frames.py).
+        sims, score = self.session.run(None, {GRAPH_INPUT: np.ascontiguousarray(to_host(frames), dtype=np.uint8)})
         return sims, score

@@ -79,6 +79,7 @@ __all__ = [
     "gpu_unsupported_reason",
     "decode_candidates_gpu",
     "decode_frames_gpu",
+    "decode_frames_gpu_detailed",
 ]
 
 # Codecs decoded on NVDEC (FFmpeg codec names, as ``VideoInfo.codec``). DALI also drives
@@ -515,7 +516,7 @@ def decode_candidates_gpu(
     return CandidatesGPU(frames, cands.indices, cands.times, cands.info, "pyav", reason)
 
 
-def _decode_frames(
+def decode_frames_gpu_detailed(
     path: str | Path,
     size: tuple[int, int],
     indices,
@@ -523,7 +524,8 @@ def _decode_frames(
     device_id: int = 0,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, str, str | None]:
-    """``decode_frames_gpu`` plus the backend that produced the frames and the fallback reason."""
+    """``decode_frames_gpu`` plus the decoder that produced the frames (``dali`` | ``pyav``) and why
+    PyAV was used (None on the DALI path)."""
     size = _check_size(size)
     device = _cuda_device(device_id)
     order = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64)
@@ -558,4 +560,4 @@ def decode_frames_gpu(
     through DALI's stream, so the DALI path decodes the whole file once and keeps the
     wanted frames (memory: one sequence at full size plus K frames at ``size``).
     """
-    return _decode_frames(path, size, indices, device_id=device_id, backend=backend)[0]
+    return decode_frames_gpu_detailed(path, size, indices, device_id=device_id, backend=backend)[0]

@@ -24,7 +24,8 @@ what was decoded against what the file declares (``declared_frames``/``declared_
 ``require_complete`` turns it into the ``truncated`` error (``qclip-score --strict``, training).
 The signs, from the same pass: fewer packets than the declared frame count (MP4, AVI); an
 end short of the declared duration (Matroska/WebM); a last packet the demuxer marks corrupt
-(MP4, fragmented or not: its data runs past the end of the file); a read error; and, for the
+(MP4, fragmented or not: its data runs past the end of the file) or a last top-level box that
+does (MP4: a fragmented file cut inside a fragment's header); a read error; and, for the
 two formats with fixed-size units, bytes left over after the last whole frame (Y4M) or a
 size that is not a whole number of transport packets (MPEG-TS). Nothing left to decode is
 the ``truncated`` error outright.
@@ -227,12 +228,38 @@ def _truncation(container, stream, where, last, demux_error, packets, declared_f
         if decoded_end < declared_duration - slack:
             return f"the frames end at {decoded_end:.3f} s of a declared {declared_duration:.3f} s ({packets} frames)"
     fmt = container.format.name
+    if fmt.startswith("mov"):
+        cut = _iso_bmff_cut(Path(where))
+        if cut:
+            return f"{cut} (after {packets} frames)"
     if last is not None and (fmt == "yuv4mpegpipe" or fmt == "mpegts"):
         size = Path(where).stat().st_size
         if fmt == "yuv4mpegpipe" and last.pos >= 0 and size > last.pos + last.size:
             return f"{size - last.pos - last.size} bytes of a cut frame follow the last of {packets} whole frames"
         if fmt == "mpegts" and all(size % unit for unit in _TS_PACKET_SIZES):
             return f"the file ends inside a transport packet (after {packets} frames)"
+    return None
+
+
+def _iso_bmff_cut(path: Path) -> str | None:
+    """Whether an MP4/MOV's last top-level box runs past the end of the file (a fragmented MP4 cut
+    inside a fragment's header reads as complete otherwise): how, or None."""
+    size = path.stat().st_size
+    offset = 0
+    with path.open("rb") as f:
+        while offset + 8 <= size:
+            f.seek(offset)
+            header = f.read(16)
+            box_size, box_type = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
+            if box_size == 1 and len(header) == 16:  # a 64-bit size follows the type
+                box_size = int.from_bytes(header[8:16], "big")
+            elif box_size == 0:  # the box runs to the end of the file
+                return None
+            if box_size < 8:
+                return None  # not a box structure we can follow: no claim either way
+            if offset + box_size > size:
+                return f"its last box ({box_type!r}) runs {offset + box_size - size} bytes past the end of the file"
+            offset += box_size
     return None
 
 

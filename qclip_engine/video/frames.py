@@ -1,0 +1,170 @@
+"""Frame sources: one file → the frames the model sees, with their indices, times and ``VideoInfo``.
+
+The engine asks a source for each input (``source.sample(path)``); the two sources return the
+same indices and times for the same file, and frames with the same values, in different places:
+
+* :class:`HostSource` — PyAV decodes on the CPU, frames are numpy arrays; motion is the numpy
+  reference. What the engine runs on the CPU, and in front of a GPU backend without DALI.
+* :class:`DeviceSource` — frames stay on ``device`` from the decoder to the backend: on CUDA,
+  NVDEC through DALI (``video/decode_dali.py``; per file it falls back to PyAV exactly as that
+  module decides, then copies the frames up once), motion by the CUDA kernel
+  (``video/motion.py``), the sampler on the host on ``m`` alone, and the picked frames gathered
+  on the device. On the CPU (``device="cpu"``: CI, the stand-in of the GPU path) PyAV decodes
+  into torch CPU tensors and the same motion, gather and backend code runs.
+
+Frame choice is the training pipeline's: candidates at a uniform stride (at most
+``max_analysis_frames``), per-frame motion ``m``, then the sampler; samplers that ignore motion
+(``needs_motion`` false) decode only the frames they pick. ``SampledFrames.decoder`` says which
+decoder ran (``pyav`` | ``dali``), ``fallback`` why DALI did not.
+
+:func:`to_host` is the one door from device frames to a numpy array, and it counts
+(:func:`host_copy_count`): the engine's device path never opens it, and a test proves it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..defaults import MAX_ANALYSIS_FRAMES, SAMPLER_SEED
+from . import decode
+from .motion import frame_motion
+from .sampling import Sampler, candidate_indices, select_frames
+
+DECODERS = ("auto", "host", "device")
+_copies = itertools.count(1)  # next() is atomic under the GIL: decode threads may call to_host
+_copies_seen = 0
+
+
+def to_host(frames) -> np.ndarray:
+    """Frames as a numpy array; a torch tensor's copy to the host is counted (``host_copy_count``)."""
+    global _copies_seen
+    if isinstance(frames, np.ndarray) or not hasattr(frames, "numpy"):
+        return np.asarray(frames)
+    _copies_seen = next(_copies)
+    return frames.numpy(force=True)
+
+
+def host_copy_count() -> int:
+    """How many times device frames were copied to the host (by :func:`to_host`) in this process."""
+    return _copies_seen
+
+
+@dataclass
+class SampledFrames:
+    frames: Any  # uint8 [K, H, W, 3] at model size: numpy (host) or a torch tensor (device)
+    indices: np.ndarray  # int64 [K]: frame-table indices, display order
+    times: np.ndarray  # float64 [K]: seconds from the first frame
+    info: decode.VideoInfo
+    decoder: str  # "pyav" | "dali"
+    timing: dict[str, float] = field(default_factory=dict)  # seconds: probe, decode, motion
+    fallback: str | None = None  # why DALI did not decode this file (device path)
+
+
+class HostSource:
+    """PyAV on the CPU; frames as numpy arrays."""
+
+    name = "host"
+
+    def __init__(self, size: tuple[int, int], num_frames: int, sampler: Sampler, *,
+                 max_analysis_frames: int = MAX_ANALYSIS_FRAMES, threads: int = 0):
+        self.size, self.num_frames, self.sampler = tuple(size), num_frames, sampler
+        self.max_analysis_frames, self.threads = max_analysis_frames, threads
+
+    def sample(self, path: str | Path, *, strict: bool = False) -> SampledFrames:
+        """The frames the model sees of ``path`` (raises the ``VideoError`` of a bad file)."""
+        t0 = time.perf_counter()
+        info, table = decode.scan(path)
+        if strict:
+            info.require_complete()
+        t1 = time.perf_counter()
+        if not self.sampler.needs_motion:  # decode only the picks (by seeking where the file allows)
+            cand = candidate_indices(info.frame_count, self.max_analysis_frames)
+            indices = cand[select_frames(self.sampler.name, np.zeros(len(cand)), self.num_frames, seed=SAMPLER_SEED)]
+            frames, decoder, fallback = self._decode_picked(path, indices)
+            times = table.times(indices)
+            t2 = t3 = time.perf_counter()
+        else:
+            frames, cand, times, decoder, fallback = self._candidates(path)
+            t2 = time.perf_counter()
+            picked = select_frames(self.sampler.name, frame_motion(frames), self.num_frames, seed=SAMPLER_SEED)
+            frames, indices, times = self._gather(frames, picked), cand[picked], times[picked]
+            t3 = time.perf_counter()
+        return SampledFrames(frames, indices, times, info, decoder,
+                             {"probe": t1 - t0, "decode": t2 - t1, "motion": t3 - t2}, fallback)
+
+    # -- where the frames are: what DeviceSource changes ----------------------------------------
+    def _decode_picked(self, path, indices: np.ndarray):
+        frames = decode.decode_frames(path, self.size, indices=indices, threads=self.threads)
+        return np.ascontiguousarray(frames), "pyav", None
+
+    def _candidates(self, path):
+        c = decode.decode_candidates(path, self.size, max_frames=self.max_analysis_frames, threads=self.threads)
+        return c.frames, c.indices, c.times, "pyav", None
+
+    @staticmethod
+    def _gather(frames, picked: np.ndarray):
+        return np.ascontiguousarray(frames[picked])
+
+
+class DeviceSource(HostSource):
+    """Frames as torch tensors on ``device`` from the decoder to the backend (module docstring)."""
+
+    name = "device"
+
+    def __init__(self, size, num_frames, sampler, *, device: str = "cuda", dali: str = "auto", **kwargs):
+        super().__init__(size, num_frames, sampler, **kwargs)
+        import torch
+
+        self.device = torch.device(device)
+        self.dali = dali  # decode_dali's backend choice: auto | dali | pyav
+
+    def _decode_picked(self, path, indices):
+        import torch
+
+        if self.device.type == "cuda":
+            from .decode_dali import decode_frames_gpu_detailed
+
+            return decode_frames_gpu_detailed(path, self.size, indices, device_id=self._index(), backend=self.dali)
+        frames = decode.decode_frames(path, self.size, indices=indices, threads=self.threads)
+        return torch.from_numpy(frames).to(self.device), "pyav", None
+
+    def _candidates(self, path):
+        import torch
+
+        if self.device.type == "cuda":
+            from .decode_dali import decode_candidates_gpu
+
+            c = decode_candidates_gpu(path, self.size, max_frames=self.max_analysis_frames, device_id=self._index(),
+                                      backend=self.dali)
+            return c.frames, c.indices, c.times, c.backend, c.fallback_reason
+        c = decode.decode_candidates(path, self.size, max_frames=self.max_analysis_frames, threads=self.threads)
+        return torch.from_numpy(c.frames).to(self.device), c.indices, c.times, "pyav", None
+
+    def _gather(self, frames, picked: np.ndarray):
+        import torch
+
+        return frames.index_select(0, torch.as_tensor(picked, dtype=torch.long, device=frames.device)).contiguous()
+
+    def _index(self) -> int:
+        import torch
+
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
+
+
+def device_path_unavailable(device: str) -> str | None:
+    """Why ``decoder="auto"`` takes the host path for a backend on ``device`` (None: the device path)."""
+    if not device.startswith("cuda"):
+        return "the backend runs on the CPU"
+    from .decode_dali import why_unavailable
+    from .motion import kernel_available
+
+    reason = why_unavailable()
+    if reason:
+        return reason
+    return None if kernel_available() else "cuda-python is not installed (the motion kernel needs it)"
