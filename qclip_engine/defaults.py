@@ -12,6 +12,10 @@ DEVICE = "auto"
 # whose measured score drift is within PRECISION_MIN_SROCC (qclip_engine/runtime/cpu_choice.py).
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 PRECISION = "auto"
+# How the torch backend runs on a GPU (qclip_engine/runtime/torch_backend.py): eager until the
+# fixed-shape modes have run on a GPU in this project's CI.
+TORCH_MODES = ("eager", "cuda_graphs", "compile")
+TORCH_MODE = "eager"
 # Least SROCC against FP32 scores (on the clips qclip-export --int8 measures) for auto to use a
 # reduced precision; one outside its limit is never chosen by auto.
 PRECISION_MIN_SROCC = {"bf16": 0.995, "int8": 0.99}

@@ -86,16 +86,24 @@ class SampledVideo:
     video: dict | None
     timing_ms: dict[str, float]
     warnings: list[dict] | None = None
+    ready: object | None = None  # device path on CUDA: the event after which ``frames`` are complete
 
 
-def stack_frames(frames: list) -> np.ndarray | torch.Tensor:
+def stack_frames(videos: list[SampledVideo]) -> np.ndarray | torch.Tensor:
     """One batch ``[B, K, H, W, 3]`` where the frames are: numpy on the host, a torch stack on their
-    device (numpy frames joining device ones — a stream's — go up to that device)."""
-    tensors = [f for f in frames if not isinstance(f, np.ndarray)]
+    device (numpy frames joining device ones — a stream's — go up to that device). Frames made on a
+    decode thread's CUDA stream are waited for on this one, and marked as used by it (so their
+    memory is not reused under it)."""
+    tensors = [v.frames for v in videos if not isinstance(v.frames, np.ndarray)]
     if not tensors:
-        return np.stack(frames)
+        return np.stack([v.frames for v in videos])
     device = tensors[0].device
-    return torch.stack([torch.as_tensor(f).to(device) for f in frames])
+    for v in videos:
+        if v.ready is not None:
+            current = torch.cuda.current_stream(device)
+            current.wait_event(v.ready)
+            v.frames.record_stream(current)
+    return torch.stack([torch.as_tensor(v.frames).to(device) for v in videos])
 
 
 def error_result(source: str, exc: BaseException, timing_ms: dict | None = None) -> VideoResult:
@@ -109,7 +117,8 @@ class QualityEngine:
     ``engine``: ``auto`` | ``torch`` | ``onnxruntime`` | ``tensorrt`` (see
     :func:`qclip_engine.runtime.create_backend`); ``device``: ``auto`` | ``cpu`` | ``cuda[:N]``;
     ``precision``: ``auto`` (on the CPU: measured, ``runtime/cpu_choice.py``) | ``fp32`` | ``fp16``
-    | ``bf16`` | ``int8``;
+    | ``bf16`` | ``int8``; ``decoder``: ``auto`` | ``host`` | ``device`` (``video/frames.py``);
+    ``torch_mode``: ``eager`` | ``cuda_graphs`` | ``compile`` (CUDA, ``runtime/torch_backend.py``);
     ``sampler``: defaults to the artifact's; ``backbone``/``pretrained``: the zero-shot
     model's backbone when no artifact is given. ``strict``: a file that looks cut short is the
     ``truncated`` error instead of a score with a ``truncated`` warning (``video/scan.py``).
@@ -132,6 +141,7 @@ class QualityEngine:
         model: QCLIP | None = None,
         strict: bool = False,
         decoder: str = "auto",
+        torch_mode: str = defaults.TORCH_MODE,
     ):
         if batch < 1:
             raise ValueError(f"batch must be ≥ 1, got {batch}")
@@ -146,7 +156,9 @@ class QualityEngine:
         self.workers = workers or defaults.decode_workers()
         # On the CPU, auto times its candidates beside this many decoding threads, as they will run.
         self.backend = create_backend(model, engine, device, artifact_dir=self.artifact, precision=precision,
-                                      batch=batch, decode_workers=self.workers)
+                                      batch=batch, decode_workers=self.workers, torch_mode=torch_mode)
+        if hasattr(self.backend, "warm_up"):  # CUDA graphs / compile: captured now, not on the first batch
+            self.backend.warm_up()
         self.calibration = model.calibration
         self.image_size = tuple(model.image_size)
         self.num_frames = model.config.num_frames
@@ -205,6 +217,7 @@ class QualityEngine:
             video=video,
             timing_ms={k: v * 1e3 for k, v in s.timing.items()},
             warnings=[{"code": "truncated", "message": s.info.truncation}] if s.info.truncation else None,
+            ready=s.ready,
         )
 
     def sample_frames(self, frames: np.ndarray, name: str = "<frames>", times: np.ndarray | None = None) -> SampledVideo:
@@ -232,7 +245,7 @@ class QualityEngine:
         if not videos:
             return []
         t0 = time.perf_counter()
-        sims, scores = self.backend.run(stack_frames([v.frames for v in videos]))
+        sims, scores = self.backend.run(stack_frames(videos))
         model_ms = (time.perf_counter() - t0) * 1e3
         mos = calibrated_mos(scores, self.calibration) if self.calibration else None
         results = []

@@ -184,11 +184,13 @@ def test_gpu_auto_is_unchanged(model, tmp_path, monkeypatch):
 
     built = []
     monkeypatch.setattr(base, "resolve_device", lambda device: "cuda")
-    monkeypatch.setattr(base, "_build", lambda model, engine, device, artifact, precision: built.append(
-        (engine, device, precision)) or Built(Candidate(engine, precision or "fp16")))
+    monkeypatch.setattr(base, "_build", lambda model, engine, device, artifact, precision, **kw: built.append(
+        (engine, device, precision, kw["torch_mode"])) or Built(Candidate(engine, precision or "fp16")))
     create_backend(model, "auto", "cuda", artifact_dir=tmp_path, precision="auto")
     create_backend(model, "onnxruntime", "cuda")
-    assert built == [("torch", "cuda", None), ("onnxruntime", "cuda", None)]  # None: the GPU backends' FP16
+    create_backend(model, "torch", "cuda", torch_mode="cuda_graphs", batch=8)
+    assert built == [("torch", "cuda", None, "eager"), ("onnxruntime", "cuda", None, "eager"),
+                     ("torch", "cuda", None, "cuda_graphs")]  # None: the GPU backends' FP16
 
 
 def test_engine_results_and_create_backend_report_the_backend(model, tmp_path, monkeypatch):

@@ -146,6 +146,7 @@ def test_which_files_take_pyav():
     assert "codec" in dd.gpu_unsupported_reason(_info(codec="mpeg4"))
     assert "codec" in dd.gpu_unsupported_reason(_info(codec="av1"))
     assert "variable frame rate" in dd.gpu_unsupported_reason(_info(vfr=True))
+    assert "dropped frames" in dd.gpu_unsupported_reason(_info(dropped_frames=2))  # gaps: DALI numbers frames as CFR
     assert "mirrored" in dd.gpu_unsupported_reason(_info(hflip=True))  # the GPU path would not mirror
     assert "minimum" in dd.gpu_unsupported_reason(_info(codec="hevc", width=96, height=64))
     assert "odd" in dd.gpu_unsupported_reason(_info(width=255))

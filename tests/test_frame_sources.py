@@ -75,9 +75,15 @@ def test_no_frame_crosses_to_the_host_on_the_device_path(model, clips):
     before = frame_sources.host_copy_count()
     results = list(device.score(clips))
     assert all(r.ok for r in results) and frame_sources.host_copy_count() == before
-    # The counter does see a crossing: the ONNX Runtime CPU backend needs host memory.
-    onnx = QualityEngine(model=model, engine="onnxruntime", precision="fp32", device="cpu", decoder="device")
-    assert onnx.score_one(clips[0]).ok and frame_sources.host_copy_count() > before
+    # ONNX Runtime reads device tensors in place too (I/O binding), with the same scores as from numpy.
+    onnx = QualityEngine(model=model, engine="onnxruntime", precision="fp32", device="cpu", decoder="device", batch=1)
+    bound = onnx.score_one(clips[0])
+    assert bound.ok and frame_sources.host_copy_count() == before
+    from_numpy = onnx.backend.run(np.stack([onnx.source.sample(clips[0]).frames.numpy()]))[1]
+    assert bound.score == float(from_numpy[0])
+    # And the counter does see a crossing when one happens.
+    frame_sources.to_host(torch.zeros(2, 2, 2, 3, dtype=torch.uint8))
+    assert frame_sources.host_copy_count() == before + 1
 
 
 def test_auto_takes_the_host_path_unless_a_cuda_backend_has_dali_and_cuda_python(model, monkeypatch):
@@ -101,3 +107,78 @@ def test_qclip_score_decoder_option(model, clips, tmp_path):
         records[decoder] = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["score"] for r in records["host"]] == [r["score"] for r in records["device"]]
     assert {r["video"]["decoder"] for r in records["device"]} == {"pyav"}
+
+
+def test_fixed_shape_modes_pad_partial_batches_to_a_prepared_size():
+    from qclip_engine.runtime.torch_backend import padded_sizes, run_padded
+
+    assert padded_sizes(32) == (1, 2, 4, 8, 16, 32) and padded_sizes(12) == (1, 2, 4, 8, 12)
+    calls = []
+
+    def call(x):  # a per-video model: row i's outputs depend on video i only
+        calls.append(x.shape[0])
+        flat = x.reshape(x.shape[0], -1).float()
+        return flat[:, :5], flat.sum(dim=1)
+
+    x = torch.arange(11 * 6, dtype=torch.uint8).reshape(11, 2, 1, 1, 3)
+    sims, score = run_padded(call, x, padded_sizes(4))
+    assert calls == [4, 4, 4]  # 4 + 4 + 3 padded to 4
+    expected_sims, expected_score = call(x)
+    torch.testing.assert_close(sims, expected_sims)
+    torch.testing.assert_close(score, expected_score)
+    calls.clear()
+    run_padded(call, x[:3], padded_sizes(8))
+    assert calls == [4]  # 3 → the nearest prepared size above
+
+
+def test_fixed_shape_modes_are_for_cuda_and_the_cpu_stays_eager(model):
+    from qclip_engine.runtime import create_backend
+    from qclip_engine.runtime.torch_backend import TorchBackend
+
+    with pytest.raises(ValueError, match="CUDA"):
+        TorchBackend(model, "cpu", mode="cuda_graphs")
+    with pytest.raises(ValueError, match="CUDA"):
+        create_backend(model, "torch", "cpu", torch_mode="compile")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        TorchBackend(model, "cpu", mode="fast")
+
+
+def test_a_batch_is_stacked_where_its_frames_are():
+    from qclip_engine.engine import SampledVideo, stack_frames
+
+    def video(frames):
+        return SampledVideo("x", frames, np.zeros(2, int), np.zeros(2), None, {})
+
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    assert isinstance(stack_frames([video(a), video(a + 1)]), np.ndarray)
+    mixed = stack_frames([video(torch.from_numpy(a)), video(a + 1)])  # a stream's numpy frames join device ones
+    assert isinstance(mixed, torch.Tensor) and mixed.shape == (2, 2, 4, 4, 3) and int(mixed[1].max()) == 1
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_on_cuda_the_device_path_gives_the_host_paths_picks_without_host_copies(model, clips):
+    host = QualityEngine(model=model, engine="torch", device="cuda", decoder="host", sampler="uniform", batch=4)
+    device = QualityEngine(model=model, engine="torch", device="cuda", decoder="device", sampler="uniform", batch=4)
+    before = frame_sources.host_copy_count()
+    by_host, by_device = list(host.score(clips)), list(device.score(clips))
+    assert frame_sources.host_copy_count() == before
+    assert [r.frames for r in by_host] == [r.frames for r in by_device]
+    assert [r.frame_times for r in by_host] == [r.frame_times for r in by_device]
+    # DALI's frames are within its stated tolerance of PyAV's (test_decode_dali.py), so the scores are close.
+    np.testing.assert_allclose([r.score for r in by_device], [r.score for r in by_host], atol=2e-2)
+    assert {r.video["decoder"] for r in by_device} <= {"dali", "pyav"}
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", ["cuda_graphs", "compile"])
+def test_on_cuda_the_fixed_shape_modes_equal_eager(model, mode):
+    from qclip_engine.runtime.torch_backend import TorchBackend
+
+    eager = TorchBackend(model, "cuda", max_batch=8)
+    fixed = TorchBackend(model, "cuda", mode=mode, max_batch=8)
+    fixed.warm_up()
+    frames = torch.randint(0, 256, (5, model.config.num_frames, *model.image_size, 3), dtype=torch.uint8)
+    np.testing.assert_allclose(fixed.run(frames.numpy())[1], eager.run(frames.numpy())[1], atol=5e-3)

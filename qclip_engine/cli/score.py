@@ -201,6 +201,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="host: PyAV on the CPU, frames copied to the backend; device: frames stay on the backend's "
                         "device (NVDEC through DALI on a GPU); auto: device for a CUDA backend when DALI and "
                         "cuda-python import (default: %(default)s)")
+    p.add_argument("--torch-mode", default=defaults.TORCH_MODE, choices=defaults.TORCH_MODES,
+                   help="how the torch backend runs on a GPU: CUDA graphs per batch size or torch.compile "
+                        "(max-autotune), prepared at start-up (default: %(default)s)")
     p.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS,
                    help="auto: FP16 on a GPU; on the CPU the fastest backend and precision measured here among "
                         "those the CPU has and whose score drift the artifact records within limits "
@@ -262,7 +265,7 @@ def _engine(args):
     from ..engine import QualityEngine
 
     kwargs = dict(engine=args.engine, device=args.device, batch=args.batch, sampler=args.sampler, workers=args.workers,
-                  strict=args.strict, precision=args.precision, decoder=args.decoder)
+                  strict=args.strict, precision=args.precision, decoder=args.decoder, torch_mode=args.torch_mode)
     if args.artifact is not None:
         if args.weights:
             from ..artifact import load_artifact

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: on a GPU TensorRT (with a plan) or torch; on the CPU the engine --precision "
                              "auto measures fastest")
     parser.add_argument("--device", default=defaults.DEVICE, help="auto, cpu or cuda[:N]")
+    parser.add_argument("--torch-mode", default=defaults.TORCH_MODE, choices=defaults.TORCH_MODES,
+                        help="how the torch backend runs on a GPU: CUDA graphs per batch size or torch.compile "
+                             "(max-autotune), prepared before the service is ready")
     parser.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS,
                         help="auto: FP16 on a GPU; on the CPU the fastest backend and precision measured at start-up "
                              "among those the CPU has and whose score drift the artifact records within limits")
@@ -104,6 +107,7 @@ def settings_from_args(args: argparse.Namespace):
         engine=args.engine,
         device=args.device,
         precision=args.precision,
+        torch_mode=args.torch_mode,
         batch=args.batch,
         workers=args.workers,
         allow_dirs=tuple(args.allow_dir),

@@ -69,6 +69,7 @@ def create_backend(
     precision: str | None = None,
     batch: int = 1,
     decode_workers: int = 0,
+    torch_mode: str = defaults.TORCH_MODE,
 ) -> Backend:
     """The backend for ``model``.
 
@@ -76,7 +77,9 @@ def create_backend(
     ``tensorrt`` imports, else torch; ``precision="auto"`` (or None) is FP16. On the CPU, any
     ``auto`` is settled by measurement among what the CPU and the artifact's measured drift
     allow (``runtime/cpu_choice.py``), timed at the engine's ``batch`` (capped) beside its
-    ``decode_workers``; an explicit engine and precision are built as asked.
+    ``decode_workers``; an explicit engine and precision are built as asked. ``torch_mode``
+    (``eager`` | ``cuda_graphs`` | ``compile``, CUDA only) is how the torch backend runs
+    (``runtime/torch_backend.py``), prepared for batches up to ``batch``.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
@@ -87,6 +90,8 @@ def create_backend(
     artifact_dir = Path(artifact_dir) if artifact_dir else None
     plan = artifact_dir / "model.plan" if artifact_dir else None
     if device == "cpu" and engine != "tensorrt":
+        if torch_mode != "eager":
+            raise ValueError(f"torch_mode {torch_mode!r} is for a CUDA device; on the CPU the torch backend runs eager")
         from .cpu_choice import choose_cpu_backend
 
         return choose_cpu_backend(
@@ -98,7 +103,7 @@ def create_backend(
     if engine == "auto":
         engine = "tensorrt" if plan is not None and plan.is_file() and _have("tensorrt") else "torch"
     if engine in ("torch", "onnxruntime"):
-        return _build(model, engine, device, artifact_dir, precision)
+        return _build(model, engine, device, artifact_dir, precision, torch_mode=torch_mode, batch=batch)
     from .tensorrt_backend import TensorRTBackend
 
     if plan is None or not plan.is_file():
@@ -108,11 +113,12 @@ def create_backend(
     return TensorRTBackend(plan, device)
 
 
-def _build(model: QCLIP, engine: str, device: str, artifact_dir: Path | None, precision: str | None) -> Backend:
+def _build(model: QCLIP, engine: str, device: str, artifact_dir: Path | None, precision: str | None, *,
+           torch_mode: str = defaults.TORCH_MODE, batch: int = 1) -> Backend:
     if engine == "torch":
         from .torch_backend import TorchBackend
 
-        return TorchBackend(model, device, precision=precision)
+        return TorchBackend(model, device, precision=precision, mode=torch_mode, max_batch=batch)
     from .onnxruntime_backend import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(model, device, artifact_dir=artifact_dir, precision=precision)

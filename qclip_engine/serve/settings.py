@@ -20,6 +20,7 @@ class ServeSettings:
     engine: str = "auto"  # one of defaults.ENGINES
     device: str = defaults.DEVICE
     precision: str = defaults.PRECISION
+    torch_mode: str = defaults.TORCH_MODE  # one of defaults.TORCH_MODES (CUDA)
     batch: int = defaults.BATCH
     workers: int | None = None  # decode threads; None: the engine's default (defaults.decode_workers)
     allow_dirs: tuple[Path, ...] = ()  # roots for path requests; none: uploads only

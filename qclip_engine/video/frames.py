@@ -24,6 +24,7 @@ decoder ran (``pyav`` | ``dali``), ``fallback`` why DALI did not.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ class SampledFrames:
     decoder: str  # "pyav" | "dali"
     timing: dict[str, float] = field(default_factory=dict)  # seconds: probe, decode, motion
     fallback: str | None = None  # why DALI did not decode this file (device path)
+    ready: Any = None  # CUDA: an event after which ``frames`` are complete (the consumer's stream waits on it)
 
 
 class HostSource:
@@ -123,6 +125,24 @@ class DeviceSource(HostSource):
 
         self.device = torch.device(device)
         self.dali = dali  # decode_dali's backend choice: auto | dali | pyav
+        self._local = threading.local()  # one CUDA stream per decode thread
+
+    def sample(self, path: str | Path, *, strict: bool = False) -> SampledFrames:
+        """As the host source; on CUDA each decode thread works on its own stream, so decode, motion
+        and gather of the next videos overlap the model's batch on torch's stream, and the result
+        carries the event the model's stream waits on."""
+        if self.device.type != "cuda":
+            return super().sample(path, strict=strict)
+        import torch
+
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(device=self.device)
+        with torch.cuda.stream(stream):
+            sampled = super().sample(path, strict=strict)
+            sampled.ready = torch.cuda.Event()
+            sampled.ready.record(stream)
+        return sampled
 
     def _decode_picked(self, path, indices):
         import torch
