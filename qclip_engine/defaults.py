@@ -16,6 +16,10 @@ PRECISION = "auto"
 # fixed-shape modes have run on a GPU in this project's CI.
 TORCH_MODES = ("eager", "cuda_graphs", "compile")
 TORCH_MODE = "eager"
+# Where frames are decoded and kept (qclip_engine/video/frames.py): auto takes the device path for
+# a CUDA backend when DALI and cuda-python import.
+DECODERS = ("auto", "host", "device")
+DECODER = "auto"
 # Least SROCC against FP32 scores (on the clips qclip-export --int8 measures) for auto to use a
 # reduced precision; one outside its limit is never chosen by auto.
 PRECISION_MIN_SROCC = {"bf16": 0.995, "int8": 0.99}

@@ -140,7 +140,7 @@ class QualityEngine:
         precision: str = defaults.PRECISION,
         model: QCLIP | None = None,
         strict: bool = False,
-        decoder: str = "auto",
+        decoder: str = defaults.DECODER,
         torch_mode: str = defaults.TORCH_MODE,
     ):
         if batch < 1:

@@ -203,7 +203,10 @@ def test_cut_streamable_files_are_decoded_and_flagged_truncated(streamable, kind
     data = streamable[kind].read_bytes()
     for fraction in (0.3, 0.75, 0.95):
         cut = tmp_path / f"cut{fraction}{streamable[kind].suffix}"
-        cut.write_bytes(data[: int(len(data) * fraction)])
+        size = int(len(data) * fraction)
+        if kind == "ts" and size % 188 == 0:  # a cut on a packet boundary is undetectable (the README says so)
+            size -= 7
+        cut.write_bytes(data[:size])
         info = decode.probe(cut)
         assert info.truncation, (kind, fraction, info)  # says what was decoded against what was declared
         assert str(info.frame_count) in info.truncation or f"{info.duration:.3f}" in info.truncation or "cut" in info.truncation
@@ -239,6 +242,8 @@ def test_a_fragmented_mp4_cut_inside_a_fragment_header_is_truncated(streamable, 
     cut.write_bytes(data[: header + 12])  # every earlier fragment is whole: only the box sizes tell
     info = decode.probe(cut)
     assert info.frame_count < 50 and "'moof'" in info.truncation and "past the end of the file" in info.truncation
+    cut.write_bytes(data[: header + 5])  # inside the box's own 8-byte header
+    assert "bytes into a box header" in decode.probe(cut).truncation
 
 
 def test_a_faststart_mp4_without_its_media_data_is_truncated(streamable, tmp_path):

@@ -197,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="inference backend; auto: on a GPU TensorRT (with a plan) or torch, on the CPU the one "
                         "--precision auto measures fastest (default: %(default)s)")
     p.add_argument("--device", default=defaults.DEVICE, help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    p.add_argument("--decoder", default="auto", choices=("auto", "host", "device"),
+    p.add_argument("--decoder", default=defaults.DECODER, choices=defaults.DECODERS,
                    help="host: PyAV on the CPU, frames copied to the backend; device: frames stay on the backend's "
                         "device (NVDEC through DALI on a GPU); auto: device for a CUDA backend when DALI and "
                         "cuda-python import (default: %(default)s)")

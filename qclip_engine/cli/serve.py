@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: on a GPU TensorRT (with a plan) or torch; on the CPU the engine --precision "
                              "auto measures fastest")
     parser.add_argument("--device", default=defaults.DEVICE, help="auto, cpu or cuda[:N]")
+    parser.add_argument("--decoder", default=defaults.DECODER, choices=defaults.DECODERS,
+                        help="host: PyAV on the CPU; device: frames stay on the backend's device (NVDEC through "
+                             "DALI on a GPU); auto: device for a CUDA backend when DALI and cuda-python import")
     parser.add_argument("--torch-mode", default=defaults.TORCH_MODE, choices=defaults.TORCH_MODES,
                         help="how the torch backend runs on a GPU: CUDA graphs per batch size or torch.compile "
                              "(max-autotune), prepared before the service is ready")
@@ -108,6 +111,7 @@ def settings_from_args(args: argparse.Namespace):
         device=args.device,
         precision=args.precision,
         torch_mode=args.torch_mode,
+        decoder=args.decoder,
         batch=args.batch,
         workers=args.workers,
         allow_dirs=tuple(args.allow_dir),

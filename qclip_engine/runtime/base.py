@@ -102,6 +102,8 @@ def create_backend(
         precision = None  # the GPU backends' default: FP16
     if engine == "auto":
         engine = "tensorrt" if plan is not None and plan.is_file() and _have("tensorrt") else "torch"
+    if torch_mode != defaults.TORCH_MODE and engine != "torch":
+        raise ValueError(f"torch_mode {torch_mode!r} is how the torch backend runs; the engine here is {engine!r}")
     if engine in ("torch", "onnxruntime"):
         return _build(model, engine, device, artifact_dir, precision, torch_mode=torch_mode, batch=batch)
     from .tensorrt_backend import TensorRTBackend

@@ -116,7 +116,9 @@ class OnnxRuntimeBackend:
         device = getattr(frames, "device", None)
         if device is None or getattr(frames, "dtype", None) is None or str(frames.dtype) != "torch.uint8":
             return False
-        return device.type == ("cpu" if self.provider == "cpu" else "cuda")
+        # The provider the session really got (ONNX Runtime falls back to the CPU without a GPU build).
+        on_gpu = self.session.get_providers()[0] != "CPUExecutionProvider"
+        return device.type == ("cuda" if on_gpu else "cpu") and (not on_gpu or (device.index or 0) == 0)
 
     def _run_bound(self, frames) -> tuple[np.ndarray, np.ndarray]:
         """The session reads the tensor's memory where it is (ONNX Runtime I/O binding); the two

@@ -7,16 +7,19 @@ is the default, as neither has run on a GPU in this project's CI yet):
 * ``cuda_graphs`` — one CUDA graph captured per batch size in ``padded_sizes(max_batch)``
   (powers of two and the batch itself); a partial batch is padded to the nearest captured
   size (the last video repeated; its rows are dropped) and replayed: no per-kernel launch cost.
-* ``compile`` — ``torch.compile(mode="max-autotune")`` with the same padding, so it compiles
-  once per size, not per batch.
+* ``compile`` — ``torch.compile(mode="max-autotune-no-cudagraphs", dynamic=False)`` with the
+  same padding: one static compile per prepared size (its own CUDA graphs are left out: they
+  are recorded per thread, and the model runs on another thread than the warm-up).
 
 Both pay their capture/compile in ``warm_up`` (called at start-up by ``QualityEngine``), not
-on the first request. Attention is PyTorch's SDPA (the towers' fused attention). Frames that
-arrive as numpy on a CUDA backend go through a pinned host buffer and an asynchronous copy.
+on the first request. Attention is the towers' own (timm/open_clip call PyTorch's SDPA).
+Frames that arrive as numpy on a CUDA backend go through a pinned host buffer and an
+asynchronous copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import numpy as np
@@ -74,40 +77,60 @@ class TorchBackend:
         self.mode = mode
         self.sizes = padded_sizes(max_batch) if mode != "eager" else ()
         self.frame_shape = (model.config.num_frames, *model.image_size, 3)  # the shape the modes fix
-        self._call = torch.compile(self.module, mode="max-autotune") if mode == "compile" else self.module
+        self._call = self.module
+        if mode == "compile":
+            import torch._dynamo
+
+            # one compile per prepared size; past the limit torch would fall back to eager silently
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, len(self.sizes) + 2)
+            self._call = torch.compile(self.module, mode="max-autotune-no-cudagraphs", dynamic=False)
         self._graphs: dict[int, tuple[torch.Tensor, Callable[[], None], tuple[torch.Tensor, torch.Tensor]]] = {}
         self._pinned: torch.Tensor | None = None
+        self._pinned_free = None  # CUDA event: the last copy out of the pinned buffer is done
 
     @property
     def label(self) -> str:
         return f"{self.name}-{self.precision}"
 
+    def _on_device(self):
+        """Make the backend's GPU the current one (graphs capture on the current device's streams)."""
+        return torch.cuda.device(torch.device(self.device)) if self.device.startswith("cuda") else contextlib.nullcontext()
+
     @torch.inference_mode()
     def warm_up(self) -> None:
         """Capture or compile every prepared batch size now, so no request pays for it."""
-        for size in self.sizes:
-            x = torch.zeros((size, *self.frame_shape), dtype=torch.uint8, device=self.device)
-            self._fixed(x)
+        with self._on_device():
+            for size in self.sizes:
+                x = torch.zeros((size, *self.frame_shape), dtype=torch.uint8, device=self.device)
+                for _ in range(2 if self.mode == "compile" else 1):  # compile, then a run of the compiled code
+                    self._fixed(x)
 
     @torch.inference_mode()
     def run(self, frames) -> tuple[np.ndarray, np.ndarray]:
-        x = self._to_device(frames)
-        if self.sizes and tuple(x.shape[1:]) == self.frame_shape:
-            sims, score = run_padded(self._fixed, x, self.sizes)
-        else:  # eager, or a shape the fixed modes were not prepared for
-            sims, score = self.module(x)
-        return sims.float().cpu().numpy(), score.float().cpu().numpy()
+        with self._on_device():
+            x = self._to_device(frames)
+            if self.sizes and tuple(x.shape[1:]) == self.frame_shape:
+                sims, score = run_padded(self._fixed, x, self.sizes)
+            else:  # eager, or a shape the fixed modes were not prepared for
+                sims, score = self.module(x)
+            return sims.float().cpu().numpy(), score.float().cpu().numpy()
 
     def _to_device(self, frames) -> torch.Tensor:
         if isinstance(frames, np.ndarray) and self.device.startswith("cuda"):
-            # Through pinned memory, so the copy is a DMA that overlaps other work. Safe to reuse:
-            # run() returns only after its outputs came back, which follows this copy on the stream.
+            # Through pinned memory, so the copy is a DMA that overlaps other work. Before the
+            # buffer is refilled, the previous copy out of it must be done (a failed run may not
+            # have waited for it).
+            if self._pinned_free is not None:
+                self._pinned_free.synchronize()
             n = frames.size
             if self._pinned is None or self._pinned.numel() < n:
                 self._pinned = torch.empty(n, dtype=torch.uint8, pin_memory=True)
             staged = self._pinned[:n].view(frames.shape)
             np.copyto(staged.numpy(), frames, casting="no")
-            return staged.to(self.device, non_blocking=True)
+            x = staged.to(self.device, non_blocking=True)
+            self._pinned_free = torch.cuda.Event()
+            self._pinned_free.record()
+            return x
         return torch.as_tensor(frames).to(self.device, non_blocking=True)
 
     def _fixed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +143,7 @@ class TorchBackend:
         static_x, replay, static_out = self._graphs[size]
         static_x.copy_(x)
         replay()
-        return static_out
+        return tuple(t.clone() for t in static_out)  # the next replay overwrites static_out
 
     def _capture(self, x: torch.Tensor):
         static_x = x.clone()

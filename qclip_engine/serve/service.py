@@ -81,7 +81,7 @@ class QualityService:
         try:
             engine = await asyncio.to_thread(
                 QualityEngine, s.artifact, engine=s.engine, device=s.device, precision=s.precision, batch=s.batch,
-                workers=s.workers, strict=s.strict, torch_mode=s.torch_mode)
+                workers=s.workers, strict=s.strict, torch_mode=s.torch_mode, decoder=s.decoder)
             blank = engine.sample_frames(np.zeros((engine.num_frames, *engine.image_size, 3), np.uint8), "<warm-up>")
             self.batcher = Batcher(engine, self.metrics, max_batch=s.batch, max_wait_s=s.batch_wait_s,
                                    capacity=s.queue_limit)

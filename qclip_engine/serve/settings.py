@@ -21,6 +21,7 @@ class ServeSettings:
     device: str = defaults.DEVICE
     precision: str = defaults.PRECISION
     torch_mode: str = defaults.TORCH_MODE  # one of defaults.TORCH_MODES (CUDA)
+    decoder: str = defaults.DECODER  # one of defaults.DECODERS (qclip_engine/video/frames.py)
     batch: int = defaults.BATCH
     workers: int | None = None  # decode threads; None: the engine's default (defaults.decode_workers)
     allow_dirs: tuple[Path, ...] = ()  # roots for path requests; none: uploads only

@@ -10,7 +10,8 @@ same indices and times for the same file, and frames with the same values, in di
   module decides, then copies the frames up once), motion by the CUDA kernel
   (``video/motion.py``), the sampler on the host on ``m`` alone, and the picked frames gathered
   on the device. On the CPU (``device="cpu"``: CI, the stand-in of the GPU path) PyAV decodes
-  into torch CPU tensors and the same motion, gather and backend code runs.
+  into torch CPU tensors and the same source, gather and backend code runs (motion through
+  ``video/motion.py``'s torch path rather than the CUDA kernel: the same values).
 
 Frame choice is the training pipeline's: candidates at a uniform stride (at most
 ``max_analysis_frames``), per-frame motion ``m``, then the sampler; samplers that ignore motion
@@ -23,7 +24,6 @@ decoder ran (``pyav`` | ``dali``), ``fallback`` why DALI did not.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,28 +32,30 @@ from typing import Any
 
 import numpy as np
 
-from ..defaults import MAX_ANALYSIS_FRAMES, SAMPLER_SEED
+from ..defaults import DECODERS, MAX_ANALYSIS_FRAMES, SAMPLER_SEED
 from . import decode
 from .motion import frame_motion
 from .sampling import Sampler, candidate_indices, select_frames
 
-DECODERS = ("auto", "host", "device")
-_copies = itertools.count(1)  # next() is atomic under the GIL: decode threads may call to_host
-_copies_seen = 0
+__all__ = ["DECODERS", "HostSource", "DeviceSource", "SampledFrames", "to_host", "host_copy_count",
+           "device_path_unavailable"]
+_copies = 0
+_copies_lock = threading.Lock()  # decode threads and the model thread may call to_host
 
 
 def to_host(frames) -> np.ndarray:
     """Frames as a numpy array; a torch tensor's copy to the host is counted (``host_copy_count``)."""
-    global _copies_seen
+    global _copies
     if isinstance(frames, np.ndarray) or not hasattr(frames, "numpy"):
         return np.asarray(frames)
-    _copies_seen = next(_copies)
+    with _copies_lock:
+        _copies += 1
     return frames.numpy(force=True)
 
 
 def host_copy_count() -> int:
     """How many times device frames were copied to the host (by :func:`to_host`) in this process."""
-    return _copies_seen
+    return _copies
 
 
 @dataclass

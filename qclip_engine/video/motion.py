@@ -13,11 +13,15 @@ sampler runs there, on ``m`` alone, while the frames stay where they are.
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import numpy as np
 
 from .frame_mse import frame_mse, neighbour_average
 
-_CHUNK = 32  # pairs per step of the torch path: bounds its int16 temporary as the numpy path's
+log = logging.getLogger(__name__)
+_CHUNK = 32  # pairs per step of the torch path: bounds its int32 temporary (~chunk × H·W·3 × 4 bytes)
 
 
 def pair_sums_torch(frames):
@@ -46,6 +50,12 @@ def kernel_available() -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1)
+def _kernel_failed(exc: Exception) -> None:
+    log.warning("the CUDA frame-MSE kernel failed (%s: %s); motion runs in torch on the GPU instead",
+                type(exc).__name__, exc)
+
+
 def frame_motion(frames) -> np.ndarray:
     """Per-frame motion ``m`` (float32 ``[T]``, on the host) of uint8 frames ``[T, H, W, 3]``."""
     if isinstance(frames, np.ndarray):
@@ -53,8 +63,11 @@ def frame_motion(frames) -> np.ndarray:
     if len(frames) == 0:
         raise ValueError("frame_mse needs at least one frame")
     if frames.is_cuda and kernel_available():
-        from ..kernels.frame_mse import frame_mse_cuda
+        try:
+            from ..kernels.frame_mse import frame_mse_cuda
 
-        return frame_mse_cuda(frames.contiguous()).cpu().numpy()
+            return frame_mse_cuda(frames.contiguous()).cpu().numpy()
+        except Exception as exc:  # NVRTC or driver trouble: the torch path gives the same values
+            _kernel_failed(exc)
     sums = pair_sums_torch(frames).cpu().numpy()  # T − 1 integers: the only copy back
     return neighbour_average(sums / (frames[0].numel()))

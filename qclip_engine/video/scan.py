@@ -236,8 +236,21 @@ def _truncation(container, stream, where, last, demux_error, packets, declared_f
         size = Path(where).stat().st_size
         if fmt == "yuv4mpegpipe" and last.pos >= 0 and size > last.pos + last.size:
             return f"{size - last.pos - last.size} bytes of a cut frame follow the last of {packets} whole frames"
-        if fmt == "mpegts" and all(size % unit for unit in _TS_PACKET_SIZES):
-            return f"the file ends inside a transport packet (after {packets} frames)"
+        unit = _ts_packet_size(Path(where)) if fmt == "mpegts" else None
+        if unit and size % unit:
+            return f"the file ends {size % unit} bytes into a {unit}-byte transport packet (after {packets} frames)"
+    return None
+
+
+def _ts_packet_size(path: Path) -> int | None:
+    """The transport packet size of an MPEG-TS file (188; 192 for M2TS's timecode prefix; 204 with
+    Reed-Solomon bytes), read off the sync bytes (0x47) of its first packets; None if unclear."""
+    with path.open("rb") as f:
+        head = f.read(4 * 204 + 4)
+    for unit in _TS_PACKET_SIZES:
+        start = 4 if unit == 192 else 0
+        if len(head) > start + 3 * unit and all(head[start + i * unit] == 0x47 for i in range(4)):
+            return unit
     return None
 
 
@@ -260,6 +273,8 @@ def _iso_bmff_cut(path: Path) -> str | None:
             if offset + box_size > size:
                 return f"its last box ({box_type!r}) runs {offset + box_size - size} bytes past the end of the file"
             offset += box_size
+    if 0 < size - offset < 8:  # cut inside the next box's 8-byte header
+        return f"it ends {size - offset} bytes into a box header"
     return None
 
 
