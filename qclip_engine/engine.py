@@ -179,8 +179,6 @@ class QualityEngine:
     @sampler.setter
     def sampler(self, name: str) -> None:
         self._sampler = check_sampler(name)
-        if hasattr(self, "source"):
-            self.source.sampler = self._sampler
 
     def _frame_source(self, decoder: str) -> HostSource:
         """``host`` (PyAV → numpy), ``device`` (frames stay on the backend's device), or ``auto``:
@@ -193,8 +191,8 @@ class QualityEngine:
             decoder = "host" if self.decoder_reason else "device"
         common = dict(max_analysis_frames=self.max_analysis_frames, threads=self.decode_threads)
         if decoder == "device":
-            return DeviceSource(self.image_size, self.num_frames, self._sampler, device=self.backend.device, **common)
-        return HostSource(self.image_size, self.num_frames, self._sampler, **common)
+            return DeviceSource(self.image_size, self.num_frames, device=self.backend.device, **common)
+        return HostSource(self.image_size, self.num_frames, **common)
 
     @property
     def needs_motion(self) -> bool:
@@ -204,7 +202,7 @@ class QualityEngine:
     # -- stages ------------------------------------------------------------------------------
     def sample(self, source: str | Path) -> SampledVideo:
         """Decode and sample one file (raises ``VideoError``), through the engine's frame source."""
-        s = self.source.sample(source, strict=self.strict)
+        s = self.source.sample(source, self._sampler, strict=self.strict)
         video = {k: v for k, v in s.info.to_dict().items() if k not in ("path", "truncation")}
         video["decoder"] = s.decoder
         if s.fallback:

@@ -79,7 +79,7 @@ def test_no_frame_crosses_to_the_host_on_the_device_path(model, clips):
     onnx = QualityEngine(model=model, engine="onnxruntime", precision="fp32", device="cpu", decoder="device", batch=1)
     bound = onnx.score_one(clips[0])
     assert bound.ok and frame_sources.host_copy_count() == before
-    from_numpy = onnx.backend.run(np.stack([onnx.source.sample(clips[0]).frames.numpy()]))[1]
+    from_numpy = onnx.backend.run(np.stack([onnx.sample(clips[0]).frames.numpy()]))[1]
     assert bound.score == float(from_numpy[0])
     # And the counter does see a crossing when one happens.
     frame_sources.to_host(torch.zeros(2, 2, 2, 3, dtype=torch.uint8))

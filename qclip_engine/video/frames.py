@@ -75,28 +75,28 @@ class HostSource:
 
     name = "host"
 
-    def __init__(self, size: tuple[int, int], num_frames: int, sampler: Sampler, *,
-                 max_analysis_frames: int = MAX_ANALYSIS_FRAMES, threads: int = 0):
-        self.size, self.num_frames, self.sampler = tuple(size), num_frames, sampler
+    def __init__(self, size: tuple[int, int], num_frames: int, *, max_analysis_frames: int = MAX_ANALYSIS_FRAMES,
+                 threads: int = 0):
+        self.size, self.num_frames = tuple(size), num_frames
         self.max_analysis_frames, self.threads = max_analysis_frames, threads
 
-    def sample(self, path: str | Path, *, strict: bool = False) -> SampledFrames:
-        """The frames the model sees of ``path`` (raises the ``VideoError`` of a bad file)."""
+    def sample(self, path: str | Path, sampler: Sampler, *, strict: bool = False) -> SampledFrames:
+        """The frames ``sampler`` picks of ``path`` (raises the ``VideoError`` of a bad file)."""
         t0 = time.perf_counter()
         info, table = decode.scan(path)
         if strict:
             info.require_complete()
         t1 = time.perf_counter()
-        if not self.sampler.needs_motion:  # decode only the picks (by seeking where the file allows)
+        if not sampler.needs_motion:  # decode only the picks (by seeking where the file allows)
             cand = candidate_indices(info.frame_count, self.max_analysis_frames)
-            indices = cand[select_frames(self.sampler.name, np.zeros(len(cand)), self.num_frames, seed=SAMPLER_SEED)]
+            indices = cand[select_frames(sampler.name, np.zeros(len(cand)), self.num_frames, seed=SAMPLER_SEED)]
             frames, decoder, fallback = self._decode_picked(path, indices)
             times = table.times(indices)
             t2 = t3 = time.perf_counter()
         else:
             frames, cand, times, decoder, fallback = self._candidates(path)
             t2 = time.perf_counter()
-            picked = select_frames(self.sampler.name, frame_motion(frames), self.num_frames, seed=SAMPLER_SEED)
+            picked = select_frames(sampler.name, frame_motion(frames), self.num_frames, seed=SAMPLER_SEED)
             frames, indices, times = self._gather(frames, picked), cand[picked], times[picked]
             t3 = time.perf_counter()
         return SampledFrames(frames, indices, times, info, decoder,
@@ -121,27 +121,27 @@ class DeviceSource(HostSource):
 
     name = "device"
 
-    def __init__(self, size, num_frames, sampler, *, device: str = "cuda", dali: str = "auto", **kwargs):
-        super().__init__(size, num_frames, sampler, **kwargs)
+    def __init__(self, size, num_frames, *, device: str = "cuda", dali: str = "auto", **kwargs):
+        super().__init__(size, num_frames, **kwargs)
         import torch
 
         self.device = torch.device(device)
         self.dali = dali  # decode_dali's backend choice: auto | dali | pyav
         self._local = threading.local()  # one CUDA stream per decode thread
 
-    def sample(self, path: str | Path, *, strict: bool = False) -> SampledFrames:
+    def sample(self, path: str | Path, sampler: Sampler, *, strict: bool = False) -> SampledFrames:
         """As the host source; on CUDA each decode thread works on its own stream, so decode, motion
         and gather of the next videos overlap the model's batch on torch's stream, and the result
         carries the event the model's stream waits on."""
         if self.device.type != "cuda":
-            return super().sample(path, strict=strict)
+            return super().sample(path, sampler, strict=strict)
         import torch
 
         stream = getattr(self._local, "stream", None)
         if stream is None:
             stream = self._local.stream = torch.cuda.Stream(device=self.device)
         with torch.cuda.stream(stream):
-            sampled = super().sample(path, strict=strict)
+            sampled = super().sample(path, sampler, strict=strict)
             sampled.ready = torch.cuda.Event()
             sampled.ready.record(stream)
         return sampled
