@@ -69,3 +69,23 @@ def tiny_model(sampler="segment_mse_mean"):
     torch.manual_seed(0)
     return trained_like(QCLIP(QCLIPConfig(backbone="PE-Core-T-16-384", pretrained=None, image_size=64,
                                           num_frames=4, sampler=sampler)))
+
+
+def read_http_answer(sock, timeout: float | None = None) -> tuple[int, dict, bytes]:
+    """(status, lower-cased headers, body) of one HTTP answer with a Content-Length, on a raw socket
+    (the service tests' slow and half-sent requests, which an HTTP client cannot make)."""
+    if timeout is not None:
+        sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed without an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed inside the answer"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body

@@ -24,6 +24,7 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import read_http_answer
 from media import audio_only, encode, moving_frames
 from qclip_engine import QCLIP, QCLIPConfig, save_artifact
 
@@ -138,23 +139,6 @@ def multipart(fields: list[tuple[str, str | None, bytes]], boundary: str = "raw"
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
         out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
     return out + f"--{boundary}--\r\n".encode()
-
-
-def read_answer(sock: socket.socket) -> tuple[int, dict, bytes]:
-    """(status, lower-cased headers, body) of one HTTP answer with a Content-Length, on a raw socket."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"the connection closed without an answer: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    while len(body) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
-        assert chunk, "the connection closed inside the answer"
-        body += chunk
-    return int(lines[0].split()[1]), headers, body
 
 
 def concurrently(n: int, call) -> list[httpx.Response]:
@@ -422,7 +406,7 @@ def test_an_upload_under_the_minimum_rate_gets_408(busy):
     with sock:
         started = time.monotonic()
         sock.sendall(head + b'--raw\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n\r\nx')
-        status, headers, body = read_answer(sock)  # then nothing: dropped once the grace is over
+        status, headers, body = read_http_answer(sock)  # then nothing: dropped once the grace is over
         elapsed = time.monotonic() - started
     assert (status, json.loads(body)["error"]["code"]) == (408, "upload_too_slow"), body
     assert headers["connection"] == "close" and BUSY_GRACE_S - 0.1 <= elapsed < BUSY_GRACE_S + 3, elapsed
@@ -461,7 +445,7 @@ def test_sigterm_closes_the_listener_and_answers_requests_in_flight(busy, media)
     host, port = busy.url.removeprefix("http://").split(":")
     idle = socket.create_connection((host, int(port)), timeout=CLIENT_TIMEOUT_S)
     idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert read_answer(idle)[0] == 200  # a keep-alive connection, now idle
+    assert read_http_answer(idle)[0] == 200  # a keep-alive connection, now idle
     # A pad field keeps the average rate above the minimum while the upload waits for the signal.
     body = multipart([("pad", None, b"p" * 32768), ("file", "good0.mp4", media["good0"].read_bytes())])
     flying, head = raw_head(busy.url, len(body))
@@ -479,7 +463,7 @@ def test_sigterm_closes_the_listener_and_answers_requests_in_flight(busy, media)
         time.sleep(0.05)
     assert idle.recv(1) == b""  # the idle keep-alive connection was closed
     flying.sendall(body[-10:])
-    status, _, answer = read_answer(flying)
+    status, _, answer = read_http_answer(flying)
     assert status == 200 and json.loads(answer)["input"] == "good0.mp4", answer
     assert flying.recv(1) == b""  # and its connection closed after it
     idle.close()

@@ -27,8 +27,9 @@ from qclip_engine.cli.serve import build_parser, settings_from_args
 from qclip_engine.engine import SampledVideo
 from qclip_engine.serve import service as service_module
 from qclip_engine.serve.app import create_app
-from test_serve_fuzz import (GOOD, SEED, FakeEngine, check, fake_settings, json_bodies, make_tree, odd_paths,
-                             odd_uploads, part)
+from conftest import read_http_answer
+from serve_fakes import (GOOD, SEED, FakeEngine, check, fake_settings, json_bodies, make_tree, odd_paths,
+                         odd_uploads, part)
 
 GRACE_S = 3.0
 MIN_RATE = 1024  # bytes/s; a trickle of 1 byte per TICK_S is far below it
@@ -125,24 +126,6 @@ def usual_latency(url: str, client: httpx.Client) -> float:
     return sorted(latencies)[2]
 
 
-def read_answer(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict, dict]:
-    """(status, headers, JSON body) of one HTTP answer on a raw socket."""
-    sock.settimeout(timeout)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed without an answer: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    while len(body) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed inside the answer"
-        body += chunk
-    return int(lines[0].split()[1]), headers, json.loads(body)
-
-
 class Trickle:
     """``n`` raw connections sending ``head`` and then one byte every ``TICK_S`` (``send_bytes``
     False: nothing after the head). Answers are kept as (seconds since that connection began,
@@ -168,8 +151,8 @@ class Trickle:
     def _answer(self, sock: socket.socket) -> None:
         began = self.live.pop(sock)
         try:
-            status, headers, body = read_answer(sock)
-            self.answers.append((time.monotonic() - began, status, headers, body))
+            status, headers, body = read_http_answer(sock, timeout=10.0)
+            self.answers.append((time.monotonic() - began, status, headers, json.loads(body)))
         except (OSError, AssertionError, ValueError) as exc:
             self.errors.append(repr(exc))
         sock.close()
@@ -256,7 +239,8 @@ def test_silent_clients_get_408_after_the_grace_and_a_slow_steady_one_is_served(
             sock.sendall(body[i * len(body) // 16:(i + 1) * len(body) // 16])
             time.sleep(0.25)
         assert time.monotonic() - started > GRACE_S
-        status, _, answer = read_answer(sock)
+        status, _, raw = read_http_answer(sock, timeout=10.0)
+        answer = json.loads(raw)
     assert status == 200, answer
 
     for trickle in silent:
