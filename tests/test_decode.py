@@ -201,13 +201,18 @@ def test_cut_streamable_files_are_decoded_and_flagged_truncated(streamable, kind
     assert whole.truncation is None and whole.frame_count == 50, whole
     whole.require_complete()  # no error for a whole file
     data = streamable[kind].read_bytes()
+    flagged = 0
     for fraction in (0.3, 0.75, 0.95):
         cut = tmp_path / f"cut{fraction}{streamable[kind].suffix}"
         size = int(len(data) * fraction)
-        if kind == "ts" and size % 188 == 0:  # a cut on a packet boundary is undetectable (the README says so)
+        # A cut on a packet or fragment boundary is undetectable (the README says so): step off it.
+        if (kind == "ts" and size % 188 == 0) or data[size + 4 : size + 8] in (b"moof", b"mfra"):
             size -= 7
         cut.write_bytes(data[:size])
-        info = decode.probe(cut)
+        try:
+            info = decode.probe(cut)
+        except TruncatedVideoError:  # FFmpeg cannot open this cut at all: the error, never a silent score
+            continue
         assert info.truncation, (kind, fraction, info)  # says what was decoded against what was declared
         assert str(info.frame_count) in info.truncation or f"{info.duration:.3f}" in info.truncation or "cut" in info.truncation
         if info.declared_frames:
@@ -219,6 +224,8 @@ def test_cut_streamable_files_are_decoded_and_flagged_truncated(streamable, kind
         with pytest.raises(TruncatedVideoError) as strict:
             info.require_complete()
         assert strict.value.code == "truncated" and info.truncation in strict.value.message
+        flagged += 1
+    assert flagged >= 2, kind  # most cuts still open: they are scored and say so
 
 
 def test_mkv_cut_to_3_of_50_frames_states_decoded_against_declared(streamable, tmp_path):

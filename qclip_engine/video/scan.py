@@ -129,9 +129,10 @@ def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo
     declared_frames = stream.frames or None
     declared_duration = _declared_duration(container, stream)
     if not pts:
-        if declared_frames or declared_duration or demux_error is not None:
+        cut = _iso_bmff_cut(Path(where)) if container.format.name.startswith("mov") else None
+        if declared_frames or declared_duration or demux_error is not None or cut:
             raise TruncatedVideoError(f"{name}: no frame of the {_declared(declared_frames, declared_duration)} "
-                                      f"could be read ({demux_error or 'the media data is missing'})", path=where)
+                                      f"could be read ({demux_error or cut or 'the media data is missing'})", path=where)
         raise DecodeFailedError(f"{name}: no video packets could be read (empty stream)", path=where)
     table_pts = np.unique(np.asarray(pts, dtype=np.int64))  # display order
     key_pts = np.unique(np.asarray(keys or pts[:1], dtype=np.int64))
