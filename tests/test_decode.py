@@ -201,18 +201,23 @@ def test_cut_streamable_files_are_decoded_and_flagged_truncated(streamable, kind
     assert whole.truncation is None and whole.frame_count == 50, whole
     whole.require_complete()  # no error for a whole file
     data = streamable[kind].read_bytes()
-    flagged = 0
     for fraction in (0.3, 0.75, 0.95):
         cut = tmp_path / f"cut{fraction}{streamable[kind].suffix}"
         size = int(len(data) * fraction)
         # A cut on a packet or fragment boundary is undetectable (the README says so): step off it.
         if (kind == "ts" and size % 188 == 0) or data[size + 4 : size + 8] in (b"moof", b"mfra"):
             size -= 7
-        cut.write_bytes(data[:size])
-        try:
-            info = decode.probe(cut)
-        except TruncatedVideoError:  # FFmpeg cannot open this cut at all: the error, never a silent score
-            continue
+        # FFmpeg refuses to open an MP4 cut inside a fragment header (~100 bytes of each ~2 KB
+        # fragment): that is the truncated error, never a silent score; step back out of it.
+        for attempt in range(3):
+            cut.write_bytes(data[: size - 300 * attempt])
+            try:
+                info = decode.probe(cut)
+                break
+            except TruncatedVideoError:
+                assert kind == "fragmented_mp4", kind
+        else:
+            pytest.fail(f"{kind}: no cut near {fraction:.0%} could be opened")
         assert info.truncation, (kind, fraction, info)  # says what was decoded against what was declared
         assert str(info.frame_count) in info.truncation or f"{info.duration:.3f}" in info.truncation or "cut" in info.truncation
         if info.declared_frames:
@@ -224,8 +229,6 @@ def test_cut_streamable_files_are_decoded_and_flagged_truncated(streamable, kind
         with pytest.raises(TruncatedVideoError) as strict:
             info.require_complete()
         assert strict.value.code == "truncated" and info.truncation in strict.value.message
-        flagged += 1
-    assert flagged >= 2, kind  # most cuts still open: they are scored and say so
 
 
 def test_mkv_cut_to_3_of_50_frames_states_decoded_against_declared(streamable, tmp_path):
