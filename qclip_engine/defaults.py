@@ -23,6 +23,15 @@ DECODER = "auto"
 # Least SROCC against FP32 scores (on the clips qclip-export --int8 measures) for auto to use a
 # reduced precision; one outside its limit is never chosen by auto.
 PRECISION_MIN_SROCC = {"bf16": 0.995, "int8": 0.99}
+# The PE vision towers' RoPE (qclip_engine/model/backbone.py): "pe" as Meta fixed it, the class token
+# unrotated; "qclip_official" the earlier order the official Q-CLIP code trained with. New models: pe.
+ROPES = ("pe", "qclip_official")
+ROPE = "pe"
+# How decoded frames reach model size (qclip_engine/video/decode.py): "fast" converts and resizes in
+# one swscale step; "reference" decodes RGB at native size, then resizes with PIL bilinear as the
+# official Q-CLIP transform does. An artifact records its own; new models: fast.
+PREPROCESSINGS = ("fast", "reference")
+PREPROCESSING = "fast"
 BACKBONE = "PE-Core-L-14-336"  # QCLIPConfig's default; qclip-score's zero-shot model without --artifact
 
 # Batching (qclip_engine.batching): most videos per backend call, and how long a partial

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..contract import QUALITY_LEVELS
-from ..defaults import BACKBONE
+from ..defaults import BACKBONE, PREPROCESSING, PREPROCESSINGS, ROPE, ROPES
 from ..video.sampling import check_sampler
 from .backbone import load_backbone
 from .prompts import QualityPrompts
@@ -56,6 +56,7 @@ class QCLIPConfig:
     ``pretrained``: an open_clip tag of ``backbone`` (``"meta"`` for PE-Core), an
     ``hf-hub:org/repo`` name, a local ``.safetensors``/``.pt`` file, or ``None`` for a
     random-init backbone (tests and demos only) seeded by ``init_seed``.
+    ``rope`` and ``preprocessing``: see ``defaults.ROPES`` and ``defaults.PREPROCESSINGS``.
     """
 
     backbone: str = BACKBONE
@@ -67,6 +68,8 @@ class QCLIPConfig:
     image_size: int | None = None
     sampler: str = "mixed"
     init_seed: int = 0
+    rope: str = ROPE
+    preprocessing: str = PREPROCESSING
 
     def __post_init__(self):
         if self.adapter_layers < 1:
@@ -74,6 +77,10 @@ class QCLIPConfig:
         if self.shared_dim < 1 or self.context_tokens < 0 or self.num_frames < 1:
             raise ValueError(f"shared_dim, num_frames must be ≥ 1 and context_tokens ≥ 0: {self}")
         check_sampler(self.sampler)
+        if self.rope not in ROPES:
+            raise ValueError(f"rope must be one of {ROPES}, got {self.rope!r}")
+        if self.preprocessing not in PREPROCESSINGS:
+            raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {self.preprocessing!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
