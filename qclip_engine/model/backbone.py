@@ -53,10 +53,27 @@ class VisualTower(ABC):
         """The tower's projection into the joint embedding space."""
 
 
-class PEVisualTower(VisualTower):
-    """open_clip ``TimmModel`` around a timm ``Eva`` (PE-Core): RoPE blocks, ``map`` pooling."""
+def official_rope_order(rope: torch.Tensor) -> torch.Tensor:
+    """The patches' rotations ``[P, 2D]`` (timm's sin‖cos rows) in the order the official Q-CLIP code
+    applies them to the *whole* sequence ``[class, patch 0 … P-1]``: token ``s`` gets row ``s``, so
+    the class token takes patch 0's rotation, patch ``p`` takes patch ``p+1``'s and the last patch
+    none (sin 0, cos 1). That code vendors an early copy of Meta's PE RoPE, which appends the class
+    token's zero rotation after the patches although the class token comes first; Meta fixed it
+    later, and timm (``rope="pe"``) leaves the class token unrotated and gives each patch its own.
+    Adapters trained by the official code saw this order, so their checkpoints need it."""
+    half = rope.shape[-1] // 2
+    identity = torch.cat([rope.new_zeros(half), rope.new_ones(half)]).unsqueeze(0)
+    return torch.cat([rope, identity], dim=0)
 
-    def __init__(self, visual: nn.Module):
+
+class PEVisualTower(VisualTower):
+    """open_clip ``TimmModel`` around a timm ``Eva`` (PE-Core): RoPE blocks, ``map`` pooling.
+
+    ``rope="qclip_official"`` rotates the class token too, in :func:`official_rope_order`; the
+    blocks' attention then treats no token as an unrotated prefix.
+    """
+
+    def __init__(self, visual: nn.Module, rope: str = "pe"):
         trunk = visual.trunk
         if type(trunk).__name__ != "Eva":
             raise BackboneError(
@@ -69,10 +86,18 @@ class PEVisualTower(VisualTower):
         self.trunk = trunk
         self.blocks = trunk.blocks
         self.width = trunk.embed_dim
+        self.rope = rope
+        if rope == "qclip_official":
+            if trunk.rope is None or trunk.num_prefix_tokens != 1:
+                raise BackboneError("rope='qclip_official' needs a PE tower with RoPE and one class token")
+            for block in trunk.blocks:  # this model's own copy of the backbone: no one else runs it
+                block.attn.num_prefix_tokens = 0
 
     def embed(self, images):
         x = self.trunk.patch_embed(images)
         x, rope = self.trunk._pos_embed(x)
+        if self.rope == "qclip_official":
+            rope = official_rope_order(rope)
         x = self.trunk.norm_pre(x)
         return x, {"rope": rope}
 
@@ -171,11 +196,13 @@ class Backbone:
     preprocess: dict[str, Any]
 
 
-def _visual_tower(visual: nn.Module) -> VisualTower:
+def _visual_tower(visual: nn.Module, rope: str) -> VisualTower:
     kind = type(visual).__name__
     if kind == "TimmModel":
-        return PEVisualTower(visual)
+        return PEVisualTower(visual, rope)
     if kind == "VisionTransformer":
+        if rope != "pe":
+            raise BackboneError(f"rope={rope!r} applies to PE-Core towers only; {kind} has no RoPE")
         return ClassicVisualTower(visual)
     raise BackboneError(
         f"vision tower {kind!r} is not supported; supported are PE-Core (timm Eva) and classic open_clip ViTs"
@@ -275,14 +302,15 @@ def load_backbone(
     *,
     image_size: int | None = None,
     init_seed: int = 0,
+    rope: str = "pe",
 ) -> Backbone:
-    """Build, freeze and wrap an open_clip backbone."""
+    """Build, freeze and wrap an open_clip backbone (``rope``: see :class:`PEVisualTower`)."""
     if backbone not in open_clip.list_models():
         raise BackboneError(f"unknown open_clip model {backbone!r}")
     clip = create_clip(backbone, pretrained, image_size=image_size, init_seed=init_seed)
     clip.requires_grad_(False)
     clip.eval()
-    visual = _visual_tower(clip.visual)
+    visual = _visual_tower(clip.visual, rope)
     text = TextTower(_text_source(clip))
     tokenizer = open_clip.get_tokenizer(backbone)
     prep = preprocess_config(backbone, pretrained, clip)

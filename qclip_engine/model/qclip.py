@@ -93,7 +93,11 @@ class QCLIP(nn.Module):
         super().__init__()
         self.config = config
         bb = load_backbone(
-            config.backbone, config.pretrained, image_size=config.image_size, init_seed=config.init_seed
+            config.backbone,
+            config.pretrained,
+            image_size=config.image_size,
+            init_seed=config.init_seed,
+            rope=config.rope,
         )
         self.backbone = bb.clip  # frozen, eval mode, never in the optimizer
         self.visual_tower, self.text_tower = bb.visual, bb.text  # views of backbone modules
