@@ -84,13 +84,21 @@ def test_each_rope_order_equals_the_independent_rotation(rope, class_token_first
 
 
 @pytest.mark.parametrize("rope", ["pe", "qclip_official"])
-def test_folded_and_onnx_models_keep_the_rope_order(rope, tmp_path):
+def test_folded_model_keeps_the_rope_order(rope):
     model = pe_model(rope, image=64)
     pixels = uint8_frames(model, 2, 2, seed=3)
     with torch.no_grad():
         sims_ref = model.level_sims(model.normalize(pixels))
         folded_sims, _ = fold(model)(pixels)
     assert (folded_sims - sims_ref).abs().max() < 1e-5
+
+
+def test_onnx_graph_keeps_the_official_rope_order(tmp_path):
+    """(the ``pe`` order's graph is held to the model by tests/test_export_onnx.py)"""
+    model = pe_model("qclip_official", image=64)
+    pixels = uint8_frames(model, 2, 2, seed=3)
+    with torch.no_grad():
+        sims_ref = model.level_sims(model.normalize(pixels))
     sims, _ = session(export_onnx(fold(model), tmp_path / "model.onnx")).run(None, {INPUT: pixels.numpy()})
     assert np.abs(sims - sims_ref.numpy()).max() < 1e-4
 
