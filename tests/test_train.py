@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from media import encode, moving_frames
 
@@ -75,7 +76,7 @@ def test_training_writes_metrics_and_a_loadable_artifact(tmp_path, tiny_dataset)
     assert report["best_epoch"] in (1, 2)
     # best/ is the selected epoch's model: reloaded, it reproduces that epoch's held-out metrics.
     config = run.load_config(_config(tmp_path, tiny_dataset))
-    metrics, _ = evaluate(model, build_datasets(config, model).val, 2, resolve_device("cpu"))
+    metrics, _ = evaluate(model, build_datasets(config, model).val, 2, resolve_device("cpu"), config["train"]["precision"])
     saved = lines[report["best_epoch"] - 1]["val"]["heldout"]
     for key in ("srocc", "plcc", "krocc"):
         assert metrics["heldout"][key] == pytest.approx(saved[key], abs=1e-6), key
@@ -124,6 +125,32 @@ def test_splits_report_mean_and_std(tmp_path, tiny_dataset):
     assert (out / "split0" / "best").is_dir() and (out / "split1" / "best").is_dir()
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_precision_sets_the_autocast_of_training_and_evaluation(tmp_path, tiny_dataset, monkeypatch, precision):
+    # Every Linear of the model reports the dtype it produced, split by phase (training pass or
+    # evaluation): bf16 autocast makes them bfloat16 on the CPU too, fp32 leaves them float32.
+    seen = {True: set(), False: set()}  # module.training → output dtypes
+    build = run.build_model
+
+    def observed(config):
+        model = build(config)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_hook(lambda m, args, out: seen[m.training].add(out.dtype))
+        return model
+
+    monkeypatch.setattr(run, "build_model", observed)
+    overrides = [f"train.precision={precision}"]
+    config = _config(tmp_path, tiny_dataset, epochs=1)
+    assert run.load_config(config)["train"]["precision"] == "fp32"  # the default: the official code's
+    assert run.main(["--config", str(config), "--output-dir", str(tmp_path / "run"), *overrides]) == 0
+    assert seen[True] and seen[False]  # both phases ran the model
+    if precision == "bf16":
+        assert torch.bfloat16 in seen[True] and torch.bfloat16 in seen[False]
+    else:
+        assert seen[True] == seen[False] == {torch.float32}
+
+
 def test_label_formats_and_the_official_split(tmp_path):
     (tmp_path / "official.txt").write_text("a.mp4,8.0,30,3.5\n\nb.mp4,8.0,30,4.25\n")
     (tmp_path / "mos.csv").write_text("path,mos\n/abs/c.mp4,1.5\nd.mp4,2\n")
@@ -159,6 +186,8 @@ def _one_error_line(capsys, prog: str) -> str:
         (["train.epochs"], "override 'train.epochs' is not key=value"),
         (["model.no_such_setting=1"], "unknown model settings ['no_such_setting']"),
         (["data.val={}"], "the config needs data.train and at least one data.val entry"),
+        (["train.precision=fp16"], "train.precision must be one of fp32, bf16, got 'fp16'"),
+        (["train.precision=BF16"], "train.precision must be one of fp32, bf16, got 'BF16'"),
     ],
 )
 def test_a_bad_config_is_a_config_error_and_exit_status_2(tmp_path, tiny_dataset, capsys, overrides, message):

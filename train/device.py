@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` → CUDA when there is a GPU, else the CPU; any other name as torch spells it."""
@@ -12,6 +14,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device):
-    # bf16 on GPUs; CPU stays fp32 (bf16 matmuls on CPU are slower and lossy here).
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+PRECISIONS = ("fp32", "bf16")  # train.precision; fp32 is the official Q-CLIP code's
+
+
+def check_precision(precision) -> str:
+    """``precision`` if it is one of ``PRECISIONS``; :class:`ConfigError` naming the choices otherwise."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """The context training and its evaluation run the model in: ``bf16`` autocasts to bfloat16 on
+    ``device`` (CUDA or CPU); ``fp32`` runs in float32 (autocast off)."""
+    if check_precision(precision) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)

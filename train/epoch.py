@@ -73,7 +73,8 @@ def train_epoch(
     seed: int,
     device: torch.device,
 ) -> EpochResult:
-    """One pass over ``dataset`` (0-based ``epoch``), shuffled by ``seed`` and the epoch."""
+    """One pass over ``dataset`` (0-based ``epoch``), shuffled by ``seed`` and the epoch, at
+    ``tcfg["precision"]`` (``device.autocast``)."""
     model.train()
     dataset.set_epoch(epoch)
     batches = loader(dataset, int(tcfg["batch_size"]), seed * 1000 + epoch, int(tcfg["num_workers"]))
@@ -83,7 +84,7 @@ def train_epoch(
         if "video" not in batch or len(batch["mos"]) < 2:
             continue  # the PLCC loss needs two videos
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device):
+        with autocast(device, tcfg["precision"]):
             pred = model(model.normalize(batch["video"].to(device)))
         loss = qclip_loss(pred.float(), batch["mos"].to(device))
         loss.backward()

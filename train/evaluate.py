@@ -18,17 +18,18 @@ from .errors import DatasetError
 
 
 @torch.no_grad()
-def predict(model: QCLIP, batches, device) -> tuple[np.ndarray, np.ndarray, int]:
-    """Scores, MOS and the count of videos that failed to decode, over ``batches``."""
+def predict(model: QCLIP, batches, device, precision: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Scores, MOS and the count of videos that failed to decode, over ``batches``, at the
+    training run's ``precision`` (``device.autocast``)."""
     model.eval()
     preds, targets, failed = [], [], 0
-    with autocast(device):
+    with autocast(device, precision):
         text = model.forward_text()  # constant during evaluation: once, not per batch
     for batch in batches:
         failed += len(batch["errors"])
         if "video" not in batch:
             continue
-        with autocast(device):
+        with autocast(device, precision):
             score = model(model.normalize(batch["video"].to(device)), text)
         preds.append(score.float().cpu().numpy())
         targets.append(batch["mos"].numpy())
@@ -38,12 +39,12 @@ def predict(model: QCLIP, batches, device) -> tuple[np.ndarray, np.ndarray, int]
 
 
 def evaluate(
-    model: QCLIP, val_sets: dict[str, VideoClips], batch_size: int, device
+    model: QCLIP, val_sets: dict[str, VideoClips], batch_size: int, device, precision: str
 ) -> tuple[dict[str, dict], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Metrics of each validation set (with its video and failure counts), and its (predictions, MOS)."""
     metrics, outputs = {}, {}
     for name, dataset in val_sets.items():
-        preds, targets, failed = predict(model, loader(dataset, batch_size, None, 0), device)
+        preds, targets, failed = predict(model, loader(dataset, batch_size, None, 0), device, precision)
         metrics[name] = all_metrics(preds, targets) | {"videos": len(preds), "failed_videos": failed}
         outputs[name] = (preds, targets)
     return metrics, outputs

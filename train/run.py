@@ -1,9 +1,10 @@
 """Train the Q-CLIP adapters: ``python -m train.run --config FILE [key=value …]``.
 
 The official recipe: AdamW over the trainable tensors only, one linear warm-up epoch
-then per-iteration cosine decay, ``plcc_loss + 0.3 · rank_loss``, 8 frames, batch 12;
-bf16 autocast on CUDA. Every epoch appends one JSON line of metrics (SROCC, PLCC
-linear and logistic, KROCC, RMSE on each validation set, loss, lr, time) to
+then per-iteration cosine decay, ``plcc_loss + 0.3 · rank_loss``, 8 frames, batch 12, fp32
+(``train.precision: bf16`` autocasts training and its evaluation to bfloat16). Every epoch
+appends one JSON line of metrics (SROCC, PLCC linear and logistic, KROCC, RMSE on each
+validation set, loss, lr, time) to
 ``metrics.jsonl``; the best epoch by SROCC + PLCC on the first validation set is
 saved as an artifact (with its calibration) in ``best/`` with a scatter plot.
 ``--resume`` continues from ``checkpoint.pt``; ``--splits N`` repeats the run over N
@@ -34,7 +35,7 @@ from qclip_engine.errors import QCLIPError
 
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, no_best, save_best, save_checkpoint
 from .datasets import build_datasets, write_skipped
-from .device import resolve_device
+from .device import check_precision, resolve_device
 from .epoch import epoch_record, log_epoch, make_optimizer, make_scheduler, train_epoch
 from .errors import ConfigError, report
 from .evaluate import evaluate, selection_score
@@ -59,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 0,
         "init_from": None,
         "device": "auto",
+        "precision": "fp32",  # fp32 (the official code's) | bf16: autocast to bfloat16 on the training device
         "stop_after": None,  # end this invocation after N epochs (time-limited jobs; --resume goes on)
     },
 }
@@ -95,6 +97,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
         raise ConfigError(f"unknown model settings {sorted(unknown)}; known: {sorted(known)}")
     if "train" not in config["data"] or not config["data"].get("val"):
         raise ConfigError("the config needs data.train and at least one data.val entry")
+    check_precision(config["train"]["precision"])
     config["output_dir"] = config["output_dir"].replace("${name}", config["name"])
     return config
 
@@ -134,7 +137,7 @@ def train_once(config: dict, out: Path, *, split_seed: int | None = None, resume
         started = time.perf_counter()
         result = train_epoch(model, data.train, optimizer, scheduler, epoch=epoch, tcfg=tcfg, seed=seed, device=device)
         lr = scheduler.get_last_lr()[0]
-        metrics, outputs = evaluate(model, data.val, int(tcfg["val_batch_size"]), device)
+        metrics, outputs = evaluate(model, data.val, int(tcfg["val_batch_size"]), device, tcfg["precision"])
         log_epoch(out / METRICS, epoch_record(epoch, result, lr, metrics, time.perf_counter() - started), data.selection, epochs)
         sel = metrics[data.selection]
         if selection_score(sel) > best["score"]:
