@@ -540,7 +540,7 @@ def _decode_runs(decode_one, paths: list[Path], parallel: list[int], repeats: in
 
 def part_decode(args, ctx: Context):
     from qclip_engine.video import decode
-    from qclip_engine.video.sampling import select_frames
+    from qclip_engine.video.sampling import frame_indices
 
     clips = ctx.clips.ensure()
     size = MODEL_SIZE
@@ -570,8 +570,7 @@ def part_decode(args, ctx: Context):
     def uniform_one(threads):
         def run(p):
             info, _ = decode.scan(p)
-            cand = decode.candidate_indices(info.frame_count)
-            idx = cand[select_frames("uniform", np.zeros(len(cand)), args.frames, seed=0)]
+            idx = frame_indices(info.frame_count, "uniform", args.frames, seed=0)
             return len(decode.decode_frames(p, size, indices=idx, threads=threads))
         return run
 

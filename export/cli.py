@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         _done(t)
 
     t = _step("parity: decoding the fixed batch and running the torch FP32 reference")
-    frames, source = parity_frames(model.image_size, model.config.num_frames, args.parity_videos)
+    frames, source = parity_frames(model.image_size, model.config.num_frames, args.parity_videos,
+                                   preprocessing=model.config.preprocessing)
     reference = reference_outputs(model, frames)
     _done(t)
 
@@ -160,7 +161,8 @@ def _measure_drift(model, args, int8_graph: Path, out: Path) -> None:
     from .parity import DRIFT_VIDEOS, parity_frames, precision_drift, reference_outputs
 
     t = _step(f"score drift of BF16 and INT8 against FP32 on {DRIFT_VIDEOS} clip windows")
-    frames, source = parity_frames(model.image_size, model.config.num_frames, args.parity_videos, count=DRIFT_VIDEOS)
+    frames, source = parity_frames(model.image_size, model.config.num_frames, args.parity_videos, count=DRIFT_VIDEOS,
+                                   preprocessing=model.config.preprocessing)
     reference = reference_outputs(model, frames)
     runs = {"bf16": ("torch", TorchBackend(model, "cpu", precision="bf16").run),
             "int8": ("onnxruntime", OnnxRuntimeBackend(None, "cpu", graph=int8_graph).run)}

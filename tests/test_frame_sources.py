@@ -91,7 +91,7 @@ def test_auto_takes_the_host_path_unless_a_cuda_backend_has_dali_and_cuda_python
     assert engine.source.name == "host" and engine.decoder_reason == "the backend runs on the CPU"
     reason = frame_sources.device_path_unavailable("cuda")
     assert reason  # CI has neither DALI's GPU path nor a GPU: a stated reason, not a crash
-    monkeypatch.setattr("qclip_engine.engine.device_path_unavailable", lambda device: None)
+    monkeypatch.setattr("qclip_engine.engine.device_path_unavailable", lambda device, preprocessing="fast": None)
     assert QualityEngine(model=model, engine="torch", device="cpu").source.name == "device"
     with pytest.raises(ValueError, match="decoder must be one of"):
         QualityEngine(model=model, engine="torch", device="cpu", decoder="gpu")

@@ -8,7 +8,9 @@ from qclip_engine.video.sampling import (
     MIXED_CHOICES,
     SAMPLER_NAMES,
     SAMPLERS,
+    candidate_indices,
     choose_mixed_strategy,
+    frame_indices,
     mse_sorted_uniform,
     random_indices,
     segment_bounds,
@@ -103,6 +105,59 @@ def test_uniform_ignores_seed_and_mse():
     m = np.random.default_rng(0).random(50)
     results = {tuple(sel("uniform", m, 8, seed=s, training=t)) for s in (None, 0, 1, 2) for t in (False, True)}
     assert results == {tuple(uniform(50, 8))}
+
+
+# -- frame_indices: (frame count, sampler, K) → frame indices ----------------------------------
+@pytest.mark.parametrize("k", [1, 4, 8, 16, 32])
+def test_frame_indices_uniform_is_the_official_loader_for_every_frame_count(k):
+    # The official loader: np.linspace(0, N-1, K).round() over ALL N frames, whatever N —
+    # above max_analysis_frames (512) too, where candidates at a stride would pick other frames.
+    counts = np.arange(1, 5001)
+    official = np.stack([np.linspace(0, n - 1, k).round().astype(int) for n in counts.tolist()])
+    ours = np.stack([frame_indices(n, "uniform", k) for n in counts.tolist()])
+    assert ours.dtype == np.int64
+    np.testing.assert_array_equal(ours, official)
+
+
+@pytest.mark.parametrize("strategy", ["random", "uniform_random_start"])
+def test_frame_indices_motion_free_samplers_draw_among_all_frames(strategy):
+    n, k = 20_000, 32
+    allowed = set(candidate_indices(n, 64).tolist())
+    outside = 0
+    for seed in range(5):
+        idx = frame_indices(n, strategy, k, seed=seed, training=True, max_analysis_frames=64)
+        np.testing.assert_array_equal(idx, select_frames(strategy, np.zeros(n), k, seed=seed, training=True))
+        outside += sum(i not in allowed for i in idx.tolist())
+    assert outside > 0  # the candidate cap does not restrict them
+
+
+@pytest.mark.parametrize("strategy", [name for name, s in SAMPLERS.items() if s.needs_motion])
+def test_frame_indices_motion_samplers_pick_among_the_candidates(strategy):
+    n, cap, k = 3001, 100, 8
+    cand = candidate_indices(n, cap)
+    assert len(cand) == cap
+    m = np.random.default_rng(4).random(cap)
+    for training in (False, True):
+        idx = frame_indices(n, strategy, k, m, max_analysis_frames=cap, seed=7, training=training)
+        np.testing.assert_array_equal(idx, cand[select_frames(strategy, m, k, seed=7, training=training)])
+        assert set(idx.tolist()) <= set(cand.tolist())
+    # The candidates a decoder actually produced (one left out) replace the default stride.
+    kept = np.delete(cand, 3)
+    idx = frame_indices(n, strategy, k, m[:-1], candidates=kept, seed=7)
+    np.testing.assert_array_equal(idx, kept[select_frames(strategy, m[:-1], k, seed=7)])
+
+
+def test_frame_indices_refuses_missing_or_mismatched_motion_and_bad_arguments():
+    with pytest.raises(ValueError, match="needs the motion of its 512 candidate frames"):
+        frame_indices(5000, "segment_mse_mean", 8)
+    with pytest.raises(ValueError, match="motion has 10 values for 512 candidate frames"):
+        frame_indices(5000, "segment_mse_mean", 8, np.zeros(10))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        frame_indices(10, "nearest", 4)
+    with pytest.raises(ValueError, match="at least one"):
+        frame_indices(0, "uniform", 4)
+    with pytest.raises(ValueError, match="k must be"):
+        frame_indices(10, "uniform", 0)
 
 
 # -- random ----------------------------------------------------------------------------------

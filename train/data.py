@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from qclip_engine.defaults import PREPROCESSING, PREPROCESSINGS
 from qclip_engine.errors import VideoError
 from qclip_engine.video import decode
 from qclip_engine.video.frame_mse import frame_mse
-from qclip_engine.video.sampling import select_frames
+from qclip_engine.video.sampling import check_sampler, frame_indices
 
 from .errors import DatasetError
 
@@ -98,8 +99,12 @@ class VideoClips(torch.utils.data.Dataset):
 
     Every file is probed up front: unusable ones — a file cut short included, as its label
     is for the whole video — are listed in ``skipped`` and left out (or, with ``strict``, raise). Frame choice is seeded per (seed, epoch, item),
-    so a run and its resumed twin see the same frames. ``cache`` keeps each video's
-    candidate frames and motion in memory after the first decode (small datasets).
+    so a run and its resumed twin see the same frames, and chosen as the engine chooses them
+    (``sampling.frame_indices``): a motion-free sampler picks among all the video's frames and
+    only its picks are decoded (by seeking); the others pick among the motion-analysis
+    candidates. ``cache`` keeps in memory, after the first decode, each video's candidate
+    frames and motion (samplers that need motion) or the frames decoded so far, at most
+    ``max_analysis_frames`` of them (the others): small datasets.
     """
 
     def __init__(
@@ -115,10 +120,15 @@ class VideoClips(torch.utils.data.Dataset):
         strict: bool = False,
         cache: bool = False,
         desc: str = "checking videos",
+        preprocessing: str = PREPROCESSING,
     ):
+        if preprocessing not in PREPROCESSINGS:
+            raise DatasetError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
+        self.preprocessing = preprocessing  # how frames reach model size: the model's (video/decode.py)
         self.image_size = tuple(image_size)
         self.num_frames = num_frames
         self.sampler = sampler
+        self._sampler = check_sampler(sampler)
         self.training = training
         self.seed = seed
         self.epoch = 0
@@ -126,15 +136,18 @@ class VideoClips(torch.utils.data.Dataset):
         self.cache = {} if cache else None
         self.skipped: list[Skipped] = []
         self.records: list[LabelledVideo] = []
+        self.frame_counts: list[int] = []  # per usable record: the N its frame indices range over
         for record in tqdm(records, desc=desc, unit="video", leave=False):
             try:
-                decode.probe(record.path).require_complete()
+                info = decode.probe(record.path)
+                info.require_complete()
             except VideoError as exc:
                 if strict:
                     raise
                 self.skipped.append(Skipped(record.path, exc.code, exc.message))
                 continue
             self.records.append(record)
+            self.frame_counts.append(info.frame_count)
         if not self.records:
             raise DatasetError(f"no usable video among {len(records)} ({len(self.skipped)} skipped)")
 
@@ -144,25 +157,50 @@ class VideoClips(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _candidates(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Indices, frames and motion of the video's analysis candidates (samplers that need motion)."""
         if self.cache is not None and index in self.cache:
             return self.cache[index]
-        cands = decode.decode_candidates(self.records[index].path, self.image_size, max_frames=self.max_analysis_frames)
-        entry = (cands.frames, frame_mse(cands.frames))
+        cands = decode.decode_candidates(self.records[index].path, self.image_size, max_frames=self.max_analysis_frames,
+                                         preprocessing=self.preprocessing)
+        entry = (cands.indices, cands.frames, frame_mse(cands.frames))
         if self.cache is not None:
             self.cache[index] = entry
         return entry
 
+    def _picked(self, index: int, picked: np.ndarray) -> np.ndarray:
+        """Frames ``picked`` of the video, decoded by seeking (motion-free samplers); with ``cache``,
+        frames already decoded are reused and new ones kept while the video holds fewer than
+        ``max_analysis_frames``."""
+        path = self.records[index].path
+        if self.cache is None:
+            return decode.decode_frames(path, self.image_size, indices=picked, preprocessing=self.preprocessing)
+        held = self.cache.setdefault(index, {})
+        missing = np.unique([i for i in picked.tolist() if i not in held]).astype(np.int64)
+        new = dict(zip(missing.tolist(), decode.decode_frames(path, self.image_size, indices=missing,
+                                                              preprocessing=self.preprocessing))) if missing.size else {}
+        frames = np.stack([held[i] if i in held else new[i] for i in picked.tolist()])
+        for i, frame in new.items():
+            if len(held) >= self.max_analysis_frames:
+                break
+            held[i] = frame.copy()  # not a view that would keep the whole decoded array alive
+        return frames
+
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
+        n, seed = self.frame_counts[index], (self.seed, self.epoch, index)
         try:
-            frames, motion = self._candidates(index)
+            if self._sampler.needs_motion:
+                cand, frames, motion = self._candidates(index)
+                picked = frame_indices(n, self._sampler, self.num_frames, motion, candidates=cand, seed=seed,
+                                       training=self.training)
+                video = frames[np.searchsorted(cand, picked)]  # candidates are sorted and distinct
+            else:
+                picked = frame_indices(n, self._sampler, self.num_frames, seed=seed, training=self.training)
+                video = self._picked(index, picked)
         except VideoError as exc:  # passed the probe but failed to decode: skip, do not stop
             return {"error": Skipped(record.path, exc.code, exc.message), "index": index}
-        picked = select_frames(
-            self.sampler, motion, self.num_frames, seed=(self.seed, self.epoch, index), training=self.training
-        )
-        return {"video": torch.from_numpy(np.ascontiguousarray(frames[picked])), "mos": record.mos, "index": index}
+        return {"video": torch.from_numpy(np.ascontiguousarray(video)), "mos": record.mos, "index": index}
 
 
 def collate(items: list[dict]) -> dict:

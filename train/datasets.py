@@ -47,6 +47,7 @@ def build_datasets(config: dict, model: QCLIP, *, split_seed: int | None = None,
         image_size=model.image_size,
         num_frames=model.config.num_frames,
         sampler=model.config.sampler,
+        preprocessing=model.config.preprocessing,  # frames made as the artifact will be scored
         max_analysis_frames=data["max_analysis_frames"],
         strict=strict,
         cache=bool(data.get("cache")),

@@ -78,12 +78,14 @@ def heldout_predictions(model: QCLIP, config: dict) -> tuple[np.ndarray, np.ndar
         image_size=model.image_size,
         num_frames=model.config.num_frames,
         sampler=model.config.sampler,
+        preprocessing=model.config.preprocessing,
         training=False,
         seed=int(config["seed"]),
         max_analysis_frames=config["data"]["max_analysis_frames"],
         desc="held-out videos",
     )
-    preds, targets, _ = predict(model, loader(clips, int(config["train"]["val_batch_size"]), None, 0), torch.device("cpu"))
+    preds, targets, _ = predict(model, loader(clips, int(config["train"]["val_batch_size"]), None, 0), torch.device("cpu"),
+                                config["train"]["precision"])
     return preds, targets
 
 

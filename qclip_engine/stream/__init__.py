@@ -9,15 +9,16 @@ files) and then its backend; several ready windows share one backend call.
 Sources
     * a file path (or ``file://`` URL): opened and read as :mod:`qclip_engine.video.decode`
       reads files (:mod:`qclip_engine.video.container`: ``open_video``, ``FrameReader``),
-      frames converted with the same swscale call (``container.to_rgb``), so a window sees
-      exactly the pixels the file path decodes; display rotation applied.
+      frames converted with the same call (``container.to_rgb``, with the engine's
+      preprocessing), so a window sees exactly the pixels the file path decodes; display
+      rotation applied.
     * a URL (``rtsp://``, ``http(s)://`` incl. HLS ``.m3u8``, ``rtmp://``, ``udp://``, ``srt://`` …):
       opened by PyAV with open/read timeouts (``timeout_s``) and protocol options
       (RTSP over TCP, HTTP reconnects); ``options=`` adds or overrides them.
     * an iterable of frames: uint8 RGB ``[H, W, 3]`` arrays (timed ``index / fps``), or
       ``(timestamp_s, frame)`` tuples (timestamps taken as given, relative to the first),
-      or ``av.VideoFrame`` objects. Frames not at the model's size are resized by swscale
-      with the decoder's interpolation.
+      or ``av.VideoFrame`` objects. Frames not at the model's size are resized as the
+      engine's preprocessing resizes (``container.resize_rgb``: swscale or PIL bilinear).
 
 Time. For PyAV sources a frame's time is its own pts (``frame.time``) minus the first
 frame's, so variable-frame-rate media are windowed by real time, not by frame count. A

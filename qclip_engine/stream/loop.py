@@ -59,7 +59,8 @@ def stream_windows(
         raise ValueError(f"max_window_frames must be ≥ 1, got {max_window_frames}")
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    opener, name, is_live = open_source(source, tuple(engine.image_size), fps, timeout_s, options)
+    # Frames made as the engine's model wants them (its preprocessing), as the engine decodes files.
+    opener, name, is_live = open_source(source, tuple(engine.image_size), fps, timeout_s, options, engine.preprocessing)
     if live is None:
         live = is_live
     windower = Windower(window_s, hop_s, int(max_window_frames))

@@ -1,7 +1,8 @@
 """Opening a stream's source — a file, a URL or an iterable of frames — as timed frames.
 
 A source opens to an iterator of ``(t, convert)``: the frame's time in seconds (None if
-unknown) and a zero-argument callable giving its uint8 RGB pixels at model size.
+unknown) and a zero-argument callable giving its uint8 RGB pixels at model size, made by the
+engine's preprocessing (``container.to_rgb``: swscale for ``fast``, PIL bilinear for ``reference``).
 Conversion is deferred so frames the memory cap drops are never converted. The last item
 is ``(END_OF_MEDIA, nominal frame duration)``. Opening or iterating may raise ``VideoError``.
 Files and URLs are read through :mod:`qclip_engine.video.container`, as ``video.decode``
@@ -16,6 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ..defaults import PREPROCESSING, PREPROCESSINGS
 from ..errors import DecodeFailedError, NotAVideoError, TruncatedVideoError, UnsupportedCodecError, VideoError, VideoNotFoundError
 from ..video.container import FrameReader, display_orientation, open_video, resize_rgb, to_rgb, video_stream
 
@@ -25,8 +27,12 @@ MAX_BAD_PACKETS = 25  # corrupt packets in a row skipped before a stream gives u
 _LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp")
 
 
-def open_source(source, size, fps, timeout_s, options) -> tuple[Callable[[], Frames], str, bool]:
-    """``(opener, name, live)`` for ``source``; ``opener()`` opens it (in the decoder thread)."""
+def open_source(source, size, fps, timeout_s, options,
+                preprocessing: str = PREPROCESSING) -> tuple[Callable[[], Frames], str, bool]:
+    """``(opener, name, live)`` for ``source``; ``opener()`` opens it (in the decoder thread).
+    Frames reach ``size`` by ``preprocessing`` (``container.to_rgb`` / ``resize_rgb``)."""
+    if preprocessing not in PREPROCESSINGS:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
     if isinstance(source, (str, Path)):
         text = str(source)
         scheme = text.split("://", 1)[0].lower() if "://" in text else ""
@@ -34,21 +40,21 @@ def open_source(source, size, fps, timeout_s, options) -> tuple[Callable[[], Fra
             text = text[len("file://"):]
             scheme = ""
         if not scheme:
-            return (lambda: _file_frames(text, size)), text, False
-        return (lambda: _url_frames(text, scheme, size, timeout_s, options)), text, True
+            return (lambda: _file_frames(text, size, preprocessing)), text, False
+        return (lambda: _url_frames(text, scheme, size, timeout_s, options, preprocessing)), text, True
     if isinstance(source, np.ndarray):
         if source.ndim != 4:
             raise ValueError(f"an array source must be frames [N, H, W, 3], got shape {source.shape}")
-        return (lambda: _iter_frames(iter(source), size, fps)), "<frames>", False
+        return (lambda: _iter_frames(iter(source), size, fps, preprocessing)), "<frames>", False
     if isinstance(source, Iterable):
         in_memory = isinstance(source, (list, tuple))
-        return (lambda: _iter_frames(iter(source), size, fps)), "<frames>", not in_memory
+        return (lambda: _iter_frames(iter(source), size, fps, preprocessing)), "<frames>", not in_memory
     raise TypeError(f"source must be a path, a URL or an iterable of frames, got {type(source).__name__}")
 
 
-def _file_frames(path: str, size) -> Frames:
+def _file_frames(path: str, size, preprocessing: str) -> Frames:
     container = open_video(path)  # typed errors: not_found, empty_file, not_a_video, truncated, ...
-    return _container_frames(container, path, size, live=False)
+    return _container_frames(container, path, size, preprocessing, live=False)
 
 
 def _url_options(scheme: str, timeout_s: float, extra: dict | None) -> dict[str, str]:
@@ -63,7 +69,7 @@ def _url_options(scheme: str, timeout_s: float, extra: dict | None) -> dict[str,
     return opts | {k: str(v) for k, v in (extra or {}).items()}
 
 
-def _url_frames(url: str, scheme: str, size, timeout_s: float, extra: dict | None) -> Frames:
+def _url_frames(url: str, scheme: str, size, timeout_s: float, extra: dict | None, preprocessing: str) -> Frames:
     try:
         container = av.open(
             url,
@@ -86,11 +92,12 @@ def _url_frames(url: str, scheme: str, size, timeout_s: float, extra: dict | Non
     if video_stream(container).codec_context is None:
         container.close()
         raise UnsupportedCodecError(f"{url}: no decoder for this video codec", path=url)
-    return _container_frames(container, url, size, live=scheme in _LIVE_SCHEMES or url.lower().split("?")[0].endswith(".m3u8"),
+    return _container_frames(container, url, size, preprocessing, live=scheme in _LIVE_SCHEMES or url.lower().split("?")[0].endswith(".m3u8"),
                              timeout_s=timeout_s)
 
 
-def _container_frames(container, where: str, size, *, live: bool, timeout_s: float | None = None) -> Frames:
+def _container_frames(container, where: str, size, preprocessing: str, *, live: bool,
+                      timeout_s: float | None = None) -> Frames:
     """Frames of an open container's video stream (the one ffmpeg would pick), timed by pts;
     closes the container."""
     name = where if "://" in where else Path(where).name
@@ -107,7 +114,7 @@ def _container_frames(container, where: str, size, *, live: bool, timeout_s: flo
             if orientation is None:
                 orientation = display_orientation(frame)
             t = frame.time
-            yield (None if t is None else float(t)), (lambda f=frame, o=orientation: to_rgb(f, size, *o))
+            yield (None if t is None else float(t)), (lambda f=frame, o=orientation: to_rgb(f, size, *o, preprocessing))
         if reader.demux_error is not None:
             raise _mid_stream_error(reader.demux_error, name, where, timeout_s) from reader.demux_error
         if announced and reader.packets < announced:
@@ -131,7 +138,7 @@ def _mid_stream_error(exc: av.error.FFmpegError, name: str, where: str, timeout_
     return DecodeFailedError(f"{name}: {exc.strerror or exc}", path=where)
 
 
-def _iter_frames(items: Iterator, size, fps: float) -> Frames:
+def _iter_frames(items: Iterator, size, fps: float, preprocessing: str) -> Frames:
     h, w = size
     for i, item in enumerate(items):
         if isinstance(item, tuple):
@@ -147,7 +154,7 @@ def _iter_frames(items: Iterator, size, fps: float) -> Frames:
         else:
             t, frame = i / fps, item
         if isinstance(frame, av.VideoFrame):
-            yield t, (lambda f=frame: to_rgb(f, size, *display_orientation(f)))
+            yield t, (lambda f=frame: to_rgb(f, size, *display_orientation(f), preprocessing))
             continue
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or 0 in frame.shape:
@@ -155,5 +162,5 @@ def _iter_frames(items: Iterator, size, fps: float) -> Frames:
         if frame.shape[:2] == (h, w):
             yield t, (lambda f=frame: np.ascontiguousarray(f))
         else:
-            yield t, (lambda f=frame: resize_rgb(f, size))
+            yield t, (lambda f=frame: resize_rgb(f, size, preprocessing))
     yield END_OF_MEDIA, 1.0 / fps

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The stride rule decode uses for analysis candidates, so a capped window thins like a file.
+# The stride rule of the motion-analysis candidates thins a window past its memory cap (the
+# window then holds ≤ max_frames, which stream/loop.py keeps ≤ max_analysis_frames, and the
+# engine's sampler picks among all of them: engine.sample_frames).
 from ..video.sampling import candidate_indices
 
 _EPS = 1e-9  # seconds: window bounds are computed, not accumulated, but k·hop is still a float

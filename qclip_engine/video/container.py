@@ -5,7 +5,8 @@ Files (``video.decode``) and streams (``qclip_engine.stream``) both open through
 ``not_a_video``, ``audio_only``, ``unsupported_codec``, ``truncated``), pick the video stream
 with :func:`video_stream` (the one ffmpeg would pick; cover art is not video), read packets
 through :class:`FrameReader` (a corrupt packet is skipped, as ffmpeg does) and convert frames
-with :func:`to_rgb` (swscale, the whole display matrix applied: rotation and mirror), so a
+with :func:`to_rgb` (swscale, or RGB at native size then PIL's bilinear resize for the
+``reference`` preprocessing; the whole display matrix applied: rotation and mirror), so a
 stream window sees exactly the pixels a file decode gives.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ..defaults import PREPROCESSING, PREPROCESSINGS
 from ..errors import (
     AudioOnlyError,
     DecodeFailedError,
@@ -246,10 +248,22 @@ def display_orientation(frame: av.VideoFrame) -> tuple[int, bool]:
     return _rotation(-math.degrees(math.atan2(b / scale_y, a / scale_x))), hflip
 
 
-def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int, hflip: bool = False) -> np.ndarray:
-    """One decoded frame → uint8 RGB ``[H, W, 3]`` upright, swscale-resized to ``size`` (H, W):
-    mirrored if ``hflip``, then turned ``rotation`` degrees (``display_orientation``'s pair,
-    read once per video by the callers)."""
+def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int, hflip: bool = False,
+           preprocessing: str = PREPROCESSING) -> np.ndarray:
+    """One decoded frame → uint8 RGB ``[H, W, 3]`` upright at ``size`` (H, W): mirrored if ``hflip``,
+    then turned ``rotation`` degrees (``display_orientation``'s pair, read once per video by the
+    callers). The one place a decoded frame becomes a model-size frame; ``preprocessing``
+    (``defaults.PREPROCESSINGS``) says how:
+
+    * ``fast``: swscale converts and resizes in one step (bilinear), then the turn;
+    * ``reference``: RGB at the coded size, turned upright, then PIL's bilinear resize
+      (:func:`pil_resize`) — what the official Q-CLIP transform does to a decoded frame.
+    """
+    if preprocessing not in PREPROCESSINGS:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
+    if preprocessing == "reference":
+        upright = to_rgb(frame, None, rotation, hflip)
+        return upright if size is None else pil_resize(upright, size)
     if size is None:
         rgb = frame.to_ndarray(format="rgb24", threads=1)
     else:
@@ -267,8 +281,24 @@ def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int, hf
     return rgb
 
 
-def resize_rgb(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 RGB ``[H, W, 3]`` → ``size`` (H, W) with swscale and the decoder's interpolation."""
+def pil_resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 RGB ``[H, W, 3]`` → ``size`` (H, W) by PIL's bilinear ``Image.resize`` (antialiased when
+    shrinking: the filter widens with the scale), which is what torchvision's
+    ``Resize(BILINEAR)`` does to a PIL image. PIL releases the GIL while it resizes."""
+    from PIL import Image  # only the reference preprocessing needs PIL
+
+    h, w = size
+    resized = Image.fromarray(np.ascontiguousarray(frame)).resize((w, h), Image.Resampling.BILINEAR)
+    return np.array(resized)  # writable, as the swscale path's arrays are
+
+
+def resize_rgb(frame: np.ndarray, size: tuple[int, int], preprocessing: str = PREPROCESSING) -> np.ndarray:
+    """uint8 RGB ``[H, W, 3]`` → ``size`` (H, W): swscale with the decoder's interpolation (``fast``)
+    or PIL's bilinear resize (``reference``), as :func:`to_rgb` resizes a decoded frame."""
+    if preprocessing not in PREPROCESSINGS:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
+    if preprocessing == "reference":
+        return pil_resize(frame, size)
     h, w = size
     av_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
     return av_frame.reformat(width=w, height=h, format="rgb24", interpolation=INTERPOLATION).to_ndarray()

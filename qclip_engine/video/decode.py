@@ -1,15 +1,20 @@
 """CPU video decoding with PyAV: probe, streamed candidate frames, sparse decoding by seeking.
 
-Frames come out as uint8 RGB ``[T, H, W, 3]``, resized by FFmpeg's swscale while they
-are converted from the decoder's pixel format (one C call per frame, no Python pixel
-work, :func:`~qclip_engine.video.container.to_rgb`), with FFmpeg's threaded decoding.
+Frames come out as uint8 RGB ``[T, H, W, 3]``, with FFmpeg's threaded decoding, made model-size
+by :func:`~qclip_engine.video.container.to_rgb` as ``preprocessing`` says
+(``defaults.PREPROCESSINGS``): ``fast`` resizes with FFmpeg's swscale while converting from the
+decoder's pixel format (one C call per frame, no Python pixel work); ``reference`` converts to
+RGB at the native size, then resizes with PIL's bilinear filter, as the official Q-CLIP
+transform does (measured effect: ``benchmarks/preprocess.py``). Every function here takes
+``preprocessing`` (default ``fast``); the engine, streams and training pass the model's.
 Opening a file and reading its packets is :mod:`~qclip_engine.video.container`'s job.
 
 Frame identity. Every decode starts from :func:`~qclip_engine.video.scan.scan`: frame ``i``
 is the ``i``-th entry of the file's frame table, and decoded frames are matched to it by
 their timestamp (or, for raw streams without timestamps, by count) — see ``video/scan.py``.
-Candidate frames are taken at a uniform stride of the table (uniform in frame index, which
-for VFR is not uniform in time). Streams whose demuxer cannot seek are decoded start to end,
+Candidate frames (the motion analysis of samplers that need motion,
+``sampling.frame_indices``) are taken at a uniform stride of the table (uniform in frame
+index, which for VFR is not uniform in time). Streams whose demuxer cannot seek are decoded start to end,
 as ffmpeg reads them: sparse decoding falls back to a sequential pass.
 
 Rotation. The whole display matrix (phones' portrait video, mirrored selfies) is applied as
@@ -31,7 +36,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ..defaults import MAX_ANALYSIS_FRAMES
+from ..defaults import MAX_ANALYSIS_FRAMES, PREPROCESSING, PREPROCESSINGS
 from ..errors import DecodeFailedError
 from .container import (
     INTERPOLATION,
@@ -90,6 +95,7 @@ def iter_frames(
     *,
     wanted: np.ndarray | None = None,
     threads: int = 0,
+    preprocessing: str = PREPROCESSING,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Decode the whole file once, yielding ``(frame_index, rgb)`` for the ``wanted`` indices (all if None).
 
@@ -98,17 +104,19 @@ def iter_frames(
     """
     container, info, table = open_scanned(path)
     try:
-        yield from _stream(container, table, size, _orient(info), wanted, threads, str(path))
+        yield from _stream(container, table, size, _conversion(info, preprocessing), wanted, threads, str(path))
     finally:
         container.close()
 
 
-def _orient(info: VideoInfo) -> tuple[int, bool]:
-    """What ``to_rgb`` applies after its resize: (rotation, hflip)."""
-    return info.rotation, info.hflip
+def _conversion(info: VideoInfo, preprocessing: str) -> tuple[int, bool, str]:
+    """``to_rgb``'s arguments after the size: (rotation, hflip, preprocessing)."""
+    if preprocessing not in PREPROCESSINGS:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
+    return info.rotation, info.hflip, preprocessing
 
 
-def _stream(container, table: FrameTable, size, orient, wanted, threads, where) -> Iterator[tuple[int, np.ndarray]]:
+def _stream(container, table: FrameTable, size, conv, wanted, threads, where) -> Iterator[tuple[int, np.ndarray]]:
     """Decode from the container's current position (the start: callers hand a fresh container)."""
     stream = _configure_decoder(container, threads)
     keep = None if wanted is None else np.zeros(len(table.pts), dtype=bool)
@@ -121,19 +129,19 @@ def _stream(container, table: FrameTable, size, orient, wanted, threads, where) 
             if index is not None and (keep is None or keep[index]):
                 yield index, frame
 
-    yield from _convert_ahead(kept(), size, orient)
+    yield from _convert_ahead(kept(), size, conv)
 
 
-def _convert_ahead(items, size, orient, depth: int = 4) -> Iterator[tuple[int, np.ndarray]]:
-    """Convert frames in a worker thread while the decoder runs ahead (swscale releases the GIL).
+def _convert_ahead(items, size, conv, depth: int = 4) -> Iterator[tuple[int, np.ndarray]]:
+    """Convert frames in a worker thread while the decoder runs ahead (swscale and PIL's resize
+    release the GIL).
 
     At most ``depth`` frames are in flight; order is kept.
     """
-    rotation, hflip = orient
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qclip-swscale") as pool:
         pending: deque = deque()
         for index, frame in items:
-            pending.append((index, pool.submit(to_rgb, frame, size, rotation, hflip)))
+            pending.append((index, pool.submit(to_rgb, frame, size, *conv)))
             if len(pending) >= depth:
                 i, converted = pending.popleft()
                 yield i, converted.result()
@@ -158,8 +166,11 @@ def decode_candidates(
     *,
     max_frames: int = DEFAULT_MAX_ANALYSIS_FRAMES,
     threads: int = 0,
+    preprocessing: str = PREPROCESSING,
 ) -> Candidates:
-    """The analysis frames of a video in one streamed pass, at ``size`` (H, W).
+    """The analysis frames of a video in one streamed pass, at ``size`` (H, W), made by
+    ``preprocessing`` (``to_rgb``). The model's frames are picked from these, so the engine and
+    training decode them with the model's preprocessing (motion then sees the same pixels).
 
     Memory is bounded by ``max_frames × H × W × 3`` bytes whatever the video's length.
     """
@@ -170,7 +181,7 @@ def decode_candidates(
         slot[wanted] = np.arange(len(wanted))
         frames = np.empty((len(wanted), *size, 3), dtype=np.uint8)
         got = np.zeros(len(wanted), dtype=bool)
-        for index, rgb in _stream(container, table, size, _orient(info), wanted, threads, str(path)):
+        for index, rgb in _stream(container, table, size, _conversion(info, preprocessing), wanted, threads, str(path)):
             frames[slot[index]] = rgb
             got[slot[index]] = True
     finally:
@@ -190,6 +201,7 @@ def decode_frames(
     *,
     seek: bool = True,
     threads: int = 0,
+    preprocessing: str = PREPROCESSING,
 ) -> np.ndarray:
     """Frames of a video as uint8 RGB ``[T, H, W, 3]``, resized to ``size`` (H, W) if given.
 
@@ -197,14 +209,14 @@ def decode_frames(
     long videos use ``decode_candidates``). With ``indices`` (any order, repeats
     allowed) the result follows that order; ``seek=True`` jumps to the keyframe before
     each wanted frame instead of decoding everything in between, with pixels equal to
-    a full decode's.
+    a full decode's. ``preprocessing``: how a decoded frame reaches ``size`` (``to_rgb``).
     """
     container, info, table = open_scanned(path)
     where = str(path)
-    orient = _orient(info)
     try:
+        conv = _conversion(info, preprocessing)
         if indices is None:
-            frames = [rgb for _, rgb in _stream(container, table, size, orient, None, threads, where)]
+            frames = [rgb for _, rgb in _stream(container, table, size, conv, None, threads, where)]
             if not frames:
                 raise DecodeFailedError(f"{Path(path).name}: no frame could be decoded", path=where)
             return np.stack(frames)
@@ -217,12 +229,12 @@ def decode_frames(
         found = None
         if seek and seekable(container) and not table.counted:
             try:
-                found = _seek_decode(container, table, targets, size, orient, threads, where)
+                found = _seek_decode(container, table, targets, size, conv, threads, where)
             except _NotSeekable:  # the demuxer refused to seek, or seeks miss: read it start to end, as ffmpeg does
                 container.close()
                 container = open_video(path)
         if found is None:
-            found = dict(_stream(container, table, size, orient, targets, threads, where))
+            found = dict(_stream(container, table, size, conv, targets, threads, where))
     finally:
         container.close()
     missing = [int(i) for i in targets if i not in found]
@@ -242,7 +254,7 @@ def _seek(container, pts: int, stream) -> None:
         raise _NotSeekable(str(exc)) from exc
 
 
-def _seek_decode(container, table: FrameTable, targets: np.ndarray, size, orient, threads, where) -> dict[int, np.ndarray]:
+def _seek_decode(container, table: FrameTable, targets: np.ndarray, size, conv, threads, where) -> dict[int, np.ndarray]:
     """Decode ``targets`` (sorted) by seeking to the keyframe before each one that lies ahead.
 
     A seek lands on a keyframe chosen by the demuxer (by dts for MP4), which for files
@@ -264,7 +276,7 @@ def _seek_decode(container, table: FrameTable, targets: np.ndarray, size, orient
                 _seek(container, seek_pts, stream)
                 frames = FrameReader(container, stream)
                 position = None
-            hit = _decode_until(frames, table, target_pts, size, orient)
+            hit = _decode_until(frames, table, target_pts, size, conv)
             if hit is not None:
                 position, rgb = hit
                 if rgb is not None:
@@ -279,14 +291,14 @@ def _seek_decode(container, table: FrameTable, targets: np.ndarray, size, orient
     return found
 
 
-def _decode_until(frames, table, target_pts, size, orient):
+def _decode_until(frames, table, target_pts, size, conv):
     """Advance to ``target_pts``: ``(pts, rgb)`` on a hit, ``(pts, None)`` if we passed it, None at the end."""
     for frame in frames:
         stamp = frame.pts if frame.pts is not None else frame.dts
         if stamp is None:
             continue
         if stamp == target_pts:
-            return stamp, to_rgb(frame, size, *orient)
+            return stamp, to_rgb(frame, size, *conv)
         if stamp > target_pts:
             return stamp, None
     return None

@@ -497,6 +497,8 @@ def decode_candidates_gpu(
 ) -> CandidatesGPU:
     """The analysis frames of a video on the GPU: ``decode.decode_candidates`` with CUDA frames.
 
+    For samplers that need motion only (``sampling.frame_indices``: motion-free samplers pick
+    among all frames and decode their picks with ``decode_frames_gpu``).
     Same indices (``decode.candidate_indices(info.frame_count, max_frames)``), times and
     info as the CPU path; frames uint8 ``[N, H, W, 3]`` on ``cuda:device_id`` at ``size``
     (H, W). Raises the CPU path's ``VideoError`` subclasses for unusable files.

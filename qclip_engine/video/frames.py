@@ -13,10 +13,17 @@ same indices and times for the same file, and frames with the same values, in di
   into torch CPU tensors and the same source, gather and backend code runs (motion through
   ``video/motion.py``'s torch path rather than the CUDA kernel: the same values).
 
-Frame choice is the training pipeline's: candidates at a uniform stride (at most
-``max_analysis_frames``), per-frame motion ``m``, then the sampler; samplers that ignore motion
-(``needs_motion`` false) decode only the frames they pick. ``SampledFrames.decoder`` says which
+Frame choice is the training pipeline's (``sampling.frame_indices``): samplers that ignore motion
+(``needs_motion`` false) pick among all the video's frames and only their picks are decoded;
+the others decode the candidates (at most ``max_analysis_frames``, at a uniform stride), take
+their motion ``m`` and pick among them. ``SampledFrames.decoder`` says which
 decoder ran (``pyav`` | ``dali``), ``fallback`` why DALI did not.
+
+Preprocessing (``defaults.PREPROCESSINGS``, the model's ``config.preprocessing``): the host source
+makes every frame — candidates included, since the model's frames are picked from them — as
+``container.to_rgb`` does for that name. The device path gives ``fast`` frames only:
+:func:`device_path_unavailable` sends ``auto`` to the host for ``reference``, and a
+:class:`DeviceSource` refuses it.
 
 :func:`to_host` is the one door from device frames to a numpy array, and it counts
 (:func:`host_copy_count`): the engine's device path never opens it, and a test proves it.
@@ -32,13 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from ..defaults import DECODERS, MAX_ANALYSIS_FRAMES, SAMPLER_SEED
+from ..defaults import DECODERS, MAX_ANALYSIS_FRAMES, PREPROCESSING, PREPROCESSINGS, SAMPLER_SEED
 from . import decode
 from .motion import frame_motion
-from .sampling import Sampler, candidate_indices, select_frames
+from .sampling import Sampler, frame_indices
 
 __all__ = ["DECODERS", "HostSource", "DeviceSource", "SampledFrames", "to_host", "host_copy_count",
-           "device_path_unavailable"]
+           "device_path_unavailable", "device_preprocessing_unsupported"]
 _copies = 0
 _copies_lock = threading.Lock()  # decode threads and the model thread may call to_host
 
@@ -76,9 +83,12 @@ class HostSource:
     name = "host"
 
     def __init__(self, size: tuple[int, int], num_frames: int, *, max_analysis_frames: int = MAX_ANALYSIS_FRAMES,
-                 threads: int = 0):
+                 threads: int = 0, preprocessing: str = PREPROCESSING):
+        if preprocessing not in PREPROCESSINGS:
+            raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
         self.size, self.num_frames = tuple(size), num_frames
         self.max_analysis_frames, self.threads = max_analysis_frames, threads
+        self.preprocessing = preprocessing  # how decoded frames reach model size (container.to_rgb)
 
     def sample(self, path: str | Path, sampler: Sampler, *, strict: bool = False) -> SampledFrames:
         """The frames ``sampler`` picks of ``path`` (raises the ``VideoError`` of a bad file)."""
@@ -87,28 +97,32 @@ class HostSource:
         if strict:
             info.require_complete()
         t1 = time.perf_counter()
-        if not sampler.needs_motion:  # decode only the picks (by seeking where the file allows)
-            cand = candidate_indices(info.frame_count, self.max_analysis_frames)
-            indices = cand[select_frames(sampler.name, np.zeros(len(cand)), self.num_frames, seed=SAMPLER_SEED)]
+        if not sampler.needs_motion:  # picks among all frames; decode only those (by seeking where the file allows)
+            indices = frame_indices(info.frame_count, sampler, self.num_frames, seed=SAMPLER_SEED)
             frames, decoder, fallback = self._decode_picked(path, indices)
             times = table.times(indices)
             t2 = t3 = time.perf_counter()
-        else:
+        else:  # the analysis candidates (those the decoder produced), their motion, the picks among them
             frames, cand, times, decoder, fallback = self._candidates(path)
             t2 = time.perf_counter()
-            picked = select_frames(sampler.name, frame_motion(frames), self.num_frames, seed=SAMPLER_SEED)
-            frames, indices, times = self._gather(frames, picked), cand[picked], times[picked]
+            indices = frame_indices(info.frame_count, sampler, self.num_frames, frame_motion(frames), candidates=cand,
+                                    seed=SAMPLER_SEED)
+            picked = np.searchsorted(cand, indices)  # candidates are sorted and distinct
+            frames, times = self._gather(frames, picked), times[picked]
             t3 = time.perf_counter()
         return SampledFrames(frames, indices, times, info, decoder,
                              {"probe": t1 - t0, "decode": t2 - t1, "motion": t3 - t2}, fallback)
 
     # -- where the frames are: what DeviceSource changes ----------------------------------------
     def _decode_picked(self, path, indices: np.ndarray):
-        frames = decode.decode_frames(path, self.size, indices=indices, threads=self.threads)
+        frames = decode.decode_frames(path, self.size, indices=indices, threads=self.threads,
+                                      preprocessing=self.preprocessing)
         return np.ascontiguousarray(frames), "pyav", None
 
     def _candidates(self, path):
-        c = decode.decode_candidates(path, self.size, max_frames=self.max_analysis_frames, threads=self.threads)
+        # The model's frames are picked from the candidates, so they carry its preprocessing too.
+        c = decode.decode_candidates(path, self.size, max_frames=self.max_analysis_frames, threads=self.threads,
+                                     preprocessing=self.preprocessing)
         return c.frames, c.indices, c.times, "pyav", None
 
     @staticmethod
@@ -123,6 +137,8 @@ class DeviceSource(HostSource):
 
     def __init__(self, size, num_frames, *, device: str = "cuda", dali: str = "auto", **kwargs):
         super().__init__(size, num_frames, **kwargs)
+        if (why := device_preprocessing_unsupported(self.preprocessing)) is not None:
+            raise ValueError(f"decoder='device' cannot give this model's frames: {why}; use decoder='host' or 'auto'")
         import torch
 
         self.device = torch.device(device)
@@ -179,8 +195,20 @@ class DeviceSource(HostSource):
         return self.device.index if self.device.index is not None else torch.cuda.current_device()
 
 
-def device_path_unavailable(device: str) -> str | None:
-    """Why ``decoder="auto"`` takes the host path for a backend on ``device`` (None: the device path)."""
+def device_preprocessing_unsupported(preprocessing: str) -> str | None:
+    """Why the device path cannot make frames by ``preprocessing`` (None: it can). DALI resizes on
+    the GPU with its own filter (``video/decode_dali.py``); PIL's bilinear resize runs on the host."""
+    if preprocessing == "fast":
+        return None
+    return (f"the {preprocessing!r} preprocessing resizes with PIL's bilinear filter on the host, "
+            "which the device path (DALI's GPU resize) cannot reproduce")
+
+
+def device_path_unavailable(device: str, preprocessing: str = PREPROCESSING) -> str | None:
+    """Why ``decoder="auto"`` takes the host path for a backend on ``device`` whose model wants
+    ``preprocessing`` (None: the device path)."""
+    if (why := device_preprocessing_unsupported(preprocessing)) is not None:
+        return why
     if not device.startswith("cuda"):
         return "the backend runs on the CPU"
     from .decode_dali import why_unavailable

@@ -1,8 +1,20 @@
-"""Frame sampling: which K of N candidate frames the quality model sees.
+"""Frame sampling: which K frames of a video the quality model sees.
+
+:func:`frame_indices` is the one rule from (frame count, sampler, K) to frame indices, used by
+the engine's frame sources, ``engine.sample_frames``, training and the benchmarks:
+
+* a sampler that ignores motion (``needs_motion`` false: ``uniform``, ``random``,
+  ``uniform_random_start``) picks among ALL N frames of the video — so ``uniform`` is the
+  official Q-CLIP loader's ``linspace(0, N-1, K).round()`` for every N and K, and only its K
+  frames need decoding;
+* a sampler that reads motion picks among the analysis candidates, at most
+  ``max_analysis_frames`` (512) frame indices at a uniform stride (:func:`candidate_indices`),
+  by their per-frame motion ``m``. The candidate cap bounds motion analysis only.
 
 Every strategy is a pure function of the per-frame motion ``m`` (``frame_mse``, float
-``[N]``; higher = more motion), ``K`` and, where it draws, a ``numpy`` Generator. All
-return ``K`` int64 indices in non-decreasing temporal order and repeat indices when
+``[N]``; higher = more motion, zeros for the motion-free ones, which read only N), ``K``
+and, where it draws, a ``numpy`` Generator. All return ``K`` int64 indices (positions in
+the N frames they were given) in non-decreasing temporal order and repeat indices when
 ``N < K`` instead of failing.
 
 =======================  ==============================================================
@@ -33,7 +45,8 @@ most one frame, so this is the rule for all of them). The segment strategies the
 early when ``i·N/K`` is an integer that ``linspace`` computes a hair below (e.g. N=122,
 K=14, i=7).
 
-``select_frames`` is the entry point. Determinism: the Generator is
+``select_frames`` runs one strategy on a motion array; :func:`frame_indices` maps its picks
+to frame indices as above. Determinism: the Generator is
 ``np.random.default_rng(seed)``, so a given ``(strategy, mse, k, seed, training)`` always
 gives the same indices; the strategies that do not draw (every strategy at evaluation
 except ``random``) are deterministic even with ``seed=None``.
@@ -50,6 +63,7 @@ from ..defaults import MAX_ANALYSIS_FRAMES
 
 __all__ = [
     "candidate_indices",
+    "frame_indices",
     "SAMPLERS",
     "SAMPLER_NAMES",
     "MIXED_CHOICES",
@@ -69,7 +83,8 @@ __all__ = [
 
 # -- candidates ------------------------------------------------------------------------------
 def candidate_indices(frame_count: int, max_frames: int = MAX_ANALYSIS_FRAMES) -> np.ndarray:
-    """At most ``max_frames`` frame indices at a uniform stride over ``frame_count`` frames."""
+    """At most ``max_frames`` frame indices at a uniform stride over ``frame_count`` frames: the
+    frames whose motion is analysed for a sampler that needs motion (see :func:`frame_indices`)."""
     if frame_count <= max_frames:
         return np.arange(frame_count, dtype=np.int64)
     return np.unique(np.linspace(0, frame_count - 1, max_frames).round().astype(np.int64))
@@ -184,9 +199,10 @@ def segment_mse_median(mse: np.ndarray, k: int) -> np.ndarray:
 class Sampler:
     """A named frame-sampling rule.
 
-    ``pick(m, k, rng, training)`` returns K indices into the N candidates; ``needs_motion``
-    says whether it reads ``m`` at all — the engine decodes only the picked frames (by
-    seeking) for samplers that do not.
+    ``pick(m, k, rng, training)`` returns K positions among the N frames ``m`` describes;
+    ``needs_motion`` says whether it reads ``m`` at all. Those that do not pick among every
+    frame of the video and only their picks are decoded (by seeking); those that do pick
+    among the analysis candidates (:func:`frame_indices`).
     """
 
     name: str
@@ -263,3 +279,39 @@ def select_frames(
     m = _check_mse(mse)
     k = _check_k(k)
     return sampler.pick(m, k, np.random.default_rng(seed), bool(training))
+
+
+def frame_indices(
+    frame_count: int,
+    sampler: str | Sampler,
+    k: int,
+    motion: np.ndarray | None = None,
+    *,
+    candidates: np.ndarray | None = None,
+    max_analysis_frames: int = MAX_ANALYSIS_FRAMES,
+    seed=None,
+    training: bool = False,
+) -> np.ndarray:
+    """Frame indices (int64 ``[k]``, non-decreasing, in ``[0, frame_count)``) the model sees.
+
+    The one rule (module docstring). A sampler with ``needs_motion`` false picks among all
+    ``frame_count`` frames (``motion`` and ``candidates`` are not read): ``uniform`` gives
+    ``linspace(0, frame_count-1, k).round()``. A sampler that needs motion picks among
+    ``candidates`` — by default ``candidate_indices(frame_count, max_analysis_frames)``; pass
+    the indices actually decoded when a decoder left some out — with ``motion`` the per-frame
+    ``m`` of exactly those candidates (required). ``seed`` and ``training`` are
+    :func:`select_frames`'. Raises ValueError for an unknown sampler, ``frame_count < 1``,
+    ``k < 1``, or missing / mismatched motion.
+    """
+    s = sampler if isinstance(sampler, Sampler) else check_sampler(sampler)
+    n, k = _check_nk(frame_count, k)
+    rng = np.random.default_rng(seed)
+    if not s.needs_motion:  # every frame of the video; the candidate cap is for motion analysis only
+        return np.asarray(s.pick(np.zeros(n), k, rng, bool(training)), dtype=np.int64)
+    cand = candidate_indices(n, max_analysis_frames) if candidates is None else np.asarray(candidates, dtype=np.int64)
+    if motion is None:
+        raise ValueError(f"sampler {s.name!r} needs the motion of its {len(cand)} candidate frames")
+    m = _check_mse(motion)
+    if m.size != cand.size:
+        raise ValueError(f"motion has {m.size} values for {cand.size} candidate frames")
+    return cand[s.pick(m, k, rng, bool(training))]
