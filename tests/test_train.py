@@ -219,3 +219,10 @@ def test_strict_cli_reports_the_unusable_video_in_one_line(tmp_path, tiny_datase
     config = _config(tmp_path, tiny_dataset, labels="labels_gone.txt")
     assert run.main(["--config", str(config), "--output-dir", str(tmp_path / "strict"), "--strict"]) == 2
     assert "gone.mp4" in _one_error_line(capsys, "train.run")
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("configs/*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path, monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", "/data")
+    config = run.load_config(path)
+    assert config["data"]["val"] and config["train"]["precision"] == "fp32"
