@@ -95,7 +95,11 @@ def save_artifact(model: QCLIP, directory: str | os.PathLike, calibration: dict[
     model_cfg = model.config.to_dict()
     pretrained = model_cfg["pretrained"]
     if pretrained is not None and Path(pretrained).expanduser().is_file():
-        model_cfg["pretrained"] = str(Path(pretrained).expanduser().resolve())
+        weights = Path(pretrained).expanduser().resolve()
+        # a weights file inside the artifact (qclip-convert writes one) is named relative to it, so the
+        # directory can move; any other file by its absolute path
+        inside = weights.is_relative_to(out.resolve())
+        model_cfg["pretrained"] = str(weights.relative_to(out.resolve()) if inside else weights)
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -170,6 +174,8 @@ def load_artifact(
         raise ArtifactError(f"{root / CONFIG_FILE} has model settings this version does not know: {unknown}")
     if pretrained is not _FROM_ARTIFACT:
         model_cfg["pretrained"] = pretrained
+    elif model_cfg.get("pretrained") and (root / model_cfg["pretrained"]).is_file():
+        model_cfg["pretrained"] = str((root / model_cfg["pretrained"]).resolve())  # a file the artifact carries
     try:
         model = QCLIP(QCLIPConfig(**model_cfg))
     except (TypeError, ValueError) as exc:

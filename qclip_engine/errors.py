@@ -105,3 +105,9 @@ class PermissionDeniedError(VideoError):
     """The file exists but this process may not read it."""
 
     code = "permission_denied"
+
+
+class ConversionError(QCLIPError):
+    """A checkpoint of another code base (``qclip-convert``) whose keys or shapes do not fit."""
+
+    code = "checkpoint_invalid"

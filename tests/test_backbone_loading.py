@@ -111,3 +111,40 @@ def test_preprocess_of_a_classic_vit_is_openai_clip():
         model = QCLIP(QCLIPConfig(backbone="ViT-B-32", pretrained=None))
     assert model.image_size == (224, 224)
     assert model.preprocess["mean"] == list(open_clip.OPENAI_DATASET_MEAN)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_meta_pe_file_loads_equal_to_open_clips_layout_of_the_same_tensors(tmp_path, wrapped):
+    """Meta's ``PE-Core-*.pt`` layout (vision and text) converts on load: the same tensors, the same
+    fingerprint as open_clip's safetensors of those weights."""
+    from official_layout import meta_pe_layout
+
+    from qclip_engine.artifact import backbone_fingerprint
+
+    weights = _other_weights()
+    weights["visual.trunk.head.bias"].zero_()  # Meta's projection has no bias
+    meta = meta_pe_layout(weights)
+    assert not set(meta) & {k for k in weights if k.startswith(("visual.trunk.", "text."))}
+    meta_path, open_clip_path = tmp_path / "PE-Core-T16-384.pt", tmp_path / "open_clip_model.safetensors"
+    # Meta's loader accepts a bare dict or one under "state_dict", keys possibly "module."-prefixed
+    torch.save({"state_dict": {f"module.{k}": v for k, v in meta.items()}} if wrapped else meta, meta_path)
+    save_file(weights, str(open_clip_path))
+
+    from_meta = QCLIP(QCLIPConfig(backbone=BACKBONE, pretrained=str(meta_path)))
+    from_open_clip = QCLIP(QCLIPConfig(backbone=BACKBONE, pretrained=str(open_clip_path)))
+    loaded = from_meta.backbone.state_dict()
+    assert loaded.keys() == weights.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(loaded[name], tensor), name
+    assert backbone_fingerprint(from_meta) == backbone_fingerprint(from_open_clip)
+
+
+def test_meta_pe_file_of_another_backbone_is_refused_with_the_keys_that_do_not_fit(tmp_path):
+    from official_layout import meta_pe_layout
+
+    weights = _other_weights()
+    weights["visual.trunk.head.bias"].zero_()
+    path = tmp_path / "PE-Core-T16-384.pt"
+    torch.save(meta_pe_layout(weights), path)
+    with pytest.raises(WeightsUnavailableError, match="does not fit this backbone.*misshapen.*visual.trunk"):
+        QCLIP(QCLIPConfig(backbone="PE-Core-S-16-384", pretrained=str(path)))

@@ -63,7 +63,7 @@ def test_a_non_editable_install_runs_from_outside_the_checkout(wheel, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")} | {"HF_HUB_OFFLINE": "1"}
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    for command in ("qclip-export", "qclip-score", "qclip-serve"):
+    for command in ("qclip-convert", "qclip-export", "qclip-score", "qclip-serve"):
         done = subprocess.run([venv / "bin" / command, "--help"], cwd=outside, env=env, capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, (command, done.stderr[-2000:])
@@ -91,7 +91,8 @@ def _imported_after(code: str) -> list[str]:
     return [m for m in line.split(",") if m]
 
 
-@pytest.mark.parametrize("module", ["qclip_engine.cli.score", "qclip_engine.cli.serve", "qclip_engine.export.cli"])
+@pytest.mark.parametrize("module", ["qclip_engine.cli.convert", "qclip_engine.cli.score", "qclip_engine.cli.serve",
+                                    "qclip_engine.export.cli"])
 def test_cli_help_imports_neither_torch_nor_open_clip(module):
     code = (
         "import runpy, sys\n"

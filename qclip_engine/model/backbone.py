@@ -27,6 +27,7 @@ from open_clip.transformer import text_global_pool
 from torch import nn
 
 from ..errors import BackboneError, WeightsUnavailableError
+from .pe_weights import is_meta_pe_layout, load_meta_pe, unwrap_state_dict
 
 WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
@@ -253,6 +254,29 @@ def preprocess_config(backbone: str, pretrained: str | None, clip: nn.Module) ->
     }
 
 
+def _meta_pe_weights(path: str) -> dict[str, torch.Tensor] | None:
+    """The tensors of a weights file in Meta's PE layout (``PE-Core-*.pt``), or None for any other
+    file (open_clip loads those itself)."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+
+            with safe_open(path, framework="pt") as f:
+                keys = set(f.keys())
+            return load_file(path) if is_meta_pe_layout(dict.fromkeys(keys)) else None
+        if not path.endswith((".pt", ".pth", ".bin")):
+            return None
+        try:  # memory-mapped: a 2 GB file is not read twice into memory
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # files in torch's legacy (pre-zip) format cannot be mapped
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        tensors = unwrap_state_dict(checkpoint)
+    except Exception as exc:  # torch and safetensors raise their own types for unreadable files
+        raise WeightsUnavailableError(f"could not read backbone weights from {path}: {exc}") from exc
+    return tensors if is_meta_pe_layout(tensors) else None
+
+
 def create_clip(
     backbone: str,
     pretrained: str | None,
@@ -260,7 +284,8 @@ def create_clip(
     image_size: int | None = None,
     init_seed: int = 0,
 ) -> nn.Module:
-    """Build the open_clip model: random init (seeded), a local weights file, or a hub name/tag.
+    """Build the open_clip model: random init (seeded), a local weights file (open_clip's layout, or
+    Meta's PE layout converted on load: ``pe_weights``), or a hub name/tag.
 
     Random init is seeded so that an artifact trained on a random backbone reloads the
     very same backbone. The model is built on the current default device (``meta``
@@ -288,6 +313,17 @@ def create_clip(
             raise WeightsUnavailableError(
                 f"{weights!r} is neither a weights file nor a published tag of {backbone!r} (tags: {tags})"
             )
+    meta_pe = _meta_pe_weights(weights) if weights is not None and Path(weights).is_file() else None
+    if meta_pe is not None:
+        # as open_clip loads its own files: at the weights' native size, then resized (set_input_size)
+        clip = open_clip.create_model(backbone, pretrained=None, device=device)
+        try:
+            load_meta_pe(clip, meta_pe, weights)
+        except ValueError as exc:
+            raise WeightsUnavailableError(str(exc)) from exc
+        if image_size is not None:
+            clip.visual.set_input_size(image_size)
+        return clip
     try:
         return open_clip.create_model(model_name, pretrained=weights, require_pretrained=True, **kwargs)
     except Exception as exc:  # open_clip, huggingface_hub and safetensors each raise their own types

@@ -1,0 +1,1 @@
+"""Checkpoints of other code bases → artifacts of this engine (``qclip-convert``)."""
