@@ -273,7 +273,7 @@ def _meta_pe_weights(path: str) -> dict[str, torch.Tensor] | None:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         tensors = unwrap_state_dict(checkpoint)
     except Exception as exc:  # torch and safetensors raise their own types for unreadable files
-        raise WeightsUnavailableError(f"could not read backbone weights from {path}: {exc}") from exc
+        raise WeightsUnavailableError(f"could not load backbone weights from {path}: {exc}") from exc
     return tensors if is_meta_pe_layout(tensors) else None
 
 
