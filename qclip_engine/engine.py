@@ -111,6 +111,35 @@ def error_result(source: str, exc: BaseException, timing_ms: dict | None = None)
     return VideoResult(input=source, error=error_record(exc), timing_ms=timing_ms or {})
 
 
+def sample_video(frame_source: HostSource, sampler, source: str | Path, strict: bool = False) -> SampledVideo:
+    """Decode and sample one file through ``frame_source`` (raises ``VideoError``): the engine's
+    first stage, which needs no model (Ray's decode tasks run it on their own: cluster/batch.py)."""
+    s = frame_source.sample(source, sampler, strict=strict)
+    video = {k: v for k, v in s.info.to_dict().items() if k not in ("path", "truncation")}
+    video["decoder"] = s.decoder
+    if s.fallback:
+        video["decoder_fallback"] = s.fallback
+    return SampledVideo(
+        input=str(source),
+        frames=s.frames,
+        indices=s.indices,
+        times=s.times,
+        video=video,
+        timing_ms={k: v * 1e3 for k, v in s.timing.items()},
+        warnings=[{"code": "truncated", "message": s.info.truncation}] if s.info.truncation else None,
+        ready=s.ready,
+    )
+
+
+def sample_safely(frame_source: HostSource, sampler, source: str | Path, strict: bool = False) -> SampledVideo | VideoResult:
+    """``sample_video``, or the input's error result: every input gets an answer."""
+    t0 = time.perf_counter()
+    try:
+        return sample_video(frame_source, sampler, source, strict)
+    except Exception as exc:  # one bad file never stops the rest
+        return error_result(str(source), exc, {"decode": (time.perf_counter() - t0) * 1e3})
+
+
 class QualityEngine:
     """Scores videos with a trained artifact (or, without one, the zero-shot model).
 
@@ -211,21 +240,7 @@ class QualityEngine:
     # -- stages ------------------------------------------------------------------------------
     def sample(self, source: str | Path) -> SampledVideo:
         """Decode and sample one file (raises ``VideoError``), through the engine's frame source."""
-        s = self.source.sample(source, self._sampler, strict=self.strict)
-        video = {k: v for k, v in s.info.to_dict().items() if k not in ("path", "truncation")}
-        video["decoder"] = s.decoder
-        if s.fallback:
-            video["decoder_fallback"] = s.fallback
-        return SampledVideo(
-            input=str(source),
-            frames=s.frames,
-            indices=s.indices,
-            times=s.times,
-            video=video,
-            timing_ms={k: v * 1e3 for k, v in s.timing.items()},
-            warnings=[{"code": "truncated", "message": s.info.truncation}] if s.info.truncation else None,
-            ready=s.ready,
-        )
+        return sample_video(self.source, self._sampler, source, strict=self.strict)
 
     def sample_frames(self, frames: np.ndarray, name: str = "<frames>", times: np.ndarray | None = None) -> SampledVideo:
         """Sample from frames already decoded at model size (uint8 ``[N, H, W, 3]``)."""
@@ -244,11 +259,7 @@ class QualityEngine:
                             {"motion": (time.perf_counter() - t0) * 1e3})
 
     def _sample_safe(self, source) -> SampledVideo | VideoResult:
-        t0 = time.perf_counter()
-        try:
-            return self.sample(source)
-        except Exception as exc:  # every input gets an answer; one bad file never stops the rest
-            return error_result(str(source), exc, {"decode": (time.perf_counter() - t0) * 1e3})
+        return sample_safely(self.source, self._sampler, source, strict=self.strict)
 
     def run_batch(self, videos: list[SampledVideo]) -> list[VideoResult]:
         """One backend call over sampled videos."""

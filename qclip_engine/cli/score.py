@@ -231,6 +231,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeline", type=Path, metavar="PNG",
                    help="with --stream: plot the per-window scores to PNG (default: no plot)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: a bar on stderr)")
+    ray = p.add_argument_group("scale-out on Ray (the ray extra; qclip_engine/cluster/batch.py)")
+    ray.add_argument("--ray", metavar="ADDRESS",
+                     help="score on a Ray cluster: local (a Ray of this process), auto (the cluster `ray start` runs "
+                          "here, or RAY_ADDRESS) or a cluster address; the same records, in input order")
+    ray.add_argument("--ray-actors", type=int, default=1, metavar="N", help="scoring actors, each with its own model (default: 1)")
+    ray.add_argument("--ray-gpus-per-actor", type=float, default=0.0, metavar="G",
+                     help="GPUs each scoring actor takes (1 on GPU nodes: one actor per GPU; default: 0, CPU actors)")
+    ray.add_argument("--ray-decode-cpus", type=float, default=1.0, metavar="C", help="CPUs each decode task takes (default: 1)")
+    ray.add_argument("--ray-output", metavar="URI",
+                     help="write the records where Ray writes (a directory, s3://…) as sharded files of "
+                          "{id, input, record} instead of gathering them here")
+    ray.add_argument("--ray-output-format", default="jsonl", choices=("jsonl", "parquet"))
     return p
 
 
@@ -283,9 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error("--timeline plots the windows of --stream")
     if args.batch < 1:
         _parser().error("--batch must be ≥ 1")
+    if args.ray and (args.stream or args.artifact is None or args.weights):
+        _parser().error("--ray scores files with an --artifact (its actors load it as it says; no --stream, no --weights)")
     if problem := _usage_problem(args):
         print(f"qclip-score: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    if args.ray:
+        return _score_on_ray(args)
 
     try:
         engine = _engine(args)
@@ -311,14 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             # (qclip_engine/engine.py, QualityEngine.score); the InputErrors are written in between.
             paths = [item for item in items if not isinstance(item, InputError)]
             with contextlib.closing(engine.score(paths)) as results:
-                for item in items:
-                    record = item.to_record() if isinstance(item, InputError) else next(results).to_record()
-                    writer.write(record)
-                    total += 1
-                    failed += record.get("error") is not None
-                    warned += bool(record.get("warnings"))
-                    bar.update()
-                    bar.set_postfix(failed=failed, refresh=False)
+                failed, total, warned = _write_records(items, (r.to_record() for r in results), writer, bar)
             bar.close()
     finally:
         if args.out:
@@ -329,6 +338,67 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qclip-score: {warned} of {total} input(s) scored with warnings (see their records)", file=sys.stderr)
     if failed:
         print(f"qclip-score: {failed} of {total} input(s) failed (see their error records)", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _write_records(items: list, records: Iterator[dict], writer: RecordWriter, bar) -> tuple[int, int, int]:
+    """Each item's record in input order (the engine's for paths, in order; the InputErrors' own in
+    between); (failed, total, warned)."""
+    failed = total = warned = 0
+    for item in items:
+        record = item.to_record() if isinstance(item, InputError) else next(records)
+        writer.write(record)
+        total += 1
+        failed += record.get("error") is not None
+        warned += bool(record.get("warnings"))
+        bar.update()
+        bar.set_postfix(failed=failed, refresh=False)
+    return failed, total, warned
+
+
+def _score_on_ray(args) -> int:
+    """``--ray``: the same records through the Ray Data pipeline (``cluster/batch.py``)."""
+    try:
+        from ..cluster.batch import RayOptions, add_records, connect, ordered_records, score_dataset
+    except ImportError as exc:
+        print(f"qclip-score: --ray needs the ray extra (pip install 'qclip-engine[ray]'): {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from tqdm import tqdm
+
+    items = list(expand_inputs(args.inputs))
+    options = RayOptions(engine=args.engine, device=args.device, precision=args.precision, batch=args.batch,
+                         sampler=args.sampler, strict=args.strict, decoder="device" if args.decoder == "device" else "host",
+                         actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor, decode_cpus=args.ray_decode_cpus)
+    try:
+        connect(args.ray)
+        # ids are positions among all the inputs, so the InputErrors' records take their own places
+        rows = [{"id": i, "path": item} for i, item in enumerate(items) if not isinstance(item, InputError)]
+        done = score_dataset(rows, args.artifact, options) if rows else None
+    except (QCLIPError, ValueError, FileNotFoundError, ConnectionError) as exc:
+        print(f"qclip-score: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.ray_output:
+        errors = [{"id": i, "input": item.input, "record": json.dumps(item.to_record())}
+                  for i, item in enumerate(items) if isinstance(item, InputError)]
+        if errors:
+            done = add_records(done, errors)
+        (done.write_parquet if args.ray_output_format == "parquet" else done.write_json)(args.ray_output)
+        records = [json.loads(row["record"]) for row in done.iter_rows()]
+        failed = sum("error" in r for r in records)
+        print(f"qclip-score: {len(records)} records written to {args.ray_output} ({args.ray_output_format}, "
+              "one per input, by id)", file=sys.stderr)
+    else:
+        out: TextIO = (open(args.out, "w", newline="", encoding="utf-8") if args.out
+                       else io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", write_through=True))
+        try:
+            writer = RecordWriter(out, args.format, CSV_COLUMNS)
+            bar = tqdm(total=len(items), unit="video", disable=args.quiet, file=sys.stderr)
+            failed, _, _ = _write_records(items, iter(ordered_records(done) if done is not None else []), writer, bar)
+            bar.close()
+        finally:
+            out.close() if args.out else out.detach()
+    if failed:
+        print(f"qclip-score: {failed} of {len(items)} input(s) failed (see their error records)", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 

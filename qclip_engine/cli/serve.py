@@ -3,6 +3,7 @@
     qclip-serve ARTIFACT [--batch N] [--engine ENGINE] [--host HOST] [--port PORT]
                 [--allow-dir DIR ...] [--max-upload-mb MB] [--queue N] [--timeout-s S] [--workers N]
                 [--max-uploads N] [--min-upload-kib-s KIB_S] [--upload-grace-s S]
+                [--ray ADDRESS --replicas N [--max-replicas M] [--replica-cpus C] [--replica-gpus G]]
 
     curl -F file=@clip.mp4 http://127.0.0.1:8000/v1/score
     curl -H 'content-type: application/json' -d '{"path": "/data/clip.mp4"}' http://127.0.0.1:8000/v1/score
@@ -17,6 +18,12 @@ the status is the signal's). Exit status 1: the
 model could not be loaded; 2: bad arguments. Defaults: ``qclip-serve --help`` (from
 qclip_engine/defaults.py). ``--help`` and argument errors import neither torch nor the web
 stack: the service is imported in main, after the checks.
+
+With ``--ray`` the same app runs on Ray Serve replicas (``qclip_engine/cluster/serve_app.py``):
+Ray Serve's proxy listens on --host/--port and spreads requests over the replicas; the artifact
+and directory paths are the replicas' (each replica checks them); SIGINT/SIGTERM delete the
+application (requests in flight are answered, then each replica's model stops) and exit 0; exit
+status 1: the deployment failed (a replica could not load the model).
 """
 
 from __future__ import annotations
@@ -98,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where uploads are spooled; None: the system temp directory")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     parser.add_argument("--no-access-log", action="store_true", help="no uvicorn line per request")
+    ray = parser.add_argument_group("Ray Serve (the ray extra)")
+    ray.add_argument("--ray", default=None, metavar="ADDRESS",
+                     help="serve on Ray Serve replicas of a Ray cluster: local (start one here), auto (the running "
+                          "one, or RAY_ADDRESS), or an address (host:6379, ray://host:10001) — as qclip-score --ray")
+    ray.add_argument("--replicas", type=positive_int, default=None,
+                     help="replicas (each loads the model; default 1); with --max-replicas, the fewest kept")
+    ray.add_argument("--max-replicas", type=positive_int, default=None,
+                     help="autoscale between --replicas and this many replicas")
+    ray.add_argument("--replica-cpus", type=non_negative_float, default=None, help="CPUs per replica (default 1)")
+    ray.add_argument("--replica-gpus", type=non_negative_float, default=None,
+                     help="GPUs per replica (default 0; fractions share a GPU)")
     return parser
 
 
@@ -130,6 +148,12 @@ def settings_from_args(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    scale = {"replicas": args.replicas, "max_replicas": args.max_replicas, "num_cpus": args.replica_cpus,
+             "num_gpus": args.replica_gpus}
+    if args.ray is not None:
+        return serve_on_ray(parser, args, {key: value for key, value in scale.items() if value is not None})
+    if any(value is not None for value in scale.values()):
+        parser.error("--replicas, --max-replicas, --replica-cpus and --replica-gpus need --ray")
     # Cheap checks before the model is touched: a typo fails in a second, not after loading.
     if not args.artifact.is_dir():
         parser.error(f"artifact directory not found: {args.artifact}")
@@ -173,6 +197,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qclip-serve: the model could not be loaded: {load_error}", file=sys.stderr)
         return 1
     return 0
+
+
+def serve_on_ray(parser: argparse.ArgumentParser, args: argparse.Namespace, scale: dict) -> int:
+    """``--ray``: the same app on Ray Serve replicas, until SIGINT/SIGTERM."""
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port must lie in 1..65535 with --ray, got {args.port}")
+    if args.batch_wait_ms < 0:
+        parser.error("--batch-wait-ms must be ≥ 0")
+    if "max_replicas" in scale and scale["max_replicas"] < scale.get("replicas", 1):
+        parser.error("--max-replicas must be ≥ --replicas")
+
+    import logging
+
+    try:
+        from ..cluster.serve_app import run_service
+    except ImportError as exc:
+        parser.error(f"--ray needs the ray extra (pip install 'qclip-engine[ray]'): {exc}")
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_service(settings_from_args(args), address=args.ray or None, host=args.host, port=args.port,
+                       log_level=args.log_level, access_log=not args.no_access_log, **scale)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,16 @@ Rooms: ``settings`` (ServeSettings), ``errors`` (ApiError and its rendering), ``
 and their security rules), ``service`` (QualityService: load, decode, score), ``app`` (FastAPI).
 """
 
-from .app import create_app
 from .settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app"]
+
+
+def __getattr__(name: str):
+    """``create_app`` (and the engine and torch with it) on first use (PEP 562), so that
+    ``ServeSettings`` stays light: ``qclip-serve --ray`` builds it in a driver that loads no model."""
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
