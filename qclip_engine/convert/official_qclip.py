@@ -41,7 +41,7 @@ import torch
 
 from ..artifact import save_artifact
 from ..errors import ConversionError
-from ..model.pe_weights import meta_pe_to_open_clip, unwrap_state_dict
+from ..model.pe_weights import load_torch_file, meta_pe_to_open_clip, unwrap_state_dict
 from ..model.qclip import QCLIP, QCLIPConfig
 
 BACKBONE_PREFIX = "clip_model."
@@ -152,7 +152,7 @@ def read_official(
         if not path.is_file():
             raise ConversionError(f"checkpoint not found: {path}", code="not_found")
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            checkpoint = load_torch_file(path)
         except Exception as exc:  # pickle, zip and torch errors alike
             raise ConversionError(f"{path} is not a readable torch checkpoint: {exc}") from exc
     try:

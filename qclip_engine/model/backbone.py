@@ -27,7 +27,7 @@ from open_clip.transformer import text_global_pool
 from torch import nn
 
 from ..errors import BackboneError, WeightsUnavailableError
-from .pe_weights import is_meta_pe_layout, load_meta_pe, unwrap_state_dict
+from .pe_weights import is_meta_pe_layout, load_meta_pe, load_torch_file, unwrap_state_dict
 
 WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
@@ -267,11 +267,7 @@ def _meta_pe_weights(path: str) -> dict[str, torch.Tensor] | None:
             return load_file(path) if is_meta_pe_layout(dict.fromkeys(keys)) else None
         if not path.endswith((".pt", ".pth", ".bin")):
             return None
-        try:  # memory-mapped: a 2 GB file is not read twice into memory
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # files in torch's legacy (pre-zip) format cannot be mapped
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        tensors = unwrap_state_dict(checkpoint)
+        tensors = unwrap_state_dict(load_torch_file(path))
     except Exception as exc:  # torch and safetensors raise their own types for unreadable files
         raise WeightsUnavailableError(f"could not load backbone weights from {path}: {exc}") from exc
     return tensors if is_meta_pe_layout(tensors) else None
@@ -315,8 +311,10 @@ def create_clip(
             )
     meta_pe = _meta_pe_weights(weights) if weights is not None and Path(weights).is_file() else None
     if meta_pe is not None:
-        # as open_clip loads its own files: at the weights' native size, then resized (set_input_size)
-        clip = open_clip.create_model(backbone, pretrained=None, device=device)
+        # as open_clip loads its own files: at the weights' native size, then resized (set_input_size);
+        # the throw-away init leaves the global RNG as it was (training seeds stay meaningful)
+        with torch.random.fork_rng(devices=[]):
+            clip = open_clip.create_model(backbone, pretrained=None, device=device)
         try:
             load_meta_pe(clip, meta_pe, weights)
         except ValueError as exc:

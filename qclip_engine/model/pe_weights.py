@@ -14,6 +14,7 @@ names already match. The result loads strictly into open_clip's model, so its fi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,15 @@ import torch
 TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
 OTHER_KEYS = ("logit_scale",)
 WRAPPERS = ("state_dict", "weights", "model")
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """``torch.load`` of a checkpoint, tensors only (``weights_only``), memory-mapped so that a 2 GB
+    file is not read twice into memory; files in torch's legacy (pre-zip) format cannot be mapped."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def unwrap_state_dict(checkpoint: Any) -> dict[str, torch.Tensor]:
