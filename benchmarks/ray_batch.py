@@ -78,18 +78,29 @@ def main(argv: list[str] | None = None) -> Path:
         ray.init(num_cpus=args.logical_cpus, include_dashboard=False, log_to_driver=False)
         ray_start_s = time.perf_counter() - t0
         runs = {}
+        half = paths[: len(paths) // 2]
         for actors in (1, 2):
             options = RayOptions(engine="torch", device="cpu", batch=args.batch, actors=actors)
             score_dataset(paths[:4], artifact, options)  # warm-up: workers started, modules imported
             t0 = time.perf_counter()
+            score_dataset(half, artifact, options)
+            half_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
             records = ordered_records(score_dataset(paths, artifact, options))
             seconds = time.perf_counter() - t0
             worst = max(abs(a["score"] - b["score"]) for a, b in zip(records, local) if "score" in a)
+            per_video = (seconds - half_s) / (len(paths) - len(half))
             runs[f"{actors}_actor{'s' if actors > 1 else ''}"] = {
                 "seconds": seconds,
                 "videos_per_s": len(paths) / seconds,
                 "overhead_s": seconds - local_s,
                 "overhead_pct": 100 * (seconds - local_s) / local_s,
+                # two job sizes in the same run: the fixed cost of a job (actor start, model load, the
+                # missing-id check) apart from the cost per video, against the local engine's
+                "seconds_half_job": half_s,
+                "fixed_s_per_job": seconds - per_video * len(paths),
+                "per_video_ms": 1e3 * per_video,
+                "local_per_video_ms": 1e3 * local_s / len(paths),
                 "max_abs_score_diff_vs_local": worst,
                 "same_frames_as_local": all(a.get("frames") == b.get("frames") for a, b in zip(records, local)),
             }
@@ -115,7 +126,9 @@ def main(argv: list[str] | None = None) -> Path:
     path = write_result("ray_batch", payload)
     print(path)
     for name, run in runs.items():
-        print(f"{name}: {run['seconds']:.1f} s ({run['overhead_pct']:+.0f} % vs local {local_s:.1f} s)")
+        print(f"{name}: {run['seconds']:.1f} s ({run['overhead_pct']:+.0f} % vs local {local_s:.1f} s); "
+              f"{run['fixed_s_per_job']:.1f} s per job + {run['per_video_ms']:.0f} ms per video "
+              f"(local {run['local_per_video_ms']:.0f} ms)")
     return path
 
 

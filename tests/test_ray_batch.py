@@ -73,6 +73,14 @@ def test_ray_records_equal_the_local_engines_one_per_input_in_input_order(cluste
     assert sorted(row["id"] for row in done.take_all()) == list(range(len(paths)))
 
 
+def test_decoding_inside_the_scoring_actor_gives_the_same_records(cluster, job):
+    """The device path's layout (decode and score in one actor, frames never crossing the host), run
+    here with the host decoder: one stage, the same records."""
+    artifact, paths = job
+    done = score_dataset(paths, artifact, RayOptions(engine="torch", device="cpu", batch=3, fused=True))
+    _check_equal(ordered_records(done), _local(artifact, paths))
+
+
 def test_a_killed_scoring_actor_loses_and_repeats_nothing(cluster, job):
     artifact, paths = job
     cluster.unlink()  # arm: the first actor to reach its 2nd batch exits, once

@@ -64,7 +64,8 @@ class RayOptions:
     batch: int = defaults.BATCH
     sampler: str | None = None  # default: the artifact's
     strict: bool = False
-    decoder: str = "host"  # "device": decode in the scoring actor (the device path)
+    decoder: str = "host"  # "device": the device path (NVDEC), which decodes in the scoring actor
+    fused: bool | None = None  # decode in the scoring actor; None: only for the device path
     actors: int = 1
     gpus_per_actor: float = 0.0  # 1 on GPU machines: one actor per GPU
     cpus_per_actor: float = 1.0
@@ -148,10 +149,10 @@ class ScoreActor:
 
     def __init__(self, artifact: str, options: dict):
         opts = RayOptions(**options)
-        self.fused = opts.decoder == "device"
+        self.fused = _fused(opts)
         self.engine = QualityEngine(artifact, engine=opts.engine, device=opts.device, precision=opts.precision,
                                     batch=opts.batch, sampler=opts.sampler, strict=opts.strict,
-                                    decoder="device" if self.fused else "host", workers=1)
+                                    decoder=opts.decoder, workers=1)
         self.batches = 0
 
     def _exit_hook(self) -> None:
@@ -190,6 +191,10 @@ class ScoreActor:
         return rows
 
 
+def _fused(options: RayOptions) -> bool:
+    return options.decoder == "device" if options.fused is None else options.fused
+
+
 def pipeline(rows: ray.data.Dataset, artifact: str, options: RayOptions) -> ray.data.Dataset:
     """Rows ``{"id", "path"}`` → rows ``{"id", "input", "record"}`` (lazy; nothing runs yet)."""
     actor_args = dict(
@@ -202,7 +207,7 @@ def pipeline(rows: ray.data.Dataset, artifact: str, options: RayOptions) -> ray.
         max_restarts=options.max_restarts,
         max_task_retries=options.max_task_retries,
     )
-    if options.decoder == "device":
+    if _fused(options):
         return rows.map_batches(ScoreActor, **actor_args)
     decoded = rows.map_batches(decode_batch, fn_kwargs={"settings": _model_settings(artifact, options)},
                                batch_size=1, batch_format="numpy", num_cpus=options.decode_cpus,
