@@ -11,6 +11,7 @@ import torch
 
 from qclip_engine import QCLIP, save_artifact
 
+from . import distributed
 from .epoch import EpochResult
 from .errors import CheckpointError
 from .evaluate import scatter
@@ -40,10 +41,14 @@ def save_checkpoint(path: Path, epoch: int, model: QCLIP, optimizer, scheduler, 
 
 
 def load_checkpoint(path: Path, model: QCLIP, optimizer, scheduler) -> tuple[dict, int]:
-    """Restore a run from ``path`` in place; returns (best so far, first epoch still to run)."""
-    if not path.is_file():
+    """Restore a run from ``path`` in place; returns (best so far, first epoch still to run).
+
+    Under torchrun rank 0 reads the file and every process restores the same state from it
+    (``distributed.from_main``), the torch RNG state included; the epoch that follows sets
+    the samplers' epoch (``datasets.train_loader``)."""
+    state = distributed.from_main(lambda: torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None)
+    if state is None:
         raise CheckpointError(f"cannot resume: no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name in state["trainable"]:
@@ -51,7 +56,8 @@ def load_checkpoint(path: Path, model: QCLIP, optimizer, scheduler) -> tuple[dic
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
-    print(f"resumed from {path} after epoch {state['epoch']}")
+    if distributed.is_main():
+        print(f"resumed from {path} after epoch {state['epoch']}")
     return state["best"], state["epoch"] + 1
 
 

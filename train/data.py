@@ -99,7 +99,8 @@ class VideoClips(torch.utils.data.Dataset):
 
     Every file is probed up front: unusable ones — a file cut short included, as its label
     is for the whole video — are listed in ``skipped`` and left out (or, with ``strict``, raise). Frame choice is seeded per (seed, epoch, item),
-    so a run and its resumed twin see the same frames, and chosen as the engine chooses them
+    so a run and its resumed twin see the same frames, as do a one-process run and a
+    data-parallel one (whichever process or worker loads the item), and chosen as the engine chooses them
     (``sampling.frame_indices``): a motion-free sampler picks among all the video's frames and
     only its picks are decoded (by seeking); the others pick among the motion-analysis
     candidates. ``cache`` keeps in memory, after the first decode, each video's candidate
@@ -121,6 +122,7 @@ class VideoClips(torch.utils.data.Dataset):
         cache: bool = False,
         desc: str = "checking videos",
         preprocessing: str = PREPROCESSING,
+        progress: bool = True,
     ):
         if preprocessing not in PREPROCESSINGS:
             raise DatasetError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
@@ -137,7 +139,7 @@ class VideoClips(torch.utils.data.Dataset):
         self.skipped: list[Skipped] = []
         self.records: list[LabelledVideo] = []
         self.frame_counts: list[int] = []  # per usable record: the N its frame indices range over
-        for record in tqdm(records, desc=desc, unit="video", leave=False):
+        for record in tqdm(records, desc=desc, unit="video", leave=False, disable=not progress):
             try:
                 info = decode.probe(record.path)
                 info.require_complete()

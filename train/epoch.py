@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from qclip_engine import QCLIP
 
+from . import distributed
 from .data import VideoClips
-from .datasets import loader
+from .datasets import train_loader
 from .device import autocast
 from .losses import qclip_loss
 
@@ -49,10 +50,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, tcfg: dict, train_videos: i
 
 @dataclass
 class EpochResult:
-    """What one pass over the training set leaves: its losses and its (prediction, MOS) pairs,
-    from which the best epoch's calibration is taken."""
+    """What one pass over the training set leaves: its losses and gradient norms, step by
+    step, and its (prediction, MOS) pairs, from which the best epoch's calibration is taken."""
 
     losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
     preds: list[np.ndarray] = field(default_factory=list)
     targets: list[np.ndarray] = field(default_factory=list)
     failed: int = 0
@@ -62,8 +64,14 @@ class EpochResult:
         return float(np.mean(self.losses)) if self.losses else None
 
 
+def grad_norm(parameters) -> float:
+    """The L2 norm of all the gradients together (what the optimiser steps with)."""
+    norms = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
 def train_epoch(
-    model: QCLIP,
+    net: torch.nn.Module,
     dataset: VideoClips,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -73,32 +81,53 @@ def train_epoch(
     seed: int,
     device: torch.device,
 ) -> EpochResult:
-    """One pass over ``dataset`` (0-based ``epoch``), shuffled by ``seed`` and the epoch, at
-    ``tcfg["precision"]`` (``device.autocast``)."""
+    """One pass over ``dataset`` (0-based ``epoch``) in the order ``seed`` and the epoch give
+    (``datasets.train_loader``), at ``tcfg["precision"]`` (``device.autocast``).
+
+    ``net`` is the model, or under torchrun its DDP wrapper (``distributed.wrap``): each process
+    then runs its share of every global batch and computes the loss on the gathered global
+    batch (``distributed.gather_batch``). A step whose global batch holds fewer than two
+    videos is skipped by every process alike (the PLCC loss needs two).
+    """
+    model = distributed.unwrap(net)
     model.train()
     dataset.set_epoch(epoch)
-    batches = loader(dataset, int(tcfg["batch_size"]), seed * 1000 + epoch, int(tcfg["num_workers"]))
+    batches = train_loader(dataset, int(tcfg["batch_size"]), seed * 1000, epoch, int(tcfg["num_workers"]))
     result = EpochResult()
-    for batch in tqdm(batches, desc=f"epoch {epoch + 1}/{int(tcfg['epochs'])}", unit="batch", leave=False):
+    desc = f"epoch {epoch + 1}/{int(tcfg['epochs'])}"
+    for batch in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not distributed.is_main()):
         result.failed += len(batch["errors"])
-        if "video" not in batch or len(batch["mos"]) < 2:
+        mos = batch.get("mos", torch.zeros(0))
+        counts = distributed.sizes(len(mos), device)
+        if sum(counts) < 2:
             continue  # the PLCC loss needs two videos
+        video = batch.get("video")
+        if video is None:
+            # No video here this step (the end of the epoch, or failed decodes) while other
+            # processes have some: a grey stand-in keeps this process in DDP's backward, and
+            # slicing it away below leaves its gradient contribution exactly zero.
+            video = torch.full((1, dataset.num_frames, *dataset.image_size, 3), 128, dtype=torch.uint8)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, tcfg["precision"]):
-            pred = model(model.normalize(batch["video"].to(device)))
-        loss = qclip_loss(pred.float(), batch["mos"].to(device))
+            pred = net(model.normalize(video.to(device)))
+        pred, target = distributed.gather_batch(pred.float()[: len(mos)], mos.to(device), counts)
+        loss = qclip_loss(pred, target)
         loss.backward()
+        result.grad_norms.append(grad_norm(model.trainable_parameters()))
         optimizer.step()
         scheduler.step()
         result.losses.append(loss.item())
-        result.preds.append(pred.detach().float().cpu().numpy())
-        result.targets.append(batch["mos"].numpy())
+        result.preds.append(pred.detach().cpu().numpy())
+        result.targets.append(target.cpu().numpy())
+    result.failed = distributed.sum_over_ranks(result.failed)
     return result
 
 
 def epoch_record(epoch: int, result: EpochResult, lr: float, val: dict, seconds: float) -> dict[str, Any]:
-    """The epoch's line of ``metrics.jsonl`` (1-based ``epoch`` in the record)."""
-    return {"epoch": epoch + 1, "loss": result.loss, "lr": lr, "failed_videos": result.failed, "val": val, "time_s": seconds}
+    """The epoch's line of ``metrics.jsonl`` (1-based ``epoch`` in the record); ``steps`` holds
+    each optimiser step's loss and gradient norm (after DDP's averaging under torchrun)."""
+    return {"epoch": epoch + 1, "loss": result.loss, "lr": lr, "failed_videos": result.failed, "val": val, "time_s": seconds,
+            "steps": {"loss": result.losses, "grad_norm": result.grad_norms}}
 
 
 def log_epoch(metrics_path: Path, record: dict, selection: str, epochs: int) -> None:

@@ -11,18 +11,20 @@ import torch
 from qclip_engine import QCLIP
 from qclip_engine.metrics import all_metrics, rescale
 
+from . import distributed
 from .data import VideoClips
-from .datasets import loader
+from .datasets import eval_shard, loader
 from .device import autocast
 from .errors import DatasetError
 
 
 @torch.no_grad()
-def predict(model: QCLIP, batches, device, precision: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """Scores, MOS and the count of videos that failed to decode, over ``batches``, at the
-    training run's ``precision`` (``device.autocast``)."""
+def predict_items(model: QCLIP, batches, device, precision: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Scores, MOS and item indices of the decodable videos of ``batches`` (possibly none), and
+    the count of videos that failed to decode, at the training run's ``precision``
+    (``device.autocast``)."""
     model.eval()
-    preds, targets, failed = [], [], 0
+    preds, targets, indices, failed = [np.zeros(0, np.float32)], [np.zeros(0, np.float32)], [np.zeros(0, np.int64)], 0
     with autocast(device, precision):
         text = model.forward_text()  # constant during evaluation: once, not per batch
     for batch in batches:
@@ -33,19 +35,36 @@ def predict(model: QCLIP, batches, device, precision: str) -> tuple[np.ndarray, 
             score = model(model.normalize(batch["video"].to(device)), text)
         preds.append(score.float().cpu().numpy())
         targets.append(batch["mos"].numpy())
-    if not preds:
+        indices.append(batch["index"].numpy())
+    return np.concatenate(preds), np.concatenate(targets), np.concatenate(indices), failed
+
+
+def predict(model: QCLIP, batches, device, precision: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Scores, MOS and the count of videos that failed to decode, over ``batches``, at the
+    training run's ``precision`` (``device.autocast``)."""
+    preds, targets, _, failed = predict_items(model, batches, device, precision)
+    if not len(preds):
         raise DatasetError("no video of the validation set could be decoded")
-    return np.concatenate(preds), np.concatenate(targets), failed
+    return preds, targets, failed
 
 
 def evaluate(
     model: QCLIP, val_sets: dict[str, VideoClips], batch_size: int, device, precision: str
 ) -> tuple[dict[str, dict], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Metrics of each validation set (with its video and failure counts), and its (predictions, MOS)."""
+    """Metrics of each validation set (with its video and failure counts), and its (predictions, MOS).
+
+    Under torchrun each process scores its shard (``datasets.eval_shard``) and every process
+    gets the whole set's predictions back in dataset order before the metrics
+    (``distributed.gather_predictions``): the metrics of a one-process evaluation.
+    """
     metrics, outputs = {}, {}
     for name, dataset in val_sets.items():
-        preds, targets, failed = predict(model, loader(dataset, batch_size, None, 0), device, precision)
-        metrics[name] = all_metrics(preds, targets) | {"videos": len(preds), "failed_videos": failed}
+        batches = loader(dataset, batch_size, None, 0, indices=eval_shard(len(dataset)))
+        preds, targets, failed = distributed.gather_predictions(*predict_items(model, batches, device, precision))
+        if not len(preds):
+            raise DatasetError("no video of the validation set could be decoded")
+        # rank 0 computes them (and alone warns, e.g. of too few videos for the logistic fit)
+        metrics[name] = distributed.from_main(lambda: all_metrics(preds, targets)) | {"videos": len(preds), "failed_videos": failed}
         outputs[name] = (preds, targets)
     return metrics, outputs
 

@@ -9,6 +9,8 @@ validation set, loss, lr, time) to
 saved as an artifact (with its calibration) in ``best/`` with a scatter plot.
 ``--resume`` continues from ``checkpoint.pt``; ``--splits N`` repeats the run over N
 random splits (split seeds ``seed … seed + N − 1``) and reports mean ± std.
+``torchrun --nproc_per_node=N -m train.run …`` trains data-parallel (``distributed``):
+``train.batch_size`` stays the global batch, rank 0 alone writes and prints.
 
 This module keeps the configuration, the order of a run's steps and the command line;
 the steps live in ``datasets``, ``epoch``, ``evaluate`` and ``checkpoint``.
@@ -33,6 +35,7 @@ import yaml
 from qclip_engine import QCLIP, QCLIPConfig, load_artifact
 from qclip_engine.errors import QCLIPError
 
+from . import distributed
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, no_best, save_best, save_checkpoint
 from .datasets import build_datasets, write_skipped
 from .device import check_precision, resolve_device
@@ -117,36 +120,50 @@ def build_model(config: dict) -> QCLIP:
 
 def train_once(config: dict, out: Path, *, split_seed: int | None = None, resume: bool = False, strict: bool = False) -> dict:
     """One training run; returns the best epoch's record. Raises CheckpointError when
-    ``resume`` finds no checkpoint, VideoError when ``strict`` meets an unusable video."""
-    out.mkdir(parents=True, exist_ok=True)
+    ``resume`` finds no checkpoint, VideoError when ``strict`` meets an unusable video.
+
+    Under torchrun (``distributed``) every process trains its share of each global batch
+    through DDP and evaluates its shard of the validation sets; rank 0 alone writes files
+    and prints."""
+    main = distributed.is_main()
     seed, tcfg, epochs = int(config["seed"]), config["train"], int(config["train"]["epochs"])
+    distributed.check_batch_size(int(tcfg["batch_size"]))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     _seed_everything(seed)
-    device = resolve_device(tcfg["device"])
+    device = distributed.local_device(resolve_device(tcfg["device"]))
     model = build_model(config).to(device)
     data = build_datasets(config, model, split_seed=split_seed, strict=strict)
-    write_skipped(out, data)
+    if main:
+        write_skipped(out, data)
     optimizer = make_optimizer(model, tcfg)
     scheduler = make_scheduler(optimizer, tcfg, len(data.train))
     if resume:
         best, start_epoch = load_checkpoint(out / CHECKPOINT, model, optimizer, scheduler)
     else:
         best, start_epoch = no_best(), 0
-        (out / METRICS).unlink(missing_ok=True)
+        if main:
+            (out / METRICS).unlink(missing_ok=True)
+    net = distributed.wrap(model, device)  # DDP over the trainable tensors; the model itself in one process
 
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
-        result = train_epoch(model, data.train, optimizer, scheduler, epoch=epoch, tcfg=tcfg, seed=seed, device=device)
+        result = train_epoch(net, data.train, optimizer, scheduler, epoch=epoch, tcfg=tcfg, seed=seed, device=device)
         lr = scheduler.get_last_lr()[0]
         metrics, outputs = evaluate(model, data.val, int(tcfg["val_batch_size"]), device, tcfg["precision"])
-        log_epoch(out / METRICS, epoch_record(epoch, result, lr, metrics, time.perf_counter() - started), data.selection, epochs)
+        if main:
+            log_epoch(out / METRICS, epoch_record(epoch, result, lr, metrics, time.perf_counter() - started), data.selection, epochs)
         sel = metrics[data.selection]
         if selection_score(sel) > best["score"]:
             title = f"{config['name']} epoch {epoch + 1}: SROCC {sel['srocc']:.3f}, PLCC {sel['plcc']:.3f}"
-            save_best(out / BEST, model, result, *outputs[data.selection], title)
+            if main:
+                save_best(out / BEST, model, result, *outputs[data.selection], title)
             best = {"score": selection_score(sel), "epoch": epoch + 1, "val": metrics}
-        save_checkpoint(out / CHECKPOINT, epoch, model, optimizer, scheduler, best)
+        if main:
+            save_checkpoint(out / CHECKPOINT, epoch, model, optimizer, scheduler, best)
         if tcfg.get("stop_after") and epoch + 1 >= int(tcfg["stop_after"]) and epoch + 1 < epochs:
-            print(f"stopping after epoch {epoch + 1} (train.stop_after); continue with --resume")
+            if main:
+                print(f"stopping after epoch {epoch + 1} (train.stop_after); continue with --resume")
             break
     return best
 
@@ -157,8 +174,9 @@ def splits_report(runs: list[dict], selection: str) -> dict:
     for key in ("srocc", "plcc", "plcc_logistic", "krocc", "rmse"):
         values = np.array([r["val"][selection][key] for r in runs])
         summary[key] = {"mean": float(values.mean()), "std": float(values.std())}
-    print(f"{len(runs)} splits on {selection}: " + "  ".join(
-        f"{k.upper()} {summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in ("srocc", "plcc", "krocc", "rmse")))
+    if distributed.is_main():
+        print(f"{len(runs)} splits on {selection}: " + "  ".join(
+            f"{k.upper()} {summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in ("srocc", "plcc", "krocc", "rmse")))
     return summary
 
 
@@ -174,9 +192,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> Path:
+def _run(args: argparse.Namespace) -> Path | None:
+    """The path of ``report.json``; None in the processes other than rank 0, which write nothing."""
     config = load_config(args.config, args.overrides)
     out = Path(args.output_dir or config["output_dir"])
+    started = distributed.init(str(config["train"]["device"]))  # under torchrun; nothing otherwise
+    try:
+        return _train(args, config, out)
+    finally:
+        if started:
+            distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, config: dict, out: Path) -> Path | None:
     if args.splits == 1:
         best = train_once(config, out, resume=args.resume, strict=args.strict)
         result = {"best_epoch": best.get("epoch"), "val": best.get("val")}
@@ -187,6 +215,8 @@ def _run(args: argparse.Namespace) -> Path:
             for i in range(args.splits)
         ]
         result = splits_report(runs, next(iter(config["data"]["val"])))
+    if not distributed.is_main():
+        return None
     (out / REPORT).write_text(json.dumps(result, indent=2) + "\n")
     return out / REPORT
 
@@ -199,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         path = _run(args)
     except QCLIPError as exc:
         return report(PROG, exc)
-    print(f"report: {path}")
+    if path is not None:
+        print(f"report: {path}")
     return 0
 
 
