@@ -234,15 +234,17 @@ def _parser() -> argparse.ArgumentParser:
     ray = p.add_argument_group("scale-out on Ray (the ray extra; qclip_engine/cluster/batch.py)")
     ray.add_argument("--ray", metavar="ADDRESS",
                      help="score on a Ray cluster: local (a Ray of this process), auto (the cluster `ray start` runs "
-                          "here, or RAY_ADDRESS) or a cluster address; the same records, in input order")
+                          "here, or RAY_ADDRESS) or a cluster address; the same records, in input order "
+                          "(default: no Ray, this process scores)")
     ray.add_argument("--ray-actors", type=int, default=1, metavar="N", help="scoring actors, each with its own model (default: 1)")
     ray.add_argument("--ray-gpus-per-actor", type=float, default=0.0, metavar="G",
                      help="GPUs each scoring actor takes (1 on GPU nodes: one actor per GPU; default: 0, CPU actors)")
     ray.add_argument("--ray-decode-cpus", type=float, default=1.0, metavar="C", help="CPUs each decode task takes (default: 1)")
     ray.add_argument("--ray-output", metavar="URI",
                      help="write the records where Ray writes (a directory, s3://…) as sharded files of "
-                          "{id, input, record} instead of gathering them here")
-    ray.add_argument("--ray-output-format", default="jsonl", choices=("jsonl", "parquet"))
+                          "{id, input, record} instead of gathering them here (default: gathered, to --out or stdout)")
+    ray.add_argument("--ray-output-format", default="jsonl", choices=("jsonl", "parquet"),
+                     help="the files --ray-output writes (default: %(default)s)")
     return p
 
 
@@ -384,7 +386,7 @@ def _score_on_ray(args) -> int:
             done = add_records(done, errors)
         (done.write_parquet if args.ray_output_format == "parquet" else done.write_json)(args.ray_output)
         records = [json.loads(row["record"]) for row in done.iter_rows()]
-        failed = sum("error" in r for r in records)
+        failed, warned = sum("error" in r for r in records), sum(bool(r.get("warnings")) for r in records)
         print(f"qclip-score: {len(records)} records written to {args.ray_output} ({args.ray_output_format}, "
               "one per input, by id)", file=sys.stderr)
     else:
@@ -393,10 +395,12 @@ def _score_on_ray(args) -> int:
         try:
             writer = RecordWriter(out, args.format, CSV_COLUMNS)
             bar = tqdm(total=len(items), unit="video", disable=args.quiet, file=sys.stderr)
-            failed, _, _ = _write_records(items, iter(ordered_records(done) if done is not None else []), writer, bar)
+            failed, _, warned = _write_records(items, iter(ordered_records(done) if done is not None else []), writer, bar)
             bar.close()
         finally:
             out.close() if args.out else out.detach()
+    if warned:
+        print(f"qclip-score: {warned} of {len(items)} input(s) scored with warnings (see their records)", file=sys.stderr)
     if failed:
         print(f"qclip-score: {failed} of {len(items)} input(s) failed (see their error records)", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
