@@ -3,12 +3,14 @@ in tests). Test modules import helpers from here or from ``media``, never from e
 
 import copy
 import os
+from pathlib import Path
 
 # Tests never reach a model hub; set before huggingface_hub is imported anywhere.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+import yaml
 
 from qclip_engine import QCLIP, QCLIPConfig
 
@@ -69,6 +71,28 @@ def tiny_model(sampler="segment_mse_mean", num_frames=4):
     torch.manual_seed(0)
     return trained_like(QCLIP(QCLIPConfig(backbone="PE-Core-T-16-384", pretrained=None, image_size=64,
                                           num_frames=num_frames, sampler=sampler)))
+
+
+def tiny_train_config(path: Path, data: Path, train: dict, labels: str = "labels.txt", ratio: float = 0.75) -> Path:
+    """The training tests' config, written to ``path``: a tiny random-init PE-Core-T on ``data``'s
+    ``labels`` (media.noisy_labelled_clips), ``ratio`` of them for training, the rest held out;
+    ``train``: the whole train section."""
+    split = {"labels": f"${{DATA_ROOT}}/{labels}", "prefix": "${DATA_ROOT}"}
+    config = {
+        "name": "tiny",
+        "seed": 3,
+        "model": {"backbone": "PE-Core-T-16-384", "pretrained": None, "image_size": 32, "num_frames": 2,
+                  "adapter_layers": 2, "sampler": "mixed"},
+        "data": {
+            "data_root": str(data),
+            "train": split | {"split": {"role": "train", "ratio": ratio, "seed": 1}},
+            "val": {"heldout": split | {"split": {"role": "val", "ratio": ratio, "seed": 1}}},
+        },
+        "train": train,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def read_http_answer(sock, timeout: float | None = None) -> tuple[int, dict, bytes]:

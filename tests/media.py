@@ -230,3 +230,18 @@ def hostile_corpus(root: Path, sources: list[Path]) -> list[tuple[str, set[str]]
                (str(root / "missing.mp4"), {"not_found"})]
     corpus += [(str(src), {"score"}) for src in sources]
     return corpus
+
+
+def noisy_labelled_clips(root: Path, count: int = 12) -> Path:
+    """``count`` clips of 6 frames with ``labels.txt`` (official 4-column lines): the label is how much
+    noise was added, a signal a model can learn. The training tests' dataset."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(count):
+        noise = 8 * i
+        frames = moving_frames(6, h=32, w=32, seed=i).astype(np.int16)
+        frames += rng.integers(-noise, noise + 1, frames.shape)
+        encode(root / f"clip{i}.mp4", np.clip(frames, 0, 255).astype(np.uint8), options={"qp": "10"})
+        lines.append(f"clip{i}.mp4,0.24,25,{100 - noise}")
+    (root / "labels.txt").write_text("\n".join(lines) + "\n")
+    return root

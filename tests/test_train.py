@@ -3,11 +3,10 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import yaml
-from media import encode, moving_frames
+from conftest import tiny_train_config
+from media import encode, moving_frames, noisy_labelled_clips
 
 from qclip_engine import load_artifact
 from qclip_engine.errors import VideoError
@@ -23,37 +22,12 @@ from qclip_engine.train.evaluate import evaluate
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     """12 clips of 6 frames; the label is how much noise was added (a learnable signal)."""
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(12):
-        noise = 8 * i
-        frames = moving_frames(6, h=32, w=32, seed=i).astype(np.int16)
-        frames += rng.integers(-noise, noise + 1, frames.shape)
-        encode(root / f"clip{i}.mp4", np.clip(frames, 0, 255).astype(np.uint8), options={"qp": "10"})
-        lines.append(f"clip{i}.mp4,0.24,25,{100 - noise}")
-    (root / "labels.txt").write_text("\n".join(lines) + "\n")
-    return root
+    return noisy_labelled_clips(tmp_path_factory.mktemp("tiny"))
 
 
 def _config(tmp_path: Path, data: Path, labels: str = "labels.txt", **train) -> Path:
-    config = {
-        "name": "tiny",
-        "seed": 3,
-        "model": {"backbone": "PE-Core-T-16-384", "pretrained": None, "image_size": 32, "num_frames": 2,
-                  "adapter_layers": 2, "sampler": "mixed"},
-        "data": {
-            "data_root": str(data),
-            "train": {"labels": f"${{DATA_ROOT}}/{labels}", "prefix": "${DATA_ROOT}",
-                      "split": {"role": "train", "ratio": 0.75, "seed": 1}},
-            "val": {"heldout": {"labels": f"${{DATA_ROOT}}/{labels}", "prefix": "${DATA_ROOT}",
-                                "split": {"role": "val", "ratio": 0.75, "seed": 1}}},
-        },
-        "train": {"epochs": 2, "warmup_epochs": 1, "batch_size": 3, "val_batch_size": 2, "lr": 1e-3} | train,
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    base = {"epochs": 2, "warmup_epochs": 1, "batch_size": 3, "val_batch_size": 2, "lr": 1e-3}
+    return tiny_train_config(tmp_path / "config.yaml", data, base | train, labels=labels)
 
 
 def _lines(out: Path) -> list[dict]:

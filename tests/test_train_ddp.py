@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import yaml
-from media import encode, moving_frames
+from conftest import tiny_train_config
+from media import noisy_labelled_clips
 
 from qclip_engine import load_artifact
 from qclip_engine.train import distributed, run
@@ -41,39 +41,14 @@ UPDATE_RTOL = 1e-2
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
-    """12 clips of 6 frames; the label is how much noise was added (as tests/test_train.py's)."""
-    root = tmp_path_factory.mktemp("tiny_ddp")
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(12):
-        noise = 8 * i
-        frames = moving_frames(6, h=32, w=32, seed=i).astype(np.int16)
-        frames += rng.integers(-noise, noise + 1, frames.shape)
-        encode(root / f"clip{i}.mp4", np.clip(frames, 0, 255).astype(np.uint8), options={"qp": "10"})
-        lines.append(f"clip{i}.mp4,0.24,25,{100 - noise}")
-    (root / "labels.txt").write_text("\n".join(lines) + "\n")
-    return root
+    """12 clips of 6 frames; the label is how much noise was added (a learnable signal)."""
+    return noisy_labelled_clips(tmp_path_factory.mktemp("tiny_ddp"))
 
 
 def _config(path: Path, data: Path, ratio: float = 0.75, **train) -> Path:
     """A tiny random-init model on the CPU; ``ratio`` 0.75 keeps 9 of the 12 clips for training."""
-    split = {"labels": "${DATA_ROOT}/labels.txt", "prefix": "${DATA_ROOT}"}
-    config = {
-        "name": "tiny",
-        "seed": 3,
-        "model": {"backbone": "PE-Core-T-16-384", "pretrained": None, "image_size": 32, "num_frames": 2,
-                  "adapter_layers": 2, "sampler": "mixed"},
-        "data": {
-            "data_root": str(data),
-            "train": split | {"split": {"role": "train", "ratio": ratio, "seed": 1}},
-            "val": {"heldout": split | {"split": {"role": "val", "ratio": ratio, "seed": 1}}},
-        },
-        "train": {"epochs": 2, "warmup_epochs": 0, "batch_size": 4, "val_batch_size": 2, "lr": 1e-3, "device": "cpu"}
-        | train,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config))
-    return path
+    base = {"epochs": 2, "warmup_epochs": 0, "batch_size": 4, "val_batch_size": 2, "lr": 1e-3, "device": "cpu"}
+    return tiny_train_config(path, data, base | train, ratio=ratio)
 
 
 def _torchrun(nproc: int, config: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
