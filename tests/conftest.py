@@ -73,16 +73,18 @@ def tiny_model(sampler="segment_mse_mean", num_frames=4):
                                           num_frames=num_frames, sampler=sampler)))
 
 
-def tiny_train_config(path: Path, data: Path, train: dict, labels: str = "labels.txt", ratio: float = 0.75) -> Path:
+def tiny_train_config(
+    path: Path, data: Path, train: dict, labels: str = "labels.txt", ratio: float = 0.75, model: dict | None = None
+) -> Path:
     """The training tests' config, written to ``path``: a tiny random-init PE-Core-T on ``data``'s
     ``labels`` (media.noisy_labelled_clips), ``ratio`` of them for training, the rest held out;
-    ``train``: the whole train section."""
+    ``train``: the whole train section; ``model``: settings replacing the tiny model's."""
     split = {"labels": f"${{DATA_ROOT}}/{labels}", "prefix": "${DATA_ROOT}"}
     config = {
         "name": "tiny",
         "seed": 3,
         "model": {"backbone": "PE-Core-T-16-384", "pretrained": None, "image_size": 32, "num_frames": 2,
-                  "adapter_layers": 2, "sampler": "mixed"},
+                  "adapter_layers": 2, "sampler": "mixed"} | (model or {}),
         "data": {
             "data_root": str(data),
             "train": split | {"split": {"role": "train", "ratio": ratio, "seed": 1}},

@@ -45,10 +45,10 @@ def tiny_dataset(tmp_path_factory):
     return noisy_labelled_clips(tmp_path_factory.mktemp("tiny_ddp"))
 
 
-def _config(path: Path, data: Path, ratio: float = 0.75, **train) -> Path:
+def _config(path: Path, data: Path, ratio: float = 0.75, model: dict | None = None, **train) -> Path:
     """A tiny random-init model on the CPU; ``ratio`` 0.75 keeps 9 of the 12 clips for training."""
     base = {"epochs": 2, "warmup_epochs": 0, "batch_size": 4, "val_batch_size": 2, "lr": 1e-3, "device": "cpu"}
-    return tiny_train_config(path, data, base | train, ratio=ratio)
+    return tiny_train_config(path, data, base | train, ratio=ratio, model=model)
 
 
 def _torchrun(nproc: int, config: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -179,6 +179,27 @@ def test_a_process_without_a_video_in_a_step_takes_part_with_nothing(tiny_datase
     assert_same_steps(_lines(single), _lines(ddp))
     assert_same_weights(_initial(config), _trainable(single), _trainable(ddp))
     assert _lines(ddp)[0]["val"]["heldout"]["videos"] == 4
+
+
+def test_two_processes_train_from_one_trunk_cache(tiny_dataset, tmp_path):
+    # Each process builds the entries of the videos it trains on (epoch 1) and reads them back
+    # (epoch 2), and the steps are those of the same two processes without the cache (float32
+    # entries: the same numbers; the one-process comparison is the tests above). Of the 9
+    # training videos each epoch uses 8 (two steps of 4; the one-video remainder is skipped),
+    # plus the 3 held out.
+    config = _config(tmp_path / "config.yaml", tiny_dataset, model={"sampler": "uniform"}, cache_trunk_dtype="float32")
+    plain, cached = tmp_path / "plain", tmp_path / "cached"
+    _ok(_torchrun(2, config, plain))
+    _ok(_torchrun(2, config, cached, f"train.cache_trunk={tmp_path / 'trunk'}"))
+    first, second = (line["trunk_cache"] for line in _lines(cached))
+    assert first == {"hit": 0, "built": 11, "rebuilt": 0}
+    assert second["hit"] + second["built"] == 11 and second["built"] <= 1 and second["rebuilt"] == 0
+    for a, b in zip(_lines(plain), _lines(cached)):
+        np.testing.assert_allclose(b["steps"]["loss"], a["steps"]["loss"], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(b["steps"]["grad_norm"], a["steps"]["grad_norm"], rtol=1e-6)
+    a, b = _trainable(plain), _trainable(cached)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
 
 
 def test_a_batch_size_the_processes_cannot_share_is_a_config_error(tiny_dataset, tmp_path):

@@ -136,6 +136,7 @@ class VideoClips(torch.utils.data.Dataset):
         self.epoch = 0
         self.max_analysis_frames = max_analysis_frames
         self.cache = {} if cache else None
+        self.trunk_cache = None  # a train/trunk_cache.py TrunkCache: items become trunk tokens where it holds them
         self.skipped: list[Skipped] = []
         self.records: list[LabelledVideo] = []
         self.frame_counts: list[int] = []  # per usable record: the N its frame indices range over
@@ -191,6 +192,7 @@ class VideoClips(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         n, seed = self.frame_counts[index], (self.seed, self.epoch, index)
+        extra = {}
         try:
             if self._sampler.needs_motion:
                 cand, frames, motion = self._candidates(index)
@@ -198,19 +200,40 @@ class VideoClips(torch.utils.data.Dataset):
                                        training=self.training)
                 video = frames[np.searchsorted(cand, picked)]  # candidates are sorted and distinct
             else:
-                picked = frame_indices(n, self._sampler, self.num_frames, seed=seed, training=self.training)
+                picked = self.picked_indices(index)
+                if self.trunk_cache is not None:
+                    tokens, state = self.trunk_cache.read(record.path, picked)
+                    if tokens is not None:
+                        return {"tokens": tokens, "mos": record.mos, "index": index, "cache": state}
+                    extra = {"picked": picked, "cache": "built" if state == "missing" else "rebuilt"}
                 video = self._picked(index, picked)
         except VideoError as exc:  # passed the probe but failed to decode: skip, do not stop
             return {"error": Skipped(record.path, exc.code, exc.message), "index": index}
-        return {"video": torch.from_numpy(np.ascontiguousarray(video)), "mos": record.mos, "index": index}
+        return {"video": torch.from_numpy(np.ascontiguousarray(video)), "mos": record.mos, "index": index, **extra}
+
+    def picked_indices(self, index: int) -> np.ndarray:
+        """The frames a motion-free sampler picks for item ``index`` this epoch (no decoding)."""
+        seed = (self.seed, self.epoch, index)
+        return frame_indices(self.frame_counts[index], self._sampler, self.num_frames, seed=seed, training=self.training)
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack the usable items; keep the failures so the loop can count them."""
-    good = [it for it in items if "video" in it]
+    """Stack the usable items; keep the failures so the loop can count them. With the trunk
+    cache, the items read from it stack as ``tokens`` and the others as ``video``, each with its
+    positions in the batch (``tokens_at`` / ``video_at``), so the batch keeps the loader's order."""
+    good = [it for it in items if "error" not in it]
     batch = {"errors": [it["error"] for it in items if "error" in it]}
-    if good:
-        batch["video"] = torch.stack([it["video"] for it in good])
-        batch["mos"] = torch.tensor([it["mos"] for it in good], dtype=torch.float32)
-        batch["index"] = torch.tensor([it["index"] for it in good])
+    if not good:
+        return batch
+    batch["mos"] = torch.tensor([it["mos"] for it in good], dtype=torch.float32)
+    batch["index"] = torch.tensor([it["index"] for it in good])
+    for kind in ("video", "tokens"):
+        at = [i for i, it in enumerate(good) if kind in it]
+        if at:
+            batch[kind] = torch.stack([good[i][kind] for i in at])
+            batch[f"{kind}_at"] = at
+    if "cache" in good[0]:
+        batch["cache"] = [it["cache"] for it in good]
+        batch["picked"] = [good[i]["picked"] for i in batch.get("video_at", [])]
+        batch["video_index"] = [good[i]["index"] for i in batch.get("video_at", [])]
     return batch

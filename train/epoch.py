@@ -24,6 +24,7 @@ from .data import VideoClips
 from .datasets import train_loader
 from .device import autocast
 from .losses import qclip_loss
+from .trunk_cache import batch_inputs
 
 
 def lr_lambda(warmup_iters: int, total_iters: int):
@@ -101,15 +102,16 @@ def train_epoch(
         counts = distributed.sizes(len(mos), device)
         if sum(counts) < 2:
             continue  # the PLCC loss needs two videos
-        video = batch.get("video")
-        if video is None:
-            # No video here this step (the end of the epoch, or failed decodes) while other
-            # processes have some: a grey stand-in keeps this process in DDP's backward, and
-            # slicing it away below leaves its gradient contribution exactly zero.
-            video = torch.full((1, dataset.num_frames, *dataset.image_size, 3), 128, dtype=torch.uint8)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, tcfg["precision"]):
-            pred = net(model.normalize(video.to(device)))
+            inputs = batch_inputs(model, batch, dataset, device)  # frames, or trunk tokens (trunk_cache.py)
+            if inputs is None:
+                # No video here this step (the end of the epoch, or failed decodes) while other
+                # processes have some: a grey stand-in keeps this process in DDP's backward, and
+                # slicing it away below leaves its gradient contribution exactly zero.
+                grey = torch.full((1, dataset.num_frames, *dataset.image_size, 3), 128, dtype=torch.uint8)
+                inputs = {"video": model.normalize(grey.to(device))}
+            pred = net(**inputs)
         pred, target = distributed.gather_batch(pred.float()[: len(mos)], mos.to(device), counts)
         loss = qclip_loss(pred, target)
         loss.backward()
@@ -123,11 +125,18 @@ def train_epoch(
     return result
 
 
-def epoch_record(epoch: int, result: EpochResult, lr: float, val: dict, seconds: float) -> dict[str, Any]:
+def epoch_record(
+    epoch: int, result: EpochResult, lr: float, val: dict, seconds: float, trunk_cache: dict | None = None
+) -> dict[str, Any]:
     """The epoch's line of ``metrics.jsonl`` (1-based ``epoch`` in the record); ``steps`` holds
-    each optimiser step's loss and gradient norm (after DDP's averaging under torchrun)."""
-    return {"epoch": epoch + 1, "loss": result.loss, "lr": lr, "failed_videos": result.failed, "val": val, "time_s": seconds,
-            "steps": {"loss": result.losses, "grad_norm": result.grad_norms}}
+    each optimiser step's loss and gradient norm (after DDP's averaging under torchrun);
+    ``trunk_cache``, with ``train.cache_trunk``, how many videos (training and validation) were
+    read from it, built and rebuilt."""
+    record = {"epoch": epoch + 1, "loss": result.loss, "lr": lr, "failed_videos": result.failed, "val": val,
+              "time_s": seconds, "steps": {"loss": result.losses, "grad_norm": result.grad_norms}}
+    if trunk_cache is not None:
+        record["trunk_cache"] = trunk_cache
+    return record
 
 
 def log_epoch(metrics_path: Path, record: dict, selection: str, epochs: int) -> None:

@@ -16,6 +16,7 @@ from .data import VideoClips
 from .datasets import eval_shard, loader
 from .device import autocast
 from .errors import DatasetError
+from .trunk_cache import batch_inputs
 
 
 @torch.no_grad()
@@ -29,10 +30,11 @@ def predict_items(model: QCLIP, batches, device, precision: str) -> tuple[np.nda
         text = model.forward_text()  # constant during evaluation: once, not per batch
     for batch in batches:
         failed += len(batch["errors"])
-        if "video" not in batch:
-            continue
         with autocast(device, precision):
-            score = model(model.normalize(batch["video"].to(device)), text)
+            inputs = batch_inputs(model, batch, batches.dataset, device)  # frames, or trunk tokens (trunk_cache.py)
+            if inputs is None:
+                continue
+            score = model(text_features=text, **inputs)
         preds.append(score.float().cpu().numpy())
         targets.append(batch["mos"].numpy())
         indices.append(batch["index"].numpy())

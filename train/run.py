@@ -35,7 +35,7 @@ import yaml
 from qclip_engine import QCLIP, QCLIPConfig, load_artifact
 from qclip_engine.errors import QCLIPError
 
-from . import distributed
+from . import distributed, trunk_cache
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, no_best, save_best, save_checkpoint
 from .datasets import build_datasets, write_skipped
 from .device import check_precision, resolve_device
@@ -65,6 +65,8 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",
         "precision": "fp32",  # fp32 (the official code's) | bf16: autocast to bfloat16 on the training device
         "stop_after": None,  # end this invocation after N epochs (time-limited jobs; --resume goes on)
+        "cache_trunk": None,  # a folder: keep the frozen trunk's tokens there (trunk_cache.py; sampler uniform)
+        "cache_trunk_dtype": "float16",  # float16 | float32 (bit-exact, twice the disk)
     },
 }
 
@@ -133,9 +135,11 @@ def train_once(config: dict, out: Path, *, split_seed: int | None = None, resume
     _seed_everything(seed)
     device = distributed.local_device(resolve_device(tcfg["device"]))
     model = build_model(config).to(device)
+    cache = trunk_cache.open_cache(tcfg, model)
     data = build_datasets(config, model, split_seed=split_seed, strict=strict)
     if main:
         write_skipped(out, data)
+    trunk_cache.attach(cache, {"train": data.train} | data.val)
     optimizer = make_optimizer(model, tcfg)
     scheduler = make_scheduler(optimizer, tcfg, len(data.train))
     if resume:
@@ -151,8 +155,9 @@ def train_once(config: dict, out: Path, *, split_seed: int | None = None, resume
         result = train_epoch(net, data.train, optimizer, scheduler, epoch=epoch, tcfg=tcfg, seed=seed, device=device)
         lr = scheduler.get_last_lr()[0]
         metrics, outputs = evaluate(model, data.val, int(tcfg["val_batch_size"]), device, tcfg["precision"])
+        record = epoch_record(epoch, result, lr, metrics, time.perf_counter() - started, trunk_cache.epoch_counts(cache))
         if main:
-            log_epoch(out / METRICS, epoch_record(epoch, result, lr, metrics, time.perf_counter() - started), data.selection, epochs)
+            log_epoch(out / METRICS, record, data.selection, epochs)
         sel = metrics[data.selection]
         if selection_score(sel) > best["score"]:
             title = f"{config['name']} epoch {epoch + 1}: SROCC {sel['srocc']:.3f}, PLCC {sel['plcc']:.3f}"

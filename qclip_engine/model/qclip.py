@@ -31,10 +31,13 @@ from .scma import ESCMA, PSCMA
 ZERO_SHOT_LOGIT_SCALE = 100.0
 
 
-def run_tower(tower, x: torch.Tensor, block_kwargs: dict, adapt=None, first_adapted: int = 0) -> torch.Tensor:
-    """The tower's blocks in order; after each block from ``first_adapted`` on, ``adapt(j, x)``
-    (``j`` counts adapted blocks from 0). The one tower loop of the model and its folded form."""
-    for i in range(len(tower.blocks)):
+def run_tower(
+    tower, x: torch.Tensor, block_kwargs: dict, adapt=None, first_adapted: int = 0, blocks: range | None = None
+) -> torch.Tensor:
+    """The tower's blocks in order (``blocks``: a part of them, all by default); after each block
+    from ``first_adapted`` on, ``adapt(j, x)`` (``j`` counts adapted blocks from 0). The one tower
+    loop of the model and its folded form."""
+    for i in blocks if blocks is not None else range(len(tower.blocks)):
         x = tower.run_block(i, x, block_kwargs)
         if adapt is not None and i >= first_adapted:
             x = adapt(i - first_adapted, x)
@@ -159,21 +162,53 @@ class QCLIP(nn.Module):
         adapt = None if self.zero_shot else (lambda j, h: self.escma(h, modality, j))
         return run_tower(tower, x, block_kwargs, adapt, self.adapted_blocks(modality).start)
 
-    def encode_frames(self, images: torch.Tensor) -> torch.Tensor:
-        """Projected (unnormalised) features of normalised images ``[N, 3, H, W]`` → ``[N, D]``."""
+    @property
+    def trunk_depth(self) -> int:
+        """The visual blocks before the first adapted one: the frozen trunk, whose output depends
+        on the frames alone (what ``train.cache_trunk`` keeps, ``train/trunk_cache.py``)."""
+        return self.adapted_blocks("visual").start
+
+    def encode_trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """The tokens entering the first adapted visual block, batch-first ``[N, T, W]``, of
+        normalised images ``[N, 3, H, W]``: the first part of :meth:`encode_frames`."""
+        return self._trunk(*self.visual_tower.embed(images))
+
+    def _trunk(self, x: torch.Tensor, block_kwargs: dict) -> torch.Tensor:
         tower = self.visual_tower
-        x, block_kwargs = tower.embed(images)
-        x = self._run_blocks(tower, "visual", x, block_kwargs)
+        x = run_tower(tower, x, block_kwargs, blocks=range(self.trunk_depth))
+        return x if getattr(tower, "batch_first", True) else x.transpose(0, 1)
+
+    def encode_after_trunk(self, tokens: torch.Tensor, block_kwargs: dict | None = None) -> torch.Tensor:
+        """The rest of :meth:`encode_frames`, from :meth:`encode_trunk`'s tokens ``[N, T, W]``
+        (``block_kwargs``: the blocks' arguments ``embed`` gave; they depend on the image size
+        alone, so they are rebuilt from one blank image when not given)."""
+        tower = self.visual_tower
+        if block_kwargs is None:
+            blank = tokens.new_zeros((1, 3, *self.image_size))
+            block_kwargs = tower.embed(blank)[1]
+        x = tokens if getattr(tower, "batch_first", True) else tokens.transpose(0, 1)
+        adapt = None if self.zero_shot else (lambda j, h: self.escma(h, "visual", j))
+        x = run_tower(tower, x, block_kwargs, adapt, self.trunk_depth, blocks=range(self.trunk_depth, len(tower.blocks)))
         pooled = tower.pool(x)
         projected = tower.project(pooled)
         if self.zero_shot:
             return projected
         return self.pscma(pooled, projected, "visual")
 
-    def forward_video(self, video: torch.Tensor) -> torch.Tensor:
-        """Mean of the frame features, ``[B, F, 3, H, W]`` → ``[B, D]`` (unnormalised)."""
-        if video.ndim != 5:
-            raise ValueError(f"expected video [B, F, 3, H, W], got shape {tuple(video.shape)}")
+    def encode_frames(self, images: torch.Tensor) -> torch.Tensor:
+        """Projected (unnormalised) features of normalised images ``[N, 3, H, W]`` → ``[N, D]``."""
+        x, block_kwargs = self.visual_tower.embed(images)
+        return self.encode_after_trunk(self._trunk(x, block_kwargs), block_kwargs)
+
+    def forward_video(self, video: torch.Tensor | None = None, *, trunk_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of the frame features, ``[B, F, 3, H, W]`` → ``[B, D]`` (unnormalised); or from
+        the frames' trunk tokens ``[B, F, T, W]`` (:meth:`encode_trunk`) instead of the frames."""
+        if trunk_tokens is not None:
+            b, f = trunk_tokens.shape[:2]
+            features = self.encode_after_trunk(trunk_tokens.flatten(0, 1))
+            return features.view(b, f, -1).mean(dim=1)
+        if video is None or video.ndim != 5:
+            raise ValueError(f"expected video [B, F, 3, H, W], got {None if video is None else tuple(video.shape)}")
         b, f = video.shape[:2]
         features = self.encode_frames(video.flatten(0, 1))
         return features.view(b, f, -1).mean(dim=1)
@@ -194,13 +229,15 @@ class QCLIP(nn.Module):
         return self.pscma(pooled, projected, "text")
 
     # -- head --------------------------------------------------------------------------
-    def level_sims(self, video: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+    def level_sims(
+        self, video: torch.Tensor | None, text_features: torch.Tensor | None = None, *, trunk_tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Cosine similarity of each video to each level prompt, ``[B, 5]`` (bad … excellent).
 
         ``text_features`` (``forward_text()``'s output) lets inference loops run the text
-        tower once instead of once per batch.
+        tower once instead of once per batch; ``trunk_tokens``: see :meth:`forward_video`.
         """
-        v = F.normalize(self.forward_video(video), dim=-1)
+        v = F.normalize(self.forward_video(video, trunk_tokens=trunk_tokens), dim=-1)
         t = F.normalize(self.forward_text() if text_features is None else text_features, dim=-1)
         return v @ t.T
 
@@ -208,5 +245,7 @@ class QCLIP(nn.Module):
         weights = self.zero_shot_level_values if self.zero_shot else self.level_weights
         return level_score(sims, weights, self.zero_shot)
 
-    def forward(self, video: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
-        return self.score_from_sims(self.level_sims(video, text_features))
+    def forward(
+        self, video: torch.Tensor | None = None, text_features: torch.Tensor | None = None, *, trunk_tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.score_from_sims(self.level_sims(video, text_features, trunk_tokens=trunk_tokens))

@@ -202,32 +202,34 @@ class Sampler:
     ``pick(m, k, rng, training)`` returns K positions among the N frames ``m`` describes;
     ``needs_motion`` says whether it reads ``m`` at all. Those that do not pick among every
     frame of the video and only their picks are decoded (by seeking); those that do pick
-    among the analysis candidates (:func:`frame_indices`).
+    among the analysis candidates (:func:`frame_indices`). ``draws`` says whether its training
+    picks come from the Generator, so change from epoch to epoch.
     """
 
     name: str
     needs_motion: bool
     pick: Callable[[np.ndarray, int, np.random.Generator, bool], np.ndarray]
+    draws: bool = False
 
 
 SAMPLERS: dict[str, Sampler] = {}
 
 
-def register_sampler(name: str, *, needs_motion: bool):
+def register_sampler(name: str, *, needs_motion: bool, draws: bool = False):
     """Add ``pick`` to the registry under ``name`` (the config, the engine and training see it at once)."""
 
     def register(pick):
         if name in SAMPLERS:
             raise ValueError(f"sampler {name!r} is already registered")
-        SAMPLERS[name] = Sampler(name, needs_motion, pick)
+        SAMPLERS[name] = Sampler(name, needs_motion, pick, draws)
         return pick
 
     return register
 
 
 register_sampler("uniform", needs_motion=False)(lambda m, k, rng, training: uniform(m.size, k))
-register_sampler("random", needs_motion=False)(lambda m, k, rng, training: random_indices(m.size, k, rng))
-register_sampler("uniform_random_start", needs_motion=False)(
+register_sampler("random", needs_motion=False, draws=True)(lambda m, k, rng, training: random_indices(m.size, k, rng))
+register_sampler("uniform_random_start", needs_motion=False, draws=True)(
     lambda m, k, rng, training: uniform_random_start(m.size, k, rng if training else None))
 register_sampler("mse_sorted_uniform", needs_motion=True)(lambda m, k, rng, training: mse_sorted_uniform(m, k))
 register_sampler("segment_mse_mean", needs_motion=True)(lambda m, k, rng, training: segment_mse_mean(m, k))
@@ -242,7 +244,7 @@ def choose_mixed_strategy(rng: np.random.Generator) -> str:
     return MIXED_CHOICES[int(rng.integers(len(MIXED_CHOICES)))]
 
 
-@register_sampler("mixed", needs_motion=True)
+@register_sampler("mixed", needs_motion=True, draws=True)
 def _mixed(m: np.ndarray, k: int, rng: np.random.Generator, training: bool) -> np.ndarray:
     if not training:
         return segment_mse_mean(m, k)
