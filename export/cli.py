@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from qclip_engine.artifact import load_artifact
     from qclip_engine.errors import QCLIPError
+    from qclip_engine.model.families import require_engine_family
     from qclip_engine.model.folded import fold, reduced_precision
     from qclip_engine.runtime.onnx_graph import export_onnx
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     t = _step(f"loading {args.artifact}")
     try:
         model = load_artifact(args.artifact, pretrained=args.weights) if args.weights else load_artifact(args.artifact)
+        require_engine_family(model, "qclip-export")
     except QCLIPError as exc:
         print(f"qclip-export: {exc}", file=sys.stderr)
         return 2

@@ -1,9 +1,10 @@
-"""Save and load trained Q-CLIP models as artifact directories.
+"""Save and load trained models (of any family: ``model/families.py``) as artifact directories.
 
-An artifact is ``config.json`` (everything needed to rebuild the model: backbone name
-and weights source, widths, K, r, prompts, frames, sampler, preprocessing,
-calibration, versions) and ``adapters.safetensors`` (the trainable tensors only; the
-frozen backbone is rebuilt from its name or file). A fingerprint of the backbone's
+An artifact is ``config.json`` (the family and everything needed to rebuild the model:
+for Q-CLIP the backbone name and weights source, widths, K, r, prompts, frames, sampler,
+preprocessing; calibration, versions) and ``adapters.safetensors`` (what the family's
+``artifact_tensors`` gives: for Q-CLIP the trainable tensors only, the frozen backbone
+being rebuilt from its name or file; for CLIPVQA every tensor). A fingerprint of the backbone's
 weights is stored too, so an artifact refuses to run on a backbone other than the one
 it was trained on.
 """
@@ -15,18 +16,17 @@ import hashlib
 import json
 import os
 import secrets
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from .environment import versions
 from .errors import ArtifactError
-from .contract import QUALITY_LEVELS
-from .model.qclip import QCLIP, QCLIPConfig
+from .model.families import DEFAULT_FAMILY, family_of, get_family
 
 FORMAT = "qclip-artifact"
 FORMAT_VERSION = 1
@@ -37,14 +37,15 @@ _FINGERPRINT_ELEMENTS = 4096
 _FROM_ARTIFACT = object()  # load_artifact's default: the weights source saved in the artifact
 
 
-def backbone_fingerprint(model: QCLIP) -> str:
-    """A cheap, deterministic hash of the backbone weights.
+def backbone_fingerprint(model: nn.Module) -> str:
+    """A cheap, deterministic hash of the weights an artifact does not store
+    (``model.rebuilt_state()``: the frozen backbone).
 
     Names, shapes and the first elements of every tensor: any two different weight
     sets (another checkpoint, another random init) differ there.
     """
     digest = hashlib.sha256()
-    for name, tensor in model.backbone.state_dict().items():
+    for name, tensor in model.rebuilt_state().items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         head = tensor.detach().reshape(-1)[:_FINGERPRINT_ELEMENTS].to("cpu", torch.float32)
@@ -87,45 +88,35 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_artifact(model: QCLIP, directory: str | os.PathLike, calibration: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` to ``directory`` (created if needed); returns the directory."""
+def save_artifact(model: nn.Module, directory: str | os.PathLike, calibration: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (of any registered family, ``model/families.py``) to ``directory``
+    (created if needed); returns the directory."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    family = family_of(model)
     calibration = _check_calibration(calibration if calibration is not None else model.calibration)
     model_cfg = model.config.to_dict()
-    pretrained = model_cfg["pretrained"]
+    pretrained = model_cfg.get("pretrained")
     if pretrained is not None and Path(pretrained).expanduser().is_file():
         weights = Path(pretrained).expanduser().resolve()
         # a weights file inside the artifact (qclip-convert writes one) is named relative to it, so the
         # directory can move; any other file by its absolute path
         inside = weights.is_relative_to(out.resolve())
         model_cfg["pretrained"] = str(weights.relative_to(out.resolve()) if inside else weights)
+    info = model.artifact_info()
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "family": family.name,
         "model": model_cfg,
-        "mode": "zero_shot" if model.zero_shot else "trained",
-        "backbone": {
-            "name": model.config.backbone,
-            "pretrained": model_cfg["pretrained"],
-            "visual_width": model.visual_tower.width,
-            "text_width": model.text_tower.width,
-            "embed_dim": model.embed_dim,
-            "visual_blocks": len(model.visual_tower.blocks),
-            "text_blocks": len(model.text_tower.blocks),
-            "fingerprint": backbone_fingerprint(model),
-        },
-        "prompts": {
-            "levels": list(QUALITY_LEVELS),
-            "texts": model.prompts.texts,
-            "zero_shot_texts": model.prompts.zero_shot_texts,
-        },
-        "preprocess": model.preprocess,
+        "mode": "zero_shot" if getattr(model, "zero_shot", False) else "trained",
+        **info,
+        "backbone": info.get("backbone", {}) | {"pretrained": model_cfg.get("pretrained"), "fingerprint": backbone_fingerprint(model)},
         "calibration": calibration,
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    tensors = {k: v.to("cpu").contiguous() for k, v in model.trainable_state_dict().items()}
+    tensors = {k: v.to("cpu").contiguous() for k, v in model.artifact_tensors().items()}
     _atomic_write(out / ADAPTERS_FILE, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
     _atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
     return out
@@ -157,19 +148,23 @@ def load_artifact(
     pretrained: str | None | object = _FROM_ARTIFACT,
     map_location: str | torch.device = "cpu",
     check_backbone: bool = True,
-) -> QCLIP:
+) -> nn.Module:
     """Rebuild the model saved by ``save_artifact``.
 
     ``pretrained`` overrides where the backbone weights come from (e.g. the same
     weights file at another path on this machine); by default the artifact's own
     source is used. The backbone's fingerprint must match the one saved unless
-    ``check_backbone=False``.
+    ``check_backbone=False``. The model is of the artifact's ``family`` (``qclip`` when
+    absent: every artifact written before families existed).
     """
     root = Path(directory)
     config = read_artifact_config(root)
+    try:
+        family = get_family(config.get("family", DEFAULT_FAMILY))
+    except ValueError as exc:
+        raise ArtifactError(f"{root / CONFIG_FILE}: {exc}") from exc
     model_cfg = dict(config["model"])
-    known = {f.name for f in fields(QCLIPConfig)}
-    unknown = sorted(set(model_cfg) - known)
+    unknown = sorted(set(model_cfg) - family.config_fields())
     if unknown:
         raise ArtifactError(f"{root / CONFIG_FILE} has model settings this version does not know: {unknown}")
     if pretrained is not _FROM_ARTIFACT:
@@ -177,7 +172,7 @@ def load_artifact(
     elif model_cfg.get("pretrained") and (root / model_cfg["pretrained"]).is_file():
         model_cfg["pretrained"] = str((root / model_cfg["pretrained"]).resolve())  # a file the artifact carries
     try:
-        model = QCLIP(QCLIPConfig(**model_cfg))
+        model = family.create(**family.loading_config(model_cfg))
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{root / CONFIG_FILE}: invalid model settings: {exc}") from exc
 
@@ -196,21 +191,11 @@ def load_artifact(
         tensors = load_file(str(root / ADAPTERS_FILE))
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise ArtifactError(f"{root / ADAPTERS_FILE} is unreadable: {exc}") from exc
-    expected_state = model.trainable_state_dict()
-    missing = sorted(set(expected_state) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected_state))
-    if missing or unexpected:
-        raise ArtifactError(f"{root / ADAPTERS_FILE} does not fit the model: missing {missing}, unexpected {unexpected}")
-    for name, value in tensors.items():
-        if value.shape != expected_state[name].shape:
-            raise ArtifactError(
-                f"{root / ADAPTERS_FILE}: {name} has shape {tuple(value.shape)}, "
-                f"the model expects {tuple(expected_state[name].shape)}"
-            )
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in tensors:
-                param.copy_(tensors[name])
-    model.zero_shot = config.get("mode") == "zero_shot"
+    try:
+        model.load_artifact_tensors(tensors)
+    except ValueError as exc:
+        raise ArtifactError(f"{root / ADAPTERS_FILE}: {exc}") from exc
+    if config.get("mode") == "zero_shot":
+        model.zero_shot = True
     model.calibration = config.get("calibration")
     return model.to(map_location).eval()

@@ -39,6 +39,7 @@ from .artifact import calibrated_mos, load_artifact
 from .batching import Closed, next_batch
 from .contract import QUALITY_LEVELS
 from .errors import error_record
+from .model.families import require_engine_family
 from .model.qclip import QCLIP, QCLIPConfig
 from .runtime import create_backend
 from .video.frame_mse import frame_mse
@@ -184,6 +185,7 @@ class QualityEngine:
             else:
                 model = QCLIP(QCLIPConfig(backbone=backbone, pretrained=pretrained))
                 model.zero_shot = True
+        require_engine_family(model, "QualityEngine")
         self.model = model.eval()
         # How decoded frames reach model size: the model's own (as it was trained) unless overridden.
         self.preprocessing = preprocessing or model.config.preprocessing

@@ -2,17 +2,21 @@
 in tests). Test modules import helpers from here or from ``media``, never from each other."""
 
 import copy
+import json
 import os
 from pathlib import Path
 
 # Tests never reach a model hub; set before huggingface_hub is imported anywhere.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import clipvqa_tiny
+import open_clip
 import pytest
 import torch
 import yaml
 
 from qclip_engine import QCLIP, QCLIPConfig
+from qclip_engine.model.clipvqa import CLIPVQA, CLIPVQAConfig
 
 # PE-Core-T (timm Eva, RoPE, visual 192 ≠ text 512) and a classic open_clip ViT (768 ≠ 512).
 BACKBONES = ("PE-Core-T-16-384", "ViT-B-32")
@@ -33,6 +37,29 @@ def model(request, _models):
 @pytest.fixture
 def pe_model(_models):
     return copy.deepcopy(_models["PE-Core-T-16-384"])
+
+
+@pytest.fixture(scope="session")
+def clipvqa_backbone(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clipvqa_configs") / f"{clipvqa_tiny.TINY}.json"
+    path.write_text(json.dumps({
+        "embed_dim": clipvqa_tiny.DIM,
+        "vision_cfg": {"image_size": 32, "layers": clipvqa_tiny.LAYERS, "width": clipvqa_tiny.WIDTH, "patch_size": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+    }))
+    open_clip.add_model_config(path)
+    return clipvqa_tiny.TINY
+
+
+@pytest.fixture(scope="session")
+def _clipvqa_tiny(clipvqa_backbone):
+    return CLIPVQA(CLIPVQAConfig(backbone=clipvqa_backbone, pretrained=None, num_frames=clipvqa_tiny.FRAMES, image_size=32)).eval()
+
+
+@pytest.fixture
+def clipvqa_model(_clipvqa_tiny):
+    """A fresh copy of the tiny random-init CLIPVQA (tests/clipvqa_tiny.py) for each test."""
+    return copy.deepcopy(_clipvqa_tiny)
 
 
 def random_video(model: QCLIP, batch: int = 2, frames: int = 3, seed: int = 0) -> torch.Tensor:

@@ -34,6 +34,7 @@ import yaml
 
 from qclip_engine import QCLIP, QCLIPConfig, load_artifact
 from qclip_engine.errors import QCLIPError
+from qclip_engine.model.families import require_engine_family
 
 from . import distributed, trunk_cache
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, no_best, save_best, save_checkpoint
@@ -117,7 +118,11 @@ def _seed_everything(seed: int) -> None:
 def build_model(config: dict) -> QCLIP:
     """A fresh model, or a pretrained artifact to fine-tune (``train.init_from``, e.g. the LSVQ run)."""
     init_from = config["train"].get("init_from")
-    return load_artifact(init_from) if init_from else QCLIP(QCLIPConfig(**config["model"]))
+    if not init_from:
+        return QCLIP(QCLIPConfig(**config["model"]))
+    model = load_artifact(init_from)
+    require_engine_family(model, "train.run")
+    return model
 
 
 def train_once(config: dict, out: Path, *, split_seed: int | None = None, resume: bool = False, strict: bool = False) -> dict:

@@ -1,10 +1,11 @@
-"""``qclip-convert official CKPT --out DIR``: a checkpoint of another code base → an artifact.
+"""``qclip-convert {official,clipvqa} CKPT --out DIR``: a checkpoint of another code base → an artifact.
 
 ``official``: a ``.pth`` saved by the official Q-CLIP ``train.py``
-(``qclip_engine/convert/official_qclip.py`` says what maps where). The artifact then exports,
-scores, serves and trains further like any other. Prints every tensor it mapped and what it left
-out. Exit codes: 0 done; 2 the checkpoint (or the backbone weights named) does not fit or cannot
-be read — the message lists the keys and shapes that do not fit.
+(``qclip_engine/convert/official_qclip.py`` says what maps where). ``clipvqa``: a ``.pth`` saved by
+the released CLIPVQA ``main.py`` (``qclip_engine/convert/clipvqa.py``). The artifact then exports,
+scores, serves and trains further like any other. Prints what it mapped and what it left out.
+Exit codes: 0 done; 2 the checkpoint (or the backbone weights named) does not fit or cannot be
+read — the message lists the keys and shapes that do not fit.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from ..defaults import BACKBONE
 
+SAT_ATTENTIONS = ("alone", "batch")  # model/clipvqa/config.py's, named here so that --help needs no torch
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qclip-convert", description="Convert a checkpoint of another code base into an artifact.")
@@ -25,33 +28,57 @@ def _parser() -> argparse.ArgumentParser:
         description="Convert a checkpoint saved by the official Q-CLIP train.py into an artifact: RoPE qclip_official, "
                     "reference preprocessing, uniform sampler, 8 frames, as that code trained.")
     official.add_argument("checkpoint", type=Path, help="the .pth ({'state_dict': …}, keys possibly 'module.'-prefixed)")
-    official.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    official.add_argument("--out", type=Path, required=True, help="artifact directory to write (required, no default)")
     official.add_argument("--adapter-start-layer", type=int,
                           help="first adapted block (the official option of that name; default: read off the "
                                "checkpoint, the first block whose adapter LayerNorm was trained)")
     official.add_argument("--backbone", help=f"open_clip model name (default: the PE-Core model whose shapes fit, e.g. {BACKBONE})")
     official.add_argument("--backbone-weights",
                           help="refer to this weights file (Meta's PE-Core-*.pt or open_clip's safetensors) instead of "
-                               "writing the checkpoint's backbone into the artifact; it must hold the same tensors")
+                               "writing the checkpoint's backbone into the artifact; it must hold the same tensors "
+                               "(default: none, the backbone is written into the artifact)")
     official.add_argument("--num-frames", type=int, default=8, help="frames per video (default: 8, the official loader's)")
+
+    clipvqa = kinds.add_parser(
+        "clipvqa", help="a checkpoint of the released CLIPVQA code (main.py's ckpt_epoch_N.pth or best.pth)",
+        description="Convert a checkpoint saved by the released CLIPVQA main.py into an artifact of the clipvqa "
+                    "family. Backbone, frames, image size and block counts are read off the tensors' shapes; the "
+                    "artifact stores every tensor (nothing is downloaded).")
+    clipvqa.add_argument("checkpoint", type=Path,
+                         help="the .pth ({'model': …, 'config': …}; read weights-only, yacs not needed)")
+    clipvqa.add_argument("--out", type=Path, required=True, help="artifact directory to write (required, no default)")
+    clipvqa.add_argument("--num-frames", type=int,
+                         help="frames per video (default: read off the checkpoint, mit.positional_embedding; another "
+                              "number is refused, as the position embedding and the temporal conv have that length)")
+    clipvqa.add_argument("--sat-attention", choices=SAT_ATTENTIONS, default=SAT_ATTENTIONS[0],
+                         help="alone: a video's score depends on that video only (the engine batches videos as they "
+                              "come); batch: the released attention across the videos of a batch, to reproduce the "
+                              f"released training and validation (default: {SAT_ATTENTIONS[0]})")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from ..convert.official_qclip import convert_official
     from ..errors import QCLIPError
 
     started = time.perf_counter()
     print(f"reading {args.checkpoint}", flush=True)
     try:
-        out, ckpt = convert_official(
-            args.checkpoint, args.out, adapter_start_layer=args.adapter_start_layer, backbone=args.backbone,
-            backbone_weights=args.backbone_weights, num_frames=args.num_frames,
-        )
+        out = _official(args) if args.kind == "official" else _clipvqa(args)
     except QCLIPError as exc:
         print(f"qclip-convert: [{exc.code}] {exc}", file=sys.stderr)
         return 2
+    print(f"artifact: {out} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+def _official(args: argparse.Namespace) -> Path:
+    from ..convert.official_qclip import convert_official
+
+    out, ckpt = convert_official(
+        args.checkpoint, args.out, adapter_start_layer=args.adapter_start_layer, backbone=args.backbone,
+        backbone_weights=args.backbone_weights, num_frames=args.num_frames,
+    )
     for note in ckpt.notes:
         print(note)
     print(f"mapped {len(ckpt.mapped)} trained tensors:")
@@ -65,8 +92,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checked, derived here: {', '.join(sorted(ckpt.derived))} equal the checkpoint's prompt_prefix/prompt_suffix")
     if ckpt.validation_results:
         print(f"the checkpoint's own validation results: {ckpt.validation_results}")
-    print(f"artifact: {out} ({time.perf_counter() - started:.1f} s)")
-    return 0
+    return out
+
+
+def _clipvqa(args: argparse.Namespace) -> Path:
+    from ..convert.clipvqa import clipvqa_config, convert_clipvqa, mapping_summary, read_checkpoint, read_clipvqa
+
+    checkpoint = read_checkpoint(args.checkpoint)
+    state = read_clipvqa(checkpoint)
+    overrides = {"sat_attention": args.sat_attention}
+    if args.num_frames is not None:
+        overrides["num_frames"] = args.num_frames
+    config = clipvqa_config(state, **overrides)
+    own = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
+    said = {k: own.get(group, {}).get(k) for group, k in (("MODEL", "ARCH"), ("DATA", "NUM_FRAMES"), ("DATA", "INPUT_SIZE"))
+            if isinstance(own.get(group), dict)}
+    print(f"the checkpoint: epoch {checkpoint.get('epoch')}, max_accuracy {checkpoint.get('max_accuracy')} "
+          f"(its validation PLCC + SROCC); its config says {said or 'nothing readable'}")
+    print(f"read off the shapes: backbone {config.backbone}, {config.num_frames} frames, {config.image_size} px, "
+          f"{config.sat_layers} SAT blocks, {config.vat_layers} VAT layers; sat_attention {config.sat_attention}")
+    rules = mapping_summary(state)
+    print(f"mapped {sum(n for _, _, n in rules)} tensors (released → here):")
+    width = max(len(src) for src, _, _ in rules)
+    for src, dst, n in rules:
+        print(f"  {src:<{width}}  →  {dst}  ({n})")
+    left = sorted(k for k in checkpoint if k not in ("model", "epoch", "max_accuracy", "config"))
+    if left:
+        print(f"left out (training state): {', '.join(left)}")
+    return convert_clipvqa(state, args.out, **overrides)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from ..video.sampling import check_sampler
 from .backbone import load_backbone
 from .prompts import QualityPrompts
 from .scma import ESCMA, PSCMA
+from .state import check_state
 
 ZERO_SHOT_LOGIT_SCALE = 100.0
 
@@ -136,6 +137,40 @@ class QCLIP(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors training changes: what an artifact stores."""
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    # -- what an artifact holds (model/families.py) ------------------------------------
+    def artifact_tensors(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors: the frozen backbone is rebuilt from the config."""
+        return self.trainable_state_dict()
+
+    def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        check_state(self.trainable_state_dict(), tensors)
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                if name in tensors:
+                    param.copy_(tensors[name])
+
+    def rebuilt_state(self) -> dict[str, torch.Tensor]:
+        """What ``config`` rebuilds on load (fingerprinted by the artifact): the backbone."""
+        return self.backbone.state_dict()
+
+    def artifact_info(self) -> dict:
+        return {
+            "backbone": {
+                "name": self.config.backbone,
+                "visual_width": self.visual_tower.width,
+                "text_width": self.text_tower.width,
+                "embed_dim": self.embed_dim,
+                "visual_blocks": len(self.visual_tower.blocks),
+                "text_blocks": len(self.text_tower.blocks),
+            },
+            "prompts": {
+                "levels": list(QUALITY_LEVELS),
+                "texts": self.prompts.texts,
+                "zero_shot_texts": self.prompts.zero_shot_texts,
+            },
+            "preprocess": self.preprocess,
+        }
 
     def adapted_blocks(self, modality: str) -> range:
         blocks = (self.visual_tower if modality == "visual" else self.text_tower).blocks

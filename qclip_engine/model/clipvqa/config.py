@@ -1,0 +1,56 @@
+"""What defines a CLIPVQA model (:class:`CLIPVQAConfig`); stored in an artifact's ``config.json``.
+Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .recipe import CROP_SIZE, LEVEL_WORDS
+
+# How SAT's attention treats the videos of a batch (modules.SpatioTemporalAggregation): "alone"
+# gives each video the result it would get as the only one of its batch; "batch" attends across
+# the videos at each position, as the released code does.
+SAT_ATTENTIONS = ("alone", "batch")
+
+
+@dataclass
+class CLIPVQAConfig:
+    """What defines a CLIPVQA model.
+
+    ``backbone``: an open_clip model with an OpenAI-layout ViT (``VisionTransformer``, class-token
+    pooling, a projection). ``pretrained``: as :func:`qclip_engine.model.backbone.create_clip`
+    takes it (``"openai"``: the weights the released code starts from), or ``None`` for a random
+    backbone seeded by ``init_seed``. The new modules are initialised from ``init_seed + 1``, so the
+    frozen temporal conv follows from the config. ``num_frames`` is fixed by the model (the SAT
+    position embedding and the temporal conv's kernel have that length).
+
+    ``sat_attention``: ``"alone"`` (the default) scores every video as the released code scores it
+    in a batch of one, so a video's score depends on that video only, whatever else the engine
+    happens to batch with it (it batches by traffic and decode order). ``"batch"`` is the released
+    SAT exactly: its attention runs across the videos of the batch, so a score depends on the other
+    videos of its batch; use it to reproduce the released training and validation (batches of 2).
+    """
+
+    backbone: str = "ViT-B-16"
+    pretrained: str | None = "openai"
+    num_frames: int = 32
+    image_size: int = CROP_SIZE
+    sat_layers: int = 1
+    vat_layers: int = 2
+    vat_alpha: float = 0.1
+    quick_gelu: bool = True
+    sat_attention: str = "alone"
+    level_words: tuple[str, ...] = LEVEL_WORDS
+    init_seed: int = 0
+
+    def __post_init__(self):
+        self.level_words = tuple(self.level_words)
+        if self.num_frames < 1 or self.sat_layers < 0 or self.vat_layers < 0 or self.image_size < 1:
+            raise ValueError(f"num_frames, image_size must be ≥ 1 and sat_layers, vat_layers ≥ 0: {self}")
+        if self.sat_attention not in SAT_ATTENTIONS:
+            raise ValueError(f"sat_attention must be one of {SAT_ATTENTIONS}, got {self.sat_attention!r}")
+        if len(self.level_words) < 2:
+            raise ValueError(f"need at least two level words, got {self.level_words}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

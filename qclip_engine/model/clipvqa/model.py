@@ -1,0 +1,260 @@
+"""The CLIPVQA model: the CLIP tower with frame messages, SAT, the frozen temporal conv, VAT and the
+level head (this package's ``__init__.py`` describes it end to end)."""
+
+from __future__ import annotations
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+from torch import nn
+
+from ...errors import BackboneError
+from ..backbone import create_clip
+from ..state import check_state
+from .config import CLIPVQAConfig
+from .modules import FrameMessages, SpatioTemporalAggregation, VideoAwareText
+from .recipe import CROP_SIZE, LR, NEW_MODULE_LR_SCALE, PIXEL_MEAN, PIXEL_STD, RESIZE_SHORT_SIDE, WEIGHT_DECAY
+
+
+def _use_quick_gelu(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, ResidualAttentionBlock) and isinstance(getattr(module.mlp, "gelu", None), nn.GELU):
+            module.mlp.gelu = QuickGELU()
+
+
+def _check_visual(visual: nn.Module, backbone: str) -> None:
+    kind = type(visual).__name__
+    ok = (
+        kind == "VisionTransformer"
+        and getattr(visual, "attn_pool", None) is None
+        and getattr(visual, "pool_type", "tok") == "tok"
+        and visual.proj is not None
+        and all(isinstance(b, ResidualAttentionBlock) for b in visual.transformer.resblocks)
+    )
+    if not ok:
+        raise BackboneError(
+            f"CLIPVQA needs an OpenAI-layout open_clip ViT (class-token pooling and a projection); "
+            f"{backbone!r} has a {kind}"
+        )
+
+
+class CLIPVQA(nn.Module):
+    """CLIPVQA: normalised frames ``[B, F, 3, H, W]`` (F = ``num_frames``) → score ``[B]`` on 0 … 5.
+
+    Modules: ``visual`` (open_clip ``VisionTransformer``, trainable), ``messages`` (one
+    :class:`FrameMessages` per block), ``patch_norm`` / ``patch_proj``, ``sat``, ``temporal_conv``
+    (frozen), ``vat``, ``text`` (the open_clip model without its visual tower, frozen; it also holds
+    ``logit_scale``, frozen). ``text_features [K, D]`` is a buffer computed from ``text``.
+    """
+
+    def __init__(self, config: CLIPVQAConfig):
+        super().__init__()
+        self.config = config
+        if config.backbone not in open_clip.list_models():
+            raise BackboneError(f"unknown open_clip model {config.backbone!r}")
+        clip = create_clip(config.backbone, config.pretrained, image_size=config.image_size, init_seed=config.init_seed)
+        visual = clip.visual
+        _check_visual(visual, config.backbone)
+        if config.quick_gelu:
+            _use_quick_gelu(clip)
+        del clip.visual
+        self.visual = visual
+        self.text = clip.requires_grad_(False).eval()
+        self.tokenizer = open_clip.get_tokenizer(config.backbone)
+        self.image_size = tuple(int(s) for s in visual.image_size)
+        self.batch_first = getattr(visual.transformer, "batch_first", True)
+
+        width = visual.transformer.width
+        dim = visual.proj.shape[1]
+        frames = config.num_frames
+        heads = visual.transformer.resblocks[0].attn.num_heads
+        self.embed_dim = dim
+        self.num_patches = visual.grid_size[0] * visual.grid_size[1]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.init_seed + 1)
+            self.messages = nn.ModuleList(FrameMessages(width, heads) for _ in visual.transformer.resblocks)
+            self.patch_norm = nn.LayerNorm(width)
+            self.patch_proj = nn.Parameter(torch.randn(width, dim))
+            self.sat = SpatioTemporalAggregation(dim, frames, config.sat_layers, across=config.sat_attention)
+            self.temporal_conv = nn.Conv2d(dim, dim, kernel_size=(frames, 1), bias=False).requires_grad_(False)
+            self.vat = VideoAwareText(dim, config.vat_layers, config.vat_alpha)
+
+        with torch.device("cpu"):  # token ids are data even when the model is built on ``meta``
+            tokens = self.tokenizer(list(config.level_words))
+        self.register_buffer("text_tokens", tokens, persistent=False)
+        self.register_buffer("text_features", torch.empty(len(config.level_words), dim), persistent=False)
+        self.register_buffer(
+            "level_values", torch.arange(len(config.level_words), dtype=torch.float32), persistent=False
+        )
+        self.refresh_text_features()
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_text_features())
+        self.calibration: dict | None = None  # a linear map to a MOS scale, as artifacts store it
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def train(self, mode: bool = True) -> CLIPVQA:
+        super().train(mode)
+        self.text.eval()  # frozen: never in training mode
+        return self
+
+    @torch.no_grad()
+    def refresh_text_features(self) -> None:
+        """Encode the level words with the (frozen) text tower into ``text_features``; runs after
+        every ``load_state_dict``. Nothing to compute on the ``meta`` device."""
+        weight = next(self.text.parameters())
+        if weight.is_meta:
+            return
+        tokens = self.text_tokens.to(weight.device)
+        features = self.text.encode_text(tokens)
+        self.text_features = features.to(device=weight.device, dtype=weight.dtype)
+
+    @property
+    def preprocess(self) -> dict:
+        """How frames are prepared, in the engine's terms (mean/std on 0–1), plus the released
+        test-time resize: short side to ``resize_short_side``, centre crop of ``image_size``."""
+        return {
+            "image_size": list(self.image_size),
+            "mean": [m / 255 for m in PIXEL_MEAN],
+            "std": [s / 255 for s in PIXEL_STD],
+            "interpolation": "bilinear",
+            "resize_mode": "shortest",
+            "resize_short_side": int(RESIZE_SHORT_SIDE / CROP_SIZE * self.image_size[0]),  # the released rule
+        }
+
+    # -- what an artifact holds (model/families.py) ------------------------------------
+    def artifact_tensors(self) -> dict[str, torch.Tensor]:
+        """Every persistent tensor, detached on the CPU: the whole tower trains, and the frozen text
+        tower, ``logit_scale`` and temporal conv are not rebuilt from the config (a converted
+        checkpoint carries its own), so an artifact stores them all."""
+        return {name: t.detach().to("cpu") for name, t in self.state_dict().items()}
+
+    def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load what :meth:`artifact_tensors` gave; ValueError listing every missing and unexpected
+        name and every shape that differs. The level texts are re-encoded afterwards."""
+        check_state(self.state_dict(), tensors)
+        self.load_state_dict(tensors, strict=True)
+
+    def rebuilt_state(self) -> dict[str, torch.Tensor]:
+        """What ``config`` rebuilds on load rather than the artifact storing it: nothing."""
+        return {}
+
+    def artifact_info(self) -> dict:
+        visual, text = self.visual.transformer, self.text.transformer
+        return {
+            "backbone": {
+                "name": self.config.backbone,
+                "visual_width": visual.width,
+                "text_width": text.width,
+                "embed_dim": self.embed_dim,
+                "visual_blocks": len(visual.resblocks),
+                "text_blocks": len(text.resblocks),
+            },
+            "prompts": {"levels": list(self.config.level_words), "texts": list(self.config.level_words)},
+            "preprocess": self.preprocess,
+        }
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def param_groups(self, lr: float = LR, weight_decay: float = WEIGHT_DECAY) -> list[dict]:
+        """The released optimizer's eight groups, in its order: CLIP tower (``lr``), SAT, VAT and
+        patch projection, messages (``NEW_MODULE_LR_SCALE × lr`` each), each split into
+        with/without weight decay. No decay: 1-D tensors, biases, position embeddings.
+        For ``torch.optim.AdamW(groups, betas=ADAMW_BETAS, eps=ADAMW_EPS)``."""
+        no_decay_ids = {id(self.visual.positional_embedding), id(self.sat.frame_pos)}
+        roles = (
+            ("clip", lr, [self.visual]),
+            ("sat", lr * NEW_MODULE_LR_SCALE, [self.sat]),
+            ("vat", lr * NEW_MODULE_LR_SCALE, [self.vat, self.patch_norm, self.patch_proj]),
+            ("messages", lr * NEW_MODULE_LR_SCALE, [self.messages]),
+        )
+        groups = []
+        for role, role_lr, owners in roles:
+            named = []
+            for owner in owners:
+                if isinstance(owner, nn.Parameter):
+                    named.append(("patch_proj", owner))
+                else:
+                    named.extend(owner.named_parameters())
+            decay, plain = [], []
+            for name, p in named:
+                if not p.requires_grad:
+                    continue
+                skip = p.ndim <= 1 or name.endswith(".bias") or id(p) in no_decay_ids
+                (plain if skip else decay).append(p)
+            groups.append({"name": f"{role}_decay", "params": decay, "lr": role_lr, "weight_decay": weight_decay})
+            groups.append({"name": f"{role}_no_decay", "params": plain, "lr": role_lr, "weight_decay": 0.0})
+        return groups
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB frames ``[..., H, W, 3]`` at model size → float ``[..., 3, H, W]`` with the
+        released code's ImageNet mean/std (``(x − mean) / std`` on the 0–255 scale)."""
+        if frames.dtype != torch.uint8 or frames.shape[-1] != 3:
+            raise ValueError(f"expected uint8 RGB frames [..., H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+        if tuple(frames.shape[-3:-1]) != self.image_size:
+            raise ValueError(f"frames are {tuple(frames.shape[-3:-1])}, the model takes {self.image_size}")
+        dtype = self.patch_proj.dtype
+        mean = torch.tensor(PIXEL_MEAN, dtype=dtype, device=frames.device)
+        std = torch.tensor(PIXEL_STD, dtype=dtype, device=frames.device)
+        return ((frames.to(dtype) - mean) / std).movedim(-1, -3)
+
+    # -- video side --------------------------------------------------------------------
+    def _block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        block = self.visual.transformer.resblocks[index]
+        if self.batch_first:
+            return block(x)
+        return block(x.transpose(0, 1)).transpose(0, 1)
+
+    def encode_frames(self, images: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images ``[N·F, 3, H, W]`` (F consecutive images per video) → summary tokens
+        ``[N·F, 1 + L, D]`` (class token, then the L messages, after ``ln_post`` and ``proj``) and
+        the patch tokens ``[N·F, P, width]`` of the last block."""
+        v = self.visual
+        x = v._embeds(images)  # conv1, class token, position embedding, ln_pre: [N·F, 1 + P, width]
+        length = x.shape[1]
+        for i, messages in enumerate(self.messages):
+            x = self._block(i, x)
+            x = torch.cat([x, messages(x[:, 0], frames).unsqueeze(1)], dim=1)
+        summary = v.ln_post(torch.cat([x[:, :1], x[:, length:]], dim=1)) @ v.proj
+        return summary, x[:, 1:length]
+
+    def encode_video(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, F, 3, H, W]`` → video feature ``[B, D]`` (SAT, unnormalised) and projected patch
+        tokens ``[B, F, P, D]``."""
+        if video.ndim != 5:
+            raise ValueError(f"expected video [B, F, 3, H, W], got shape {tuple(video.shape)}")
+        b, f = video.shape[:2]
+        if f != self.config.num_frames:
+            raise ValueError(f"the model takes {self.config.num_frames} frames per video, got {f}")
+        summary, patches = self.encode_frames(video.flatten(0, 1), f)
+        patches = self.patch_norm(patches) @ self.patch_proj
+        return self.sat(summary.reshape(b, -1, summary.shape[-1])), patches.reshape(b, f, -1, patches.shape[-1])
+
+    def temporal_mix(self, patches: torch.Tensor) -> torch.Tensor:
+        """Projected patch tokens ``[B, F, P, D]`` → the VAT's memory ``[B, P, D]``: the frozen conv
+        over (frames × channels), then the released *reshape* of ``[B, D, 1, P]`` to ``[B, P, D]``."""
+        b, _, p, d = patches.shape
+        return self.temporal_conv(patches.permute(0, 3, 1, 2)).reshape(b, p, d)
+
+    # -- head --------------------------------------------------------------------------
+    def level_sims(self, video: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each video to each video-adapted level text, ``[B, K]``."""
+        v, patches = self.encode_video(video)
+        memory = self.temporal_mix(patches)
+        text = self.text_features.unsqueeze(0).expand(v.shape[0], -1, -1)
+        text = text + self.vat(text, memory)
+        return torch.einsum("bd,bkd->bk", F.normalize(v, dim=-1), F.normalize(text, dim=-1))
+
+    def probs_from_sims(self, sims: torch.Tensor) -> torch.Tensor:
+        return (self.text.logit_scale.exp() * sims).softmax(dim=-1)
+
+    def score_from_sims(self, sims: torch.Tensor) -> torch.Tensor:
+        return self.probs_from_sims(sims) @ self.level_values.to(sims.dtype)
+
+    def level_probs(self, video: torch.Tensor) -> torch.Tensor:
+        """``softmax(e^{logit_scale} · level_sims)``, ``[B, K]``: what the released model returns."""
+        return self.probs_from_sims(self.level_sims(video))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """The expected level ``Σ_k k · p_k``, ``[B]`` on 0 … K−1."""
+        return self.score_from_sims(self.level_sims(video))
