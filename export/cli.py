@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"qclip-export: {exc}", file=sys.stderr)
             return 2
 
-    from qclip_engine.artifact import load_artifact
+    from qclip_engine.artifact import artifact_family, load_artifact
     from qclip_engine.errors import QCLIPError
     from qclip_engine.model.families import require_engine_family
     from qclip_engine.model.folded import fold, reduced_precision
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t = _step(f"loading {args.artifact}")
     try:
+        require_engine_family(artifact_family(args.artifact), "qclip-export")
         model = load_artifact(args.artifact, pretrained=args.weights) if args.weights else load_artifact(args.artifact)
-        require_engine_family(model, "qclip-export")
     except QCLIPError as exc:
         print(f"qclip-export: {exc}", file=sys.stderr)
         return 2

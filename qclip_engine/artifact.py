@@ -142,6 +142,11 @@ def read_artifact_config(directory: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+def artifact_family(directory: str | os.PathLike) -> str:
+    """The family an artifact holds, read off its ``config.json`` without building the model."""
+    return read_artifact_config(directory).get("family", DEFAULT_FAMILY)
+
+
 def load_artifact(
     directory: str | os.PathLike,
     *,

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from . import defaults
-from .artifact import calibrated_mos, load_artifact
+from .artifact import artifact_family, calibrated_mos, load_artifact
 from .batching import Closed, next_batch
 from .contract import QUALITY_LEVELS
 from .errors import error_record
@@ -181,6 +181,7 @@ class QualityEngine:
             raise ValueError(f"batch must be ≥ 1, got {batch}")
         if model is None:
             if artifact is not None:
+                require_engine_family(artifact_family(artifact), "QualityEngine")  # before building the model
                 model = load_artifact(artifact)
             else:
                 model = QCLIP(QCLIPConfig(backbone=backbone, pretrained=pretrained))

@@ -92,7 +92,9 @@ def test_every_tensor_lands_where_the_model_uses_it(source):
     assert_same_model(converted, model)
 
 
-def test_batch_mode_reproduces_the_released_scores_of_a_batch(source):
+def test_sat_attention_batch_converts_into_the_batch_mode_model(source):
+    # the converted model in batch mode is the source model's batch mode (the released code's
+    # attention across a batch; tests/test_clipvqa_modules.py checks that attention by hand)
     model, checkpoint, _ = source
     converted = load_clipvqa(checkpoint, sat_attention="batch")
     assert converted.config.sat_attention == "batch"
@@ -275,3 +277,14 @@ def test_scoring_export_and_training_refuse_a_clipvqa_artifact_by_name(source, t
     assert export_main([str(out), "--engine", "onnx"]) == 2
     assert "'clipvqa' family" in capsys.readouterr().err
     assert not (out / "model.onnx").exists()
+
+    from qclip_engine.cluster.batch import RayOptions, _model_settings  # what the Ray path reads first
+    from qclip_engine.train import run
+
+    with pytest.raises(ArtifactError, match="'clipvqa' family"):
+        _model_settings(str(out), RayOptions())
+    config = tmp_path / "finetune.yaml"
+    config.write_text(json.dumps({"model": {}, "data": {"train": {"labels": "x"}, "val": {"v": {"labels": "x"}}},
+                                  "train": {"init_from": str(out)}}))
+    assert run.main(["--config", str(config), "--output-dir", str(tmp_path / "run")]) == 2
+    assert "'clipvqa' family" in capsys.readouterr().err

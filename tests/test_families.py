@@ -131,8 +131,13 @@ def test_a_third_family_saves_and_loads_through_the_registry_alone(tmp_path, toy
         load_artifact(tmp_path)
 
 
-def test_commands_refuse_a_family_they_do_not_run_by_name(toy_family):
-    with pytest.raises(ArtifactError, match="'toy' family") as info:
-        families.require_engine_family(create_model("toy"), "QualityEngine")
+def test_the_engine_refuses_a_family_it_does_not_run_by_name(toy_family, tmp_path):
+    from qclip_engine import QualityEngine
+
+    with pytest.raises(ArtifactError, match="QualityEngine runs qclip models; this one is of the 'toy' family") as info:
+        QualityEngine(model=create_model("toy"), engine="torch")
     assert info.value.code == "artifact_invalid"
+    save_artifact(create_model("toy"), tmp_path)
+    with pytest.raises(ArtifactError, match="'toy' family"):  # read off config.json, before building the model
+        QualityEngine(tmp_path, engine="torch")
     families.require_engine_family(create_model("qclip", **TINY_QCLIP), "QualityEngine")  # no error

@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from qclip_engine import QCLIP, QCLIPConfig, load_artifact
+from qclip_engine.artifact import artifact_family
 from qclip_engine.errors import QCLIPError
 from qclip_engine.model.families import require_engine_family
 
@@ -120,9 +121,8 @@ def build_model(config: dict) -> QCLIP:
     init_from = config["train"].get("init_from")
     if not init_from:
         return QCLIP(QCLIPConfig(**config["model"]))
-    model = load_artifact(init_from)
-    require_engine_family(model, "train.run")
-    return model
+    require_engine_family(artifact_family(init_from), "train.run")
+    return load_artifact(init_from)
 
 
 def train_once(config: dict, out: Path, *, split_seed: int | None = None, resume: bool = False, strict: bool = False) -> dict:

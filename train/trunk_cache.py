@@ -15,7 +15,8 @@ Layout: ``DIR/<key>/<2 hex>/<sha256 of the video's path>.safetensors``, one file
 default; float32 keeps them bit-exact) with their video's size, modification time and frame
 indices as metadata. ``key`` hashes what the tokens depend on besides the video: the
 backbone's weights (``artifact.backbone_fingerprint``), its name, RoPE order, image size,
-preprocessing, trunk depth and the dtype, so another setting gets its own folder. An entry
+preprocessing, trunk depth, the dtype, and how they were computed (``train.precision``, the
+device type, the torch / timm / open_clip versions), so another setting gets its own folder. An entry
 whose video changed, whose frame indices differ or which cannot be read is *stale*: it is
 rebuilt when its video next comes by. Entries are built lazily during the first epoch (each
 batch's missing videos are decoded, run through the trunk once, written, and used), written
@@ -29,10 +30,13 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import open_clip
+import timm
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -84,7 +88,7 @@ def _video_id(path: str) -> tuple[str, dict[str, str]]:
 class TrunkCache:
     """One cache folder for one model setting (see the module docstring)."""
 
-    def __init__(self, directory: str | Path, model: QCLIP, dtype: str = "float16"):
+    def __init__(self, directory: str | Path, model: QCLIP, dtype: str = "float16", precision: str = "fp32"):
         if dtype not in DTYPES:
             raise ConfigError(f"train.cache_trunk_dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         check_sampler_cacheable(model.config.sampler)
@@ -100,6 +104,10 @@ class TrunkCache:
             "preprocessing": model.config.preprocessing,
             "trunk_depth": model.trunk_depth,
             "dtype": dtype,
+            # how the tokens are computed: a bf16 run's entries are not an fp32 run's
+            "precision": precision,
+            "device": next(model.parameters()).device.type,
+            "versions": [torch.__version__, timm.__version__, open_clip.__version__],
         }
         self.key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         self.identity = identity
@@ -140,15 +148,25 @@ class TrunkCache:
     def write(self, video: str, picked: np.ndarray, tokens: torch.Tensor) -> None:
         """Store one video's tokens (atomically: a reader sees the old entry or the new one)."""
         path = self.entry_path(video)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"tokens": tokens.detach().to("cpu", self.dtype).contiguous()}, str(tmp), metadata=self._expected(video, picked))
-        os.replace(tmp, path)
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            save_file({"tokens": tokens.detach().to("cpu", self.dtype).contiguous()}, tmp, metadata=self._expected(video, picked))
+            os.replace(tmp, path)
+        except OSError as exc:  # a full or read-only disk mid-run: stop with a code, leave no partial file
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise ConfigError(f"train.cache_trunk could not write {path}: {exc}") from exc
 
     def plan(self, datasets: dict) -> dict:
         """What the run will find and need: entries present / to build per set, the disk the
-        missing ones take, the free disk. ConfigError when they do not fit."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        missing ones take, the free disk. ConfigError when they do not fit or the folder cannot be made."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"train.cache_trunk: cannot use {self.root}: {exc}") from exc
         states: Counter = Counter()
         for clips in datasets.values():
             for index, record in enumerate(clips.records):
@@ -176,7 +194,9 @@ def open_cache(tcfg: dict, model: QCLIP) -> TrunkCache | None:
     """The run's cache (``train.cache_trunk``, ``train.cache_trunk_dtype``), or None without one;
     ConfigError for a sampler it cannot serve, before any video is read."""
     directory = tcfg.get("cache_trunk")
-    return TrunkCache(directory, model, str(tcfg.get("cache_trunk_dtype", "float16"))) if directory else None
+    if not directory:
+        return None
+    return TrunkCache(directory, model, str(tcfg.get("cache_trunk_dtype", "float16")), str(tcfg.get("precision", "fp32")))
 
 
 def attach(cache: TrunkCache | None, datasets: dict) -> dict | None:

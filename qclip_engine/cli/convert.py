@@ -2,8 +2,9 @@
 
 ``official``: a ``.pth`` saved by the official Q-CLIP ``train.py``
 (``qclip_engine/convert/official_qclip.py`` says what maps where). ``clipvqa``: a ``.pth`` saved by
-the released CLIPVQA ``main.py`` (``qclip_engine/convert/clipvqa.py``). The artifact then exports,
-scores, serves and trains further like any other. Prints what it mapped and what it left out.
+the released CLIPVQA ``main.py`` (``qclip_engine/convert/clipvqa.py``). An ``official`` artifact then
+exports, scores, serves and trains further like any other; a ``clipvqa`` one loads
+(``load_artifact``) but the engine's commands do not run its family yet (``model/families.py``). Prints what it mapped and what it left out.
 Exit codes: 0 done; 2 the checkpoint (or the backbone weights named) does not fit or cannot be
 read — the message lists the keys and shapes that do not fit.
 """

@@ -36,7 +36,8 @@ import numpy as np
 import ray
 
 from .. import defaults
-from ..artifact import read_artifact_config
+from ..artifact import artifact_family, read_artifact_config
+from ..model.families import require_engine_family
 from ..engine import QualityEngine, SampledVideo, VideoResult, error_result, sample_safely
 from ..errors import QCLIPError, error_record
 from ..video.container import VIDEO_SUFFIXES
@@ -103,6 +104,7 @@ def input_rows(source: Any) -> list[dict] | ray.data.Dataset:
 
 def _model_settings(artifact: str, options: RayOptions) -> dict:
     """What the decode tasks need of the model, read off the artifact without loading it."""
+    require_engine_family(artifact_family(artifact), "the Ray path")  # before any actor builds it
     config = read_artifact_config(artifact)
     model = config["model"]
     sampler = options.sampler or model["sampler"]

@@ -80,14 +80,15 @@ def create_model(family: str = DEFAULT_FAMILY, **config: Any) -> nn.Module:
 
 def family_of(model: nn.Module) -> Family:
     for family in FAMILIES.values():
-        if type(model) is family.model:
+        if isinstance(model, family.model):
             return family
     raise ValueError(f"{type(model).__name__} is not the model of a registered family ({sorted(FAMILIES)})")
 
 
-def require_engine_family(model: nn.Module, what: str) -> None:
-    """ArtifactError (``artifact_invalid``) when ``what`` cannot run ``model``'s family yet."""
-    name = family_of(model).name
+def require_engine_family(family: str | nn.Module, what: str) -> None:
+    """ArtifactError (``artifact_invalid``) when ``what`` cannot run this family (a name, e.g. an
+    artifact's ``artifact.artifact_family``, checked before building anything; or a model) yet."""
+    name = family if isinstance(family, str) else family_of(family).name
     if name not in ENGINE_FAMILIES:
         raise ArtifactError(
             f"{what} runs {', '.join(ENGINE_FAMILIES)} models; this one is of the {name!r} family, which loads "
