@@ -22,7 +22,7 @@ from qclip_engine.video.sampling import (
 )
 
 DETERMINISTIC = ("uniform", "mse_sorted_uniform", "segment_mse_mean", "segment_mse_median")
-RANDOM_IN_TRAINING = ("random", "uniform_random_start", "mixed")
+RANDOM_IN_TRAINING = ("random", "uniform_random_start", "mixed", "segment_middle")
 
 
 def sel(strategy, mse, k, **kw):
@@ -46,6 +46,7 @@ def test_the_registry_names_every_sampler_in_order():
         "segment_mse_mean",
         "segment_mse_median",
         "mixed",
+        "segment_middle",
     )
     assert MIXED_CHOICES == SAMPLER_NAMES[:6]
 
@@ -53,7 +54,8 @@ def test_the_registry_names_every_sampler_in_order():
 def test_only_the_motion_free_samplers_say_they_ignore_motion():
     # The engine decodes only the picked frames (by seeking) for these: a wrong flag would
     # either waste a full decode or feed a motion sampler zeros.
-    assert {name for name, s in SAMPLERS.items() if not s.needs_motion} == {"uniform", "random", "uniform_random_start"}
+    assert {name for name, s in SAMPLERS.items() if not s.needs_motion} == {
+        "uniform", "random", "uniform_random_start", "segment_middle"}
     m = np.random.default_rng(9).random(120)
     for name, s in SAMPLERS.items():
         if not s.needs_motion:
@@ -398,7 +400,7 @@ def test_same_seed_same_result(strategy, training):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("strategy", DETERMINISTIC + ("uniform_random_start", "mixed"))
+@pytest.mark.parametrize("strategy", DETERMINISTIC + ("uniform_random_start", "mixed", "segment_middle"))
 def test_evaluation_is_deterministic_without_seed(strategy):
     m = np.random.default_rng(2).random(64).astype(np.float32)
     results = {tuple(select_frames(strategy, m, 8, seed=s)) for s in (None, None, 0, 1, 99)}
@@ -417,6 +419,27 @@ def test_different_seeds_differ_in_training(strategy):
     m = np.random.default_rng(4).random(200).astype(np.float32)
     results = {tuple(select_frames(strategy, m, 8, seed=s, training=True)) for s in range(8)}
     assert len(results) > 1
+
+
+def test_segment_middle_is_the_released_clipvqa_rule():
+    # evaluation: the middle of K equal segments of N-1 frames, truncated; by hand for N = 100, K = 4:
+    # t = 24.75 → 12.375, 37.125, 61.875, 86.625
+    assert frame_indices(100, "segment_middle", 4).tolist() == [12, 37, 61, 86]
+    assert frame_indices(1, "segment_middle", 3).tolist() == [0, 0, 0]
+    for n in range(1, 400):
+        for k in (1, 4, 8, 32):
+            t = (n - 1) / k
+            assert frame_indices(n, "segment_middle", k).tolist() == [int(i * t + t / 2) for i in range(k)], (n, k)
+    # training: one draw inside each segment of d = (N-1)//K frames, every offset reachable
+    seen = set()
+    for seed in range(200):
+        picks = frame_indices(100, "segment_middle", 4, seed=seed, training=True)
+        offsets = picks - np.arange(4) * 24
+        assert ((offsets >= 0) & (offsets < 24)).all()
+        seen.update(offsets.tolist())
+    assert seen == set(range(24))
+    # training with fewer than K+1 frames: round(i·(N-1)/K), half to even (N = 5, K = 8: t = 0.5)
+    assert frame_indices(5, "segment_middle", 8, seed=0, training=True).tolist() == [0, 0, 1, 2, 2, 2, 3, 4]
 
 
 def test_random_differs_across_seeds_at_evaluation_too():

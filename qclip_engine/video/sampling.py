@@ -34,6 +34,10 @@ segment_mse_mean         K contiguous segments ``[floor(i·N/K), floor((i+1)·N/
 segment_mse_median       the same with the segment median
 mixed                    training: one of the six above, uniformly, per call;
                          evaluation: ``segment_mse_mean``
+segment_middle           the released CLIPVQA rule, ``t = (N-1)/K``: evaluation
+                         ``floor(i·t + t/2)``, the middle of K equal segments;
+                         training ``i·d + r_i`` with ``d = floor(t)`` and
+                         ``r_i ~ U{0 … d-1}``, or ``round(i·t)`` when ``d = 0``
 =======================  ==============================================================
 
 Segments when ``N < K``: some ``[floor(i·N/K), floor((i+1)·N/K))`` are empty, so segment
@@ -77,6 +81,7 @@ __all__ = [
     "segment_bounds",
     "segment_mse_mean",
     "segment_mse_median",
+    "segment_middle",
     "choose_mixed_strategy",
 ]
 
@@ -152,6 +157,20 @@ def uniform_random_start(n: int, k: int, rng: np.random.Generator | None = None)
     r = rng.uniform(0.0, s) if rng is not None else s / 2
     idx = np.floor(r + np.arange(k) * s).astype(np.int64)
     return np.minimum(idx, n - 1)  # guards r + (K-1)·s rounding up to N
+
+
+def segment_middle(n: int, k: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The released CLIPVQA loader's frames (module docstring): with ``rng`` (training) a draw in
+    each segment, without it (evaluation) each segment's middle. Its segments span the first N-1
+    frames (that loader takes clips of one frame at interval 2, so the last frame is never a start)."""
+    n, k = _check_nk(n, k)
+    t = (n - 1) / k
+    if rng is None:
+        return np.floor(np.arange(k) * t + t / 2).astype(np.int64)
+    d = (n - 1) // k
+    if d > 0:
+        return np.arange(k, dtype=np.int64) * d + rng.integers(d, size=k)
+    return np.round(np.arange(k) * t).astype(np.int64)  # numpy's half-to-even, as that loader's np.around
 
 
 def mse_sorted_uniform(mse: np.ndarray, k: int) -> np.ndarray:
@@ -250,6 +269,10 @@ def _mixed(m: np.ndarray, k: int, rng: np.random.Generator, training: bool) -> n
         return segment_mse_mean(m, k)
     return SAMPLERS[choose_mixed_strategy(rng)].pick(m, k, rng, True)
 
+
+# Registered after ``mixed``, so not among its choices: CLIPVQA's own rule (model/clipvqa/).
+register_sampler("segment_middle", needs_motion=False, draws=True)(
+    lambda m, k, rng, training: segment_middle(m.size, k, rng if training else None))
 
 SAMPLER_NAMES = tuple(SAMPLERS)
 
