@@ -39,16 +39,22 @@ def pe_model(_models):
     return copy.deepcopy(_models["PE-Core-T-16-384"])
 
 
+def register_open_clip_config(directory: Path, name: str, config: dict) -> str:
+    """Register ``config`` with open_clip as model ``name`` (through a JSON file in ``directory``,
+    as open_clip reads them); returns ``name``."""
+    path = Path(directory) / f"{name}.json"
+    path.write_text(json.dumps(config))
+    open_clip.add_model_config(path)
+    return name
+
+
 @pytest.fixture(scope="session")
 def clipvqa_backbone(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clipvqa_configs") / f"{clipvqa_tiny.TINY}.json"
-    path.write_text(json.dumps({
+    return register_open_clip_config(tmp_path_factory.mktemp("clipvqa_configs"), clipvqa_tiny.TINY, {
         "embed_dim": clipvqa_tiny.DIM,
         "vision_cfg": {"image_size": 32, "layers": clipvqa_tiny.LAYERS, "width": clipvqa_tiny.WIDTH, "patch_size": 16},
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
-    }))
-    open_clip.add_model_config(path)
-    return clipvqa_tiny.TINY
+    })
 
 
 @pytest.fixture(scope="session")

@@ -5,10 +5,10 @@ saved from; checkpoints that do not fit are refused with everything that does no
 import copy
 import json
 
-import open_clip
 import pytest
 import torch
 from clipvqa_layout import released_checkpoint, released_key, save_released
+from conftest import register_open_clip_config
 
 from qclip_engine.cli.convert import SAT_ATTENTIONS as CLI_SAT_ATTENTIONS
 from qclip_engine.cli.convert import _parser
@@ -33,14 +33,11 @@ FRAMES, SAT_LAYERS, VAT_LAYERS = 3, 2, 1
 
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory):
-    path = tmp_path_factory.mktemp("configs") / f"{TINY}.json"
-    path.write_text(json.dumps({
+    return register_open_clip_config(tmp_path_factory.mktemp("configs"), TINY, {
         "embed_dim": 64,
         "vision_cfg": {"image_size": 32, "layers": 2, "width": 128, "patch_size": 8},
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
-    }))
-    open_clip.add_model_config(path)
-    return TINY
+    })
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,9 @@ the model they were saved from, and export and train further like any other."""
 import json
 
 import numpy as np
-import open_clip
 import pytest
 import torch
-from conftest import trained_like, uint8_frames
+from conftest import register_open_clip_config, trained_like, uint8_frames
 from media import encode, moving_frames
 from official_layout import official_checkpoint
 
@@ -24,16 +23,13 @@ START = 9  # adapters on blocks 9, 10, 11
 
 @pytest.fixture(scope="module")
 def shared_backbone(tmp_path_factory):
-    path = tmp_path_factory.mktemp("configs") / f"{SHARED}.json"
-    path.write_text(json.dumps({
+    return register_open_clip_config(tmp_path_factory.mktemp("configs"), SHARED, {
         "embed_dim": 192,
         "vision_cfg": {"image_size": 384, "timm_model_name": "vit_pe_core_tiny_patch16_384",
                        "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": None},
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 192, "heads": 3, "layers": 12},
         "custom_text": True,
-    }))
-    open_clip.add_model_config(path)
-    return SHARED
+    })
 
 
 @pytest.fixture(scope="module")

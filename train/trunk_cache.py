@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -75,14 +76,13 @@ def trunk_shape(model: QCLIP) -> tuple[int, int]:
 
 def bytes_per_video(model: QCLIP, dtype: str = "float16") -> int:
     """Disk one video's entry takes: frames × tokens × width × bytes per element (+ a small header)."""
-    tokens, width = trunk_shape(model)
-    return model.config.num_frames * tokens * width * DTYPES[dtype].itemsize
+    return model.config.num_frames * math.prod(trunk_shape(model)) * DTYPES[dtype].itemsize
 
 
-def _video_id(path: str) -> tuple[str, dict[str, str]]:
+def _video_identity(path: str) -> dict[str, str]:
     resolved = os.path.realpath(path)
     st = os.stat(resolved)
-    return resolved, {"video": resolved, "size": str(st.st_size), "mtime_ns": str(st.st_mtime_ns)}
+    return {"video": resolved, "size": str(st.st_size), "mtime_ns": str(st.st_mtime_ns)}
 
 
 class TrunkCache:
@@ -95,6 +95,7 @@ class TrunkCache:
         self.dtype_name, self.dtype = dtype, DTYPES[dtype]
         self.tokens, self.width = trunk_shape(model)
         self.num_frames = model.config.num_frames
+        self.bytes_per_video = bytes_per_video(model, dtype)
         identity = {
             "format": FORMAT,
             "backbone": model.config.backbone,
@@ -114,17 +115,12 @@ class TrunkCache:
         self.root = Path(directory).expanduser() / self.key[:16]
         self.counts: Counter = Counter()
 
-    @property
-    def bytes_per_video(self) -> int:
-        return self.num_frames * self.tokens * self.width * self.dtype.itemsize
-
     def entry_path(self, video: str) -> Path:
         digest = hashlib.sha256(os.path.realpath(video).encode()).hexdigest()
         return self.root / digest[:2] / f"{digest}.safetensors"
 
     def _expected(self, video: str, picked: np.ndarray) -> dict[str, str]:
-        _, meta = _video_id(video)
-        return meta | {"key": self.key, "frames": ",".join(str(int(i)) for i in picked)}
+        return _video_identity(video) | {"key": self.key, "frames": ",".join(str(int(i)) for i in picked)}
 
     def read(self, video: str, picked: np.ndarray, *, load: bool = True) -> tuple[torch.Tensor | None, str]:
         """The video's tokens ``[F, T, W]`` and ``"hit"``; or None and ``"missing"`` / ``"stale"``

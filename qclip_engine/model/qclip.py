@@ -241,11 +241,11 @@ class QCLIP(nn.Module):
         if trunk_tokens is not None:
             b, f = trunk_tokens.shape[:2]
             features = self.encode_after_trunk(trunk_tokens.flatten(0, 1))
-            return features.view(b, f, -1).mean(dim=1)
-        if video is None or video.ndim != 5:
-            raise ValueError(f"expected video [B, F, 3, H, W], got {None if video is None else tuple(video.shape)}")
-        b, f = video.shape[:2]
-        features = self.encode_frames(video.flatten(0, 1))
+        else:
+            if video is None or video.ndim != 5:
+                raise ValueError(f"expected video [B, F, 3, H, W], got {None if video is None else tuple(video.shape)}")
+            b, f = video.shape[:2]
+            features = self.encode_frames(video.flatten(0, 1))
         return features.view(b, f, -1).mean(dim=1)
 
     def forward_text(self) -> torch.Tensor:
