@@ -27,11 +27,16 @@ PRECISION_MIN_SROCC = {"bf16": 0.995, "int8": 0.99}
 # unrotated; "qclip_official" the earlier order the official Q-CLIP code trained with. New models: pe.
 ROPES = ("pe", "qclip_official")
 ROPE = "pe"
-# How decoded frames reach model size (qclip_engine/video/decode.py): "fast" converts and resizes in
-# one swscale step; "reference" decodes RGB at native size, then resizes with PIL bilinear as the
-# official Q-CLIP transform does. An artifact records its own; new models: fast.
-PREPROCESSINGS = ("fast", "reference")
+# How decoded frames reach model size (qclip_engine/video/container.py: to_rgb): "fast" converts and
+# resizes in one swscale step; "reference" decodes RGB at native size, then resizes with PIL bilinear
+# as the official Q-CLIP transform does; "short_side_crop" decodes RGB at native size, resizes its
+# short side to short_side_for_crop(model size) with PIL bilinear and takes the centre crop (the
+# CLIPVQA transform: 256 then 224). An artifact records its own; new Q-CLIP models: fast.
+PREPROCESSINGS = ("fast", "reference", "short_side_crop")
 PREPROCESSING = "fast"
+# short_side_crop: the short side before the crop is CROP_SHORT_SIDE / CROP_SIDE of the crop's
+# (256 for 224, the ratio CLIPVQA's and most ImageNet-style pipelines use).
+CROP_SHORT_SIDE, CROP_SIDE = 256, 224
 BACKBONE = "PE-Core-L-14-336"  # QCLIPConfig's default; qclip-score's zero-shot model without --artifact
 
 # Batching (qclip_engine.batching): most videos per backend call, and how long a partial
@@ -62,6 +67,11 @@ UPLOAD_GRACE_S = 10.0
 WINDOW_S = 2.0
 HOP_S = 1.0
 STREAM_TIMEOUT_S = 10.0
+
+
+def short_side_for_crop(size: tuple[int, int]) -> int:
+    """short_side_crop's resize target for a model size (H, W): 256 for 224 × 224."""
+    return min(size) * CROP_SHORT_SIDE // CROP_SIDE
 
 
 def decode_workers() -> int:

@@ -113,6 +113,34 @@ def test_numpy_frames_are_resized_as_the_preprocessing_says():
         decode.decode_frames(sample_clips()[0], (32, 32), indices=[0], preprocessing="pil")
 
 
+def torchvision_crop(frames: np.ndarray, short: int, size) -> np.ndarray:
+    """CLIPVQA's test transform on each frame, by torchvision itself: ``Resize(short)`` (the short
+    side, PIL bilinear) then ``CenterCrop(size)``."""
+    from torchvision import transforms
+
+    t = transforms.Compose([transforms.Resize(short, interpolation=transforms.InterpolationMode.BILINEAR),
+                            transforms.CenterCrop(size)])
+    return np.stack([np.asarray(t(Image.fromarray(f))) for f in frames])
+
+
+@pytest.mark.parametrize("coded, rotation", [((64, 96), 0), ((96, 64), 0), ((64, 96), 90)])
+def test_short_side_crop_is_torchvisions_resize_and_centre_crop_of_the_upright_frame(tmp_path, coded, rotation):
+    path = encode(tmp_path / "clip.mp4", moving_frames(5, h=coded[0], w=coded[1], seed=3), rotation=rotation)
+    upright = decode.decode_frames(path, None)
+    for size, short in (((48, 48), 54), ((40, 40), 45)):  # short side 256/224 of the crop's, rounded down
+        expected = torchvision_crop(upright, short, size)
+        crop = decode.decode_frames(path, size, preprocessing="short_side_crop")
+        assert crop.shape == expected.shape == (len(upright), *size, 3)
+        assert max_abs(crop, expected) <= 1
+        assert np.array_equal(resize_rgb(upright[0], size, "short_side_crop"), crop[0])
+    # 224 → 256: the released CLIPVQA sizes.
+    big = np.zeros((360, 640, 3), np.uint8)
+    big[:, 300:340] = 255
+    assert np.array_equal(resize_rgb(big, (224, 224), "short_side_crop"), torchvision_crop(big[None], 256, 224)[0])
+    with pytest.raises(ValueError, match="square"):
+        resize_rgb(big, (40, 56), "short_side_crop")
+
+
 @pytest.mark.parametrize("sampler", ["uniform", "segment_mse_mean"])
 def test_the_engine_feeds_the_model_frames_made_by_its_preprocessing(models, clips, sampler):
     size = models["fast"].image_size
@@ -158,6 +186,9 @@ def test_the_device_decoder_refuses_reference_and_auto_takes_the_host(models, mo
     monkeypatch.setattr("qclip_engine.video.motion.kernel_available", lambda: True)
     assert frame_sources.device_path_unavailable("cuda:0", "fast") is None
     assert "PIL" in frame_sources.device_path_unavailable("cuda:0", "reference")
+    assert "PIL" in frame_sources.device_path_unavailable("cuda:0", "short_side_crop")
+    with pytest.raises(ValueError, match="short_side_crop"):
+        frame_sources.DeviceSource((64, 64), 4, device="cpu", preprocessing="short_side_crop")
     # fast models keep the device decoder
     assert QualityEngine(model=models["fast"], engine="torch", precision="fp32", device="cpu", decoder="device").source.name == "device"
 

@@ -2,7 +2,8 @@
 
 A source opens to an iterator of ``(t, convert)``: the frame's time in seconds (None if
 unknown) and a zero-argument callable giving its uint8 RGB pixels at model size, made by the
-engine's preprocessing (``container.to_rgb``: swscale for ``fast``, PIL bilinear for ``reference``).
+engine's preprocessing (``container.to_rgb``: swscale for ``fast``, PIL bilinear for ``reference``, PIL bilinear and a
+centre crop for ``short_side_crop``).
 Conversion is deferred so frames the memory cap drops are never converted. The last item
 is ``(END_OF_MEDIA, nominal frame duration)``. Opening or iterating may raise ``VideoError``.
 Files and URLs are read through :mod:`qclip_engine.video.container`, as ``video.decode``

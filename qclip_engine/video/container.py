@@ -6,7 +6,8 @@ Files (``video.decode``) and streams (``qclip_engine.stream``) both open through
 with :func:`video_stream` (the one ffmpeg would pick; cover art is not video), read packets
 through :class:`FrameReader` (a corrupt packet is skipped, as ffmpeg does) and convert frames
 with :func:`to_rgb` (swscale, or RGB at native size then PIL's bilinear resize for the
-``reference`` preprocessing; the whole display matrix applied: rotation and mirror), so a
+``reference`` preprocessing, or that resize of the short side and a centre crop for
+``short_side_crop``; the whole display matrix applied: rotation and mirror), so a
 stream window sees exactly the pixels a file decode gives.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ..defaults import PREPROCESSING, PREPROCESSINGS
+from ..defaults import PREPROCESSING, PREPROCESSINGS, short_side_for_crop
 from ..errors import (
     AudioOnlyError,
     DecodeFailedError,
@@ -257,13 +258,15 @@ def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int, hf
 
     * ``fast``: swscale converts and resizes in one step (bilinear), then the turn;
     * ``reference``: RGB at the coded size, turned upright, then PIL's bilinear resize
-      (:func:`pil_resize`) — what the official Q-CLIP transform does to a decoded frame.
+      (:func:`pil_resize`) — what the official Q-CLIP transform does to a decoded frame;
+    * ``short_side_crop``: RGB at the coded size, turned upright, then :func:`short_side_crop`
+      (the upright frame's geometry decides what is cropped, as in CLIPVQA's transform).
     """
     if preprocessing not in PREPROCESSINGS:
         raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
-    if preprocessing == "reference":
+    if preprocessing != "fast":
         upright = to_rgb(frame, None, rotation, hflip)
-        return upright if size is None else pil_resize(upright, size)
+        return upright if size is None else resize_rgb(upright, size, preprocessing)
     if size is None:
         rgb = frame.to_ndarray(format="rgb24", threads=1)
     else:
@@ -292,13 +295,32 @@ def pil_resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.array(resized)  # writable, as the swscale path's arrays are
 
 
+def short_side_crop(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 RGB ``[H, W, 3]`` → square ``size`` (H, W): the short side resized to
+    ``defaults.short_side_for_crop(size)`` by :func:`pil_resize` (the long side in proportion,
+    rounded down), then the centre ``size`` crop (offsets rounded to nearest) — what torchvision's
+    ``Resize(S)`` and ``CenterCrop(size)`` do to a PIL image."""
+    if size[0] != size[1]:  # the short side alone decides the scale: a square crop always fits
+        raise ValueError(f"short_side_crop takes a square model size, got {tuple(size)}")
+    h, w = frame.shape[:2]
+    short = short_side_for_crop(size)
+    scaled = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+    resized = pil_resize(frame, scaled)
+    c = size[0]
+    top, left = int(round((scaled[0] - c) / 2.0)), int(round((scaled[1] - c) / 2.0))
+    return np.ascontiguousarray(resized[top : top + c, left : left + c])
+
+
 def resize_rgb(frame: np.ndarray, size: tuple[int, int], preprocessing: str = PREPROCESSING) -> np.ndarray:
-    """uint8 RGB ``[H, W, 3]`` → ``size`` (H, W): swscale with the decoder's interpolation (``fast``)
-    or PIL's bilinear resize (``reference``), as :func:`to_rgb` resizes a decoded frame."""
+    """uint8 RGB ``[H, W, 3]`` → ``size`` (H, W): swscale with the decoder's interpolation (``fast``),
+    PIL's bilinear resize (``reference``) or resize and centre crop (``short_side_crop``), as
+    :func:`to_rgb` makes a decoded frame model-size."""
     if preprocessing not in PREPROCESSINGS:
         raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
     if preprocessing == "reference":
         return pil_resize(frame, size)
+    if preprocessing == "short_side_crop":
+        return short_side_crop(frame, size)
     h, w = size
     av_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
     return av_frame.reformat(width=w, height=h, format="rgb24", interpolation=INTERPOLATION).to_ndarray()

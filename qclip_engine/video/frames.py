@@ -22,8 +22,8 @@ decoder ran (``pyav`` | ``dali``), ``fallback`` why DALI did not.
 Preprocessing (``defaults.PREPROCESSINGS``, the model's ``config.preprocessing``): the host source
 makes every frame — candidates included, since the model's frames are picked from them — as
 ``container.to_rgb`` does for that name. The device path gives ``fast`` frames only:
-:func:`device_path_unavailable` sends ``auto`` to the host for ``reference``, and a
-:class:`DeviceSource` refuses it.
+:func:`device_path_unavailable` sends ``auto`` to the host for ``reference`` and
+``short_side_crop``, and a :class:`DeviceSource` refuses them.
 
 :func:`to_host` is the one door from device frames to a numpy array, and it counts
 (:func:`host_copy_count`): the engine's device path never opens it, and a test proves it.
@@ -201,7 +201,7 @@ def device_preprocessing_unsupported(preprocessing: str) -> str | None:
     if preprocessing == "fast":
         return None
     return (f"the {preprocessing!r} preprocessing resizes with PIL's bilinear filter on the host, "
-            "which the device path (DALI's GPU resize) cannot reproduce")
+            "which the device path (DALI's GPU resize, no crop) cannot reproduce")
 
 
 def device_path_unavailable(device: str, preprocessing: str = PREPROCESSING) -> str | None:
