@@ -59,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"qclip-export: {exc}", file=sys.stderr)
             return 2
 
-    from qclip_engine.artifact import artifact_family, load_artifact
+    import torch
+
+    from qclip_engine.artifact import load_artifact
     from qclip_engine.errors import QCLIPError
-    from qclip_engine.model.families import require_engine_family
-    from qclip_engine.model.folded import fold, reduced_precision
+    from qclip_engine.model.families import deployable
     from qclip_engine.runtime.onnx_graph import export_onnx
 
     from .parity import parity_frames, parity_report, reference_outputs
@@ -71,20 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t = _step(f"loading {args.artifact}")
     try:
-        require_engine_family(artifact_family(args.artifact), "qclip-export")
         model = load_artifact(args.artifact, pretrained=args.weights) if args.weights else load_artifact(args.artifact)
     except QCLIPError as exc:
         print(f"qclip-export: {exc}", file=sys.stderr)
         return 2
     _done(t)
-    folded = fold(model)
-
     t = _step(f"exporting {out / 'model.onnx'} (FP32)")
-    graphs = {"model.onnx": export_onnx(folded, out / "model.onnx")}
+    graphs = {"model.onnx": export_onnx(deployable(model), out / "model.onnx")}
     _done(t)
     if args.fp16:
         t = _step(f"exporting {out / 'model.fp16.onnx'} (FP16, FP32 LayerNorms and head)")
-        graphs["model.fp16.onnx"] = export_onnx(reduced_precision(folded), out / "model.fp16.onnx")
+        graphs["model.fp16.onnx"] = export_onnx(deployable(model, torch.float16), out / "model.fp16.onnx")
         _done(t)
     if not args.int8:
         _remove_stale_int8(out)

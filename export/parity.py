@@ -1,8 +1,8 @@
 """Parity of an exported model against the torch FP32 model, on a fixed batch of real frames.
 
 Every export writes this report: max and mean |Δ| of ``score`` and
-``level_sims`` against the *unfolded* :class:`~qclip_engine.QCLIP` in FP32 (so the folds
-and the export are checked together), and the SROCC of the exported scores against the
+``level_sims`` against the model itself in FP32 (for Q-CLIP the *unfolded*
+:class:`~qclip_engine.QCLIP`, so the folds and the export are checked together), and the SROCC of the exported scores against the
 torch scores over the batch. The exported files run through the runtime's own backends
 (``backend.run``), so the report vouches for the code that serves them.
 """
@@ -17,11 +17,11 @@ import torch
 from scipy import stats
 
 from qclip_engine.defaults import PREPROCESSING
-from qclip_engine.model.qclip import QCLIP
 from qclip_engine.samples import sample_clips
 from qclip_engine.video import decode
 
 PARITY_VIDEOS = 8
+REFERENCE = "the model unfolded (Q-CLIP: before the folds), torch FP32, CPU"
 
 
 def parity_frames(
@@ -51,11 +51,12 @@ def parity_frames(
 
 
 @torch.no_grad()
-def reference_outputs(model: QCLIP, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(level_sims, score)`` of the unfolded model in FP32 on the CPU, one video at a time."""
+def reference_outputs(model: torch.nn.Module, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(level_sims, score)`` of the (unfolded) model in FP32 on the CPU, one video at a time."""
     model = model.float().eval().cpu()
-    text = model.forward_text()
-    sims = np.concatenate([model.level_sims(model.normalize(torch.from_numpy(v[None])), text).numpy() for v in frames])
+    constants = model.evaluation_inputs()  # e.g. Q-CLIP's text features, computed once
+    sims = np.concatenate([model.level_sims(model.normalize(torch.from_numpy(v[None])), **constants).numpy()
+                           for v in frames])
     score = model.score_from_sims(torch.from_numpy(sims)).numpy()
     return sims, score
 
@@ -75,7 +76,7 @@ def parity_report(
         "score": {"max_abs_diff": float(d_score.max()), "mean_abs_diff": float(d_score.mean())},
         "level_sims": {"max_abs_diff": float(d_sims.max()), "mean_abs_diff": float(d_sims.mean())},
         "srocc_vs_torch": float(stats.spearmanr(score, ref_score).statistic) if len(score) > 1 else None,
-        "reference": "unfolded QCLIP, torch FP32, CPU",
+        "reference": REFERENCE,
     }
 
 
@@ -108,5 +109,5 @@ def precision_drift(
         out[precision] = {"engine": engine, "srocc": srocc, "max_abs_score_diff": float(diff.max()),
                           "mean_abs_score_diff": float(diff.mean()), "min_srocc": limits[precision],
                           "within_limit": bool(srocc >= limits[precision])}
-    return {"reference": "unfolded QCLIP, torch FP32, CPU", "videos": int(len(frames)), "frames": source,
+    return {"reference": REFERENCE, "videos": int(len(frames)), "frames": source,
             "precisions": out}

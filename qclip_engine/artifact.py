@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch import nn
 
 from .environment import versions
 from .errors import ArtifactError
-from .model.families import DEFAULT_FAMILY, family_of, get_family
+from .model.families import DEFAULT_FAMILY, Family, family_of, get_family
 
 FORMAT = "qclip-artifact"
 FORMAT_VERSION = 1
@@ -147,6 +147,39 @@ def artifact_family(directory: str | os.PathLike) -> str:
     return read_artifact_config(directory).get("family", DEFAULT_FAMILY)
 
 
+def _stored_settings(root: Path, config: dict[str, Any]) -> tuple[Family, dict[str, Any]]:
+    """The artifact's family and its stored model settings, checked against the family's config."""
+    try:
+        family = get_family(config.get("family", DEFAULT_FAMILY))
+    except ValueError as exc:
+        raise ArtifactError(f"{root / CONFIG_FILE}: {exc}") from exc
+    model_cfg = dict(config["model"])
+    unknown = sorted(set(model_cfg) - family.config_fields())
+    if unknown:
+        raise ArtifactError(f"{root / CONFIG_FILE} has model settings this version does not know: {unknown}")
+    return family, model_cfg
+
+
+class ArtifactSpec(NamedTuple):
+    config: Any  # the family's config dataclass: num_frames, sampler, preprocessing, …
+    levels: tuple[str, ...]  # level names, lowest first
+    image_size: tuple[int, int]  # the frames' (H, W)
+
+
+def artifact_spec(directory: str | os.PathLike) -> ArtifactSpec:
+    """What an artifact's model takes and gives, read off ``config.json`` without building the
+    model (the Ray driver's decode tasks and ``qclip-score``'s CSV columns need no more)."""
+    root = Path(directory)
+    config = read_artifact_config(root)
+    family, model_cfg = _stored_settings(root, config)
+    try:
+        model_config = family.config(**model_cfg)
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{root / CONFIG_FILE}: invalid model settings: {exc}") from exc
+    levels = tuple(config.get("prompts", {}).get("levels") or family.levels)
+    return ArtifactSpec(model_config, levels, tuple(config["preprocess"]["image_size"]))
+
+
 def load_artifact(
     directory: str | os.PathLike,
     *,
@@ -164,14 +197,7 @@ def load_artifact(
     """
     root = Path(directory)
     config = read_artifact_config(root)
-    try:
-        family = get_family(config.get("family", DEFAULT_FAMILY))
-    except ValueError as exc:
-        raise ArtifactError(f"{root / CONFIG_FILE}: {exc}") from exc
-    model_cfg = dict(config["model"])
-    unknown = sorted(set(model_cfg) - family.config_fields())
-    if unknown:
-        raise ArtifactError(f"{root / CONFIG_FILE} has model settings this version does not know: {unknown}")
+    family, model_cfg = _stored_settings(root, config)
     if pretrained is not _FROM_ARTIFACT:
         model_cfg["pretrained"] = pretrained
     elif model_cfg.get("pretrained") and (root / model_cfg["pretrained"]).is_file():

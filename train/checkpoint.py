@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qclip_engine import QCLIP, save_artifact
+from qclip_engine import save_artifact
 
 from . import distributed
 from .epoch import EpochResult
@@ -25,12 +25,12 @@ def no_best() -> dict:
     return {"score": -math.inf}
 
 
-def save_checkpoint(path: Path, epoch: int, model: QCLIP, optimizer, scheduler, best: dict) -> None:
+def save_checkpoint(path: Path, epoch: int, model: torch.nn.Module, optimizer, scheduler, best: dict) -> None:
     """After 0-based ``epoch``: trainable tensors, optimiser, schedule, best so far and torch's RNG."""
     torch.save(
         {
             "epoch": epoch,
-            "trainable": model.trainable_state_dict(),
+            "trainable": {name: p.detach() for name, p in model.named_parameters() if p.requires_grad},
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "best": best,
@@ -40,7 +40,7 @@ def save_checkpoint(path: Path, epoch: int, model: QCLIP, optimizer, scheduler, 
     )
 
 
-def load_checkpoint(path: Path, model: QCLIP, optimizer, scheduler) -> tuple[dict, int]:
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> tuple[dict, int]:
     """Restore a run from ``path`` in place; returns (best so far, first epoch still to run).
 
     Under torchrun rank 0 reads the file and every process restores the same state from it
@@ -72,7 +72,7 @@ def calibration(result: EpochResult) -> dict:
     }
 
 
-def save_best(directory: Path, model: QCLIP, result: EpochResult, preds: np.ndarray, targets: np.ndarray, title: str) -> None:
+def save_best(directory: Path, model: torch.nn.Module, result: EpochResult, preds: np.ndarray, targets: np.ndarray, title: str) -> None:
     """The artifact of the best epoch so far, calibrated on its training pass, and its scatter plot."""
     save_artifact(model, directory, calibration=calibration(result))
     scatter(directory / "scatter.png", preds, targets, title)

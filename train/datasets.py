@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from qclip_engine import QCLIP
 
 from . import distributed
 from .data import LabelledVideo, VideoClips, collate, read_labels, split_records
@@ -42,7 +41,7 @@ def labelled_records(spec: dict, data: dict, split_seed: int | None) -> list[Lab
     return records
 
 
-def build_datasets(config: dict, model: QCLIP, *, split_seed: int | None = None, strict: bool = False) -> Datasets:
+def build_datasets(config: dict, model: torch.nn.Module, *, split_seed: int | None = None, strict: bool = False) -> Datasets:
     """Training and validation sets sampled as ``model`` expects (size, frames, sampler)."""
     data = config["data"]
     common = dict(

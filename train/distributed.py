@@ -135,18 +135,19 @@ def sizes(count: int, device: torch.device) -> list[int]:
 
 
 def gather_batch(pred: torch.Tensor, target: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The global batch's predictions (differentiable) and labels, in the one-process order.
+    """The global batch's model outputs (``[count]`` or ``[count, k]``, differentiable) and labels,
+    in the one-process order.
 
     ``counts`` (from :func:`sizes`) may differ between processes (the last batch of an epoch,
-    videos that failed to decode): each process pads its ``[count, 2]`` (prediction, label)
+    videos that failed to decode): each process pads its ``[count, k + 1]`` (outputs, label)
     rows to the largest count, all-gathers them, and keeps each process's real rows. Rank r's
     j-th row held position ``j·W + r`` of the global batch (``datasets.GlobalBatches``), so
     the rows are put back in that order (exactly the one-process batch when no video failed).
     """
     if not active():
         return pred, target
-    rows = torch.stack([pred, target.to(pred)], dim=1)
-    rows = torch.cat([rows, rows.new_zeros(max(counts) - rows.shape[0], 2)])
+    rows = torch.cat([pred.reshape(len(pred), -1), target.to(pred).reshape(-1, 1)], dim=1)
+    rows = torch.cat([rows, rows.new_zeros(max(counts) - rows.shape[0], rows.shape[1])])
     with warnings.catch_warnings():
         # Deprecated in favour of a private module (torch.distributed._functional_collectives)
         # that the torch versions pyproject.toml allows do not all have; same semantics.
@@ -155,7 +156,7 @@ def gather_batch(pred: torch.Tensor, target: torch.Tensor, counts: list[int]) ->
     every = torch.cat([part[:n] for part, n in zip(parts, counts)])
     position = torch.cat([torch.arange(n) * len(counts) + r for r, n in enumerate(counts)])
     every = every[torch.argsort(position).to(every.device)]
-    return every[:, 0], every[:, 1].detach()
+    return every[:, :-1].reshape(-1, *pred.shape[1:]), every[:, -1].detach()
 
 
 def sum_over_ranks(value: int) -> int:

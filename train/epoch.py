@@ -2,7 +2,9 @@
 and the epoch's line in ``metrics.jsonl``.
 
 The official recipe: AdamW over the trainable tensors only, one linear warm-up epoch then
-per-iteration cosine decay, ``plcc_loss + 0.3 · rank_loss``.
+per-iteration cosine decay, ``plcc_loss + 0.3 · rank_loss``. The optimiser's groups and the loss
+are the model family's (``param_groups``, ``training_output``, ``training_loss``: model/families.py):
+for Q-CLIP the official ones, for CLIPVQA its released ones.
 """
 
 from __future__ import annotations
@@ -17,13 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from qclip_engine import QCLIP
 
 from . import distributed
 from .data import VideoClips
 from .datasets import train_loader
 from .device import autocast
-from .losses import qclip_loss
 from .trunk_cache import batch_inputs
 
 
@@ -39,8 +39,9 @@ def lr_lambda(warmup_iters: int, total_iters: int):
     return factor
 
 
-def make_optimizer(model: QCLIP, tcfg: dict) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.trainable_parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
+def make_optimizer(model: torch.nn.Module, tcfg: dict) -> torch.optim.Optimizer:
+    """AdamW over the family's groups at ``train.lr`` and ``train.weight_decay``."""
+    return torch.optim.AdamW(model.param_groups(float(tcfg["lr"]), float(tcfg["weight_decay"])))
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, tcfg: dict, train_videos: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -111,9 +112,9 @@ def train_epoch(
                 # slicing it away below leaves its gradient contribution exactly zero.
                 grey = torch.full((1, dataset.num_frames, *dataset.image_size, 3), 128, dtype=torch.uint8)
                 inputs = {"video": model.normalize(grey.to(device))}
-            pred = net(**inputs)
-        pred, target = distributed.gather_batch(pred.float()[: len(mos)], mos.to(device), counts)
-        loss = qclip_loss(pred, target)
+            outputs = net(**inputs, output=model.training_output)
+        outputs, target = distributed.gather_batch(outputs.float()[: len(mos)], mos.to(device), counts)
+        loss, pred = model.training_loss(outputs, target)
         loss.backward()
         result.grad_norms.append(grad_norm(model.trainable_parameters()))
         optimizer.step()

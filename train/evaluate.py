@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qclip_engine import QCLIP
 from qclip_engine.metrics import all_metrics, rescale
 
 from . import distributed
@@ -20,28 +19,28 @@ from .trunk_cache import batch_inputs
 
 
 @torch.no_grad()
-def predict_items(model: QCLIP, batches, device, precision: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def predict_items(model: torch.nn.Module, batches, device, precision: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Scores, MOS and item indices of the decodable videos of ``batches`` (possibly none), and
     the count of videos that failed to decode, at the training run's ``precision``
     (``device.autocast``)."""
     model.eval()
     preds, targets, indices, failed = [np.zeros(0, np.float32)], [np.zeros(0, np.float32)], [np.zeros(0, np.int64)], 0
     with autocast(device, precision):
-        text = model.forward_text()  # constant during evaluation: once, not per batch
+        constants = model.evaluation_inputs()  # e.g. Q-CLIP's text features: once, not per batch
     for batch in batches:
         failed += len(batch["errors"])
         with autocast(device, precision):
             inputs = batch_inputs(model, batch, batches.dataset, device)  # frames, or trunk tokens (trunk_cache.py)
             if inputs is None:
                 continue
-            score = model(text_features=text, **inputs)
+            score = model(**constants, **inputs)
         preds.append(score.float().cpu().numpy())
         targets.append(batch["mos"].numpy())
         indices.append(batch["index"].numpy())
     return np.concatenate(preds), np.concatenate(targets), np.concatenate(indices), failed
 
 
-def predict(model: QCLIP, batches, device, precision: str) -> tuple[np.ndarray, np.ndarray, int]:
+def predict(model: torch.nn.Module, batches, device, precision: str) -> tuple[np.ndarray, np.ndarray, int]:
     """Scores, MOS and the count of videos that failed to decode, over ``batches``, at the
     training run's ``precision`` (``device.autocast``)."""
     preds, targets, _, failed = predict_items(model, batches, device, precision)
@@ -51,7 +50,7 @@ def predict(model: QCLIP, batches, device, precision: str) -> tuple[np.ndarray, 
 
 
 def evaluate(
-    model: QCLIP, val_sets: dict[str, VideoClips], batch_size: int, device, precision: str
+    model: torch.nn.Module, val_sets: dict[str, VideoClips], batch_size: int, device, precision: str
 ) -> tuple[dict[str, dict], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Metrics of each validation set (with its video and failure counts), and its (predictions, MOS).
 

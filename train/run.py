@@ -1,4 +1,9 @@
-"""Train the Q-CLIP adapters: ``python -m train.run --config FILE [key=value …]``.
+"""Train a quality model: ``python -m train.run --config FILE [key=value …]``.
+
+``model.family`` picks the model family (``qclip``, the default: the adapters and prompts on a
+frozen backbone; ``clipvqa``: the whole CLIPVQA model); the other ``model`` keys are that
+family's config (``model/families.py``). What follows is Q-CLIP's recipe; another family brings
+its optimiser groups and loss (CLIPVQA: the released ones), the schedule and the rest are shared.
 
 The official recipe: AdamW over the trainable tensors only, one linear warm-up epoch
 then per-iteration cosine decay, ``plcc_loss + 0.3 · rank_loss``, 8 frames, batch 12, fp32
@@ -24,7 +29,6 @@ import json
 import random
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +36,9 @@ import numpy as np
 import torch
 import yaml
 
-from qclip_engine import QCLIP, QCLIPConfig, load_artifact
-from qclip_engine.artifact import artifact_family
+from qclip_engine import load_artifact
 from qclip_engine.errors import QCLIPError
-from qclip_engine.model.families import require_engine_family
+from qclip_engine.model.families import DEFAULT_FAMILY, create_model, get_family
 
 from . import distributed, trunk_cache
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, no_best, save_best, save_checkpoint
@@ -98,10 +101,15 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
     config = _merge(DEFAULTS, yaml.safe_load(Path(path).read_text()) or {})
     for override in overrides:
         apply_override(config, override)
-    known = {f.name for f in fields(QCLIPConfig)}
-    unknown = set(config["model"]) - known
+    model_cfg = dict(config["model"])
+    try:
+        family = get_family(model_cfg.pop("family", DEFAULT_FAMILY))
+    except ValueError as exc:
+        raise ConfigError(f"model.family: {exc}") from None
+    unknown = set(model_cfg) - family.config_fields()
     if unknown:
-        raise ConfigError(f"unknown model settings {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"unknown model settings {sorted(unknown)}; the {family.name} family knows: "
+                          f"{sorted(family.config_fields())}")
     if "train" not in config["data"] or not config["data"].get("val"):
         raise ConfigError("the config needs data.train and at least one data.val entry")
     check_precision(config["train"]["precision"])
@@ -116,13 +124,17 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(config: dict) -> QCLIP:
-    """A fresh model, or a pretrained artifact to fine-tune (``train.init_from``, e.g. the LSVQ run)."""
+def build_model(config: dict) -> torch.nn.Module:
+    """A fresh model of ``model.family``, or an artifact to fine-tune (``train.init_from``, e.g. the
+    LSVQ run, of any family)."""
     init_from = config["train"].get("init_from")
-    if not init_from:
-        return QCLIP(QCLIPConfig(**config["model"]))
-    require_engine_family(artifact_family(init_from), "train.run")
-    return load_artifact(init_from)
+    if init_from:
+        return load_artifact(init_from)
+    settings = dict(config["model"])
+    try:
+        return create_model(settings.pop("family", DEFAULT_FAMILY), **settings)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid model settings: {exc}") from None
 
 
 def train_once(config: dict, out: Path, *, split_seed: int | None = None, resume: bool = False, strict: bool = False) -> dict:

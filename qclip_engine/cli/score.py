@@ -112,7 +112,11 @@ def _exists(arg: str) -> bool:
         return False
 
 
-CSV_COLUMNS = ["input", "score", "mos", *QUALITY_LEVELS, "frames", "backend", "warnings", "error_code", "error_message"]
+def csv_columns(levels: tuple[str, ...] = QUALITY_LEVELS) -> list[str]:
+    """The CSV header: one column per quality level of the model (Q-CLIP's five, CLIPVQA's six)."""
+    return ["input", "score", "mos", *levels, "frames", "backend", "warnings", "error_code", "error_message"]
+
+
 WINDOW_CSV_COLUMNS = ["index", "start_s", "end_s", "score", "mos", "alert", "partial", "backend", "error_code",
                       "error_message"]
 
@@ -323,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             from tqdm import tqdm
 
             items = list(expand_inputs(args.inputs))
-            writer = RecordWriter(out, args.format, CSV_COLUMNS)
+            writer = RecordWriter(out, args.format, csv_columns(engine.levels))
             bar = tqdm(total=len(items), unit="video", disable=args.quiet, file=sys.stderr)
             # Only real paths go to the engine, whose results come one each in input order
             # (qclip_engine/engine.py, QualityEngine.score); the InputErrors are written in between.
@@ -372,6 +376,9 @@ def _score_on_ray(args) -> int:
                          sampler=args.sampler, strict=args.strict, decoder="device" if args.decoder == "device" else "host",
                          actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor, decode_cpus=args.ray_decode_cpus)
     try:
+        from ..artifact import artifact_spec
+
+        levels = artifact_spec(args.artifact).levels  # the CSV's level columns
         connect(args.ray)
         # ids are positions among all the inputs, so the InputErrors' records take their own places
         rows = [{"id": i, "path": item} for i, item in enumerate(items) if not isinstance(item, InputError)]
@@ -393,7 +400,7 @@ def _score_on_ray(args) -> int:
         out: TextIO = (open(args.out, "w", newline="", encoding="utf-8") if args.out
                        else io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", write_through=True))
         try:
-            writer = RecordWriter(out, args.format, CSV_COLUMNS)
+            writer = RecordWriter(out, args.format, csv_columns(levels))
             bar = tqdm(total=len(items), unit="video", disable=args.quiet, file=sys.stderr)
             failed, _, warned = _write_records(items, iter(ordered_records(done) if done is not None else []), writer, bar)
             bar.close()

@@ -36,8 +36,7 @@ import numpy as np
 import ray
 
 from .. import defaults
-from ..artifact import artifact_family, read_artifact_config
-from ..model.families import require_engine_family
+from ..artifact import artifact_spec
 from ..engine import QualityEngine, SampledVideo, VideoResult, error_result, sample_safely
 from ..errors import QCLIPError, error_record
 from ..video.container import VIDEO_SUFFIXES
@@ -103,16 +102,15 @@ def input_rows(source: Any) -> list[dict] | ray.data.Dataset:
 
 
 def _model_settings(artifact: str, options: RayOptions) -> dict:
-    """What the decode tasks need of the model, read off the artifact without loading it."""
-    require_engine_family(artifact_family(artifact), "the Ray path")  # before any actor builds it
-    config = read_artifact_config(artifact)
-    model = config["model"]
-    sampler = options.sampler or model["sampler"]
+    """What the decode tasks need of the model (of any family), read off the artifact without loading it."""
+    spec = artifact_spec(artifact)
+    model = spec.config
+    sampler = options.sampler or model.sampler
     check_sampler(sampler)
     return {
-        "image_size": tuple(config["preprocess"]["image_size"]),
-        "num_frames": int(model["num_frames"]),
-        "preprocessing": model.get("preprocessing", defaults.PREPROCESSING),
+        "image_size": spec.image_size,
+        "num_frames": int(model.num_frames),
+        "preprocessing": model.preprocessing,
         "sampler": sampler,
         "strict": options.strict,
         "max_analysis_frames": defaults.MAX_ANALYSIS_FRAMES,

@@ -1,20 +1,29 @@
-"""Model families: the registry that artifacts, training and conversion dispatch on.
+"""Model families: the registry that artifacts, training, export and scoring dispatch on.
 
 A family is a model class built from one config dataclass, in the style of timm's and
 open_clip's registries (``register_family``, ``create_model(family, **config)``). The model
 class carries what the rest of the engine asks of it:
 
-* ``config`` (the dataclass, with ``to_dict()``) and ``normalize(uint8 [..., H, W, 3])``;
-* ``level_sims(video) -> [B, L]`` and ``score_from_sims(sims) -> [B]`` (``forward`` = both);
-* ``trainable_parameters()``;
+* ``config`` (the dataclass, with ``to_dict()``) holding the input spec: ``num_frames``,
+  ``sampler`` (``video/sampling.py``), ``preprocessing`` (``defaults.PREPROCESSINGS``: resize,
+  or short side + centre crop); ``image_size`` (H, W) and ``normalize(uint8 [..., H, W, 3])``
+  (its mean/std) on the model;
+* ``levels`` (names, lowest first), ``level_sims(video) -> [B, L]``, ``score_from_sims(sims) ->
+  [B]``; ``forward(video, *, output="score" | "sims")``; ``calibration`` (the artifact's, or None);
+* training: ``trainable_parameters()``, ``param_groups(lr, weight_decay)`` (AdamW's groups),
+  ``training_output`` (what ``forward`` gives the loss) and ``training_loss(outputs, mos) ->
+  (loss, score)``, ``evaluation_inputs()`` (inputs constant over an evaluation, e.g. text features);
 * ``artifact_tensors()`` / ``load_artifact_tensors(tensors)``: what an artifact stores, and
   ``rebuilt_state()``: the tensors an artifact does NOT store because ``config`` rebuilds them
   (the frozen backbone), fingerprinted so an artifact refuses another backbone;
 * ``artifact_info()``: the family's descriptive fields of ``config.json``.
 
 The :class:`Family` record adds what is known without a model: the quality levels (names,
-lowest first) and how to turn a stored config into the one to build on load
-(``loading_config``: e.g. no pretrained weights to fetch when the artifact stores them all).
+lowest first), its deployable module (``deployable(model, dtype)``: uint8 frames ``[B, F, H, W,
+3]`` → ``(level_sims [B, L], score [B])``, with ``image_size``, ``num_frames``, ``levels`` and
+``fixed_frames``: what every backend runs and every export writes) and how to turn a stored
+config into the one to build on load (``loading_config``: e.g. no pretrained weights to fetch
+when the artifact stores them all).
 
 Adding a family: its own module under ``model/`` and one ``register_family`` line below.
 """
@@ -24,17 +33,16 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from ..contract import QUALITY_LEVELS
-from ..errors import ArtifactError
+from . import folded
 from .clipvqa import CLIPVQA, LEVEL_WORDS, CLIPVQAConfig
+from .clipvqa import graph as clipvqa_graph
 from .qclip import QCLIP, QCLIPConfig
 
 DEFAULT_FAMILY = "qclip"  # what an artifact or a training config without "family" is
-# The families QualityEngine (and so qclip-score, qclip-serve, Ray), qclip-export and train.run
-# run today; the others load (load_artifact, qclip-convert) but are refused there by name.
-ENGINE_FAMILIES = ("qclip",)
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class Family:
     config: type
     model: type[nn.Module]
     levels: tuple[str, ...]
+    deployable: Callable[[nn.Module, torch.dtype], nn.Module]
     loading_config: Callable[[dict[str, Any]], dict[str, Any]] = lambda cfg: cfg
 
     def config_fields(self) -> set[str]:
@@ -85,17 +94,11 @@ def family_of(model: nn.Module) -> Family:
     raise ValueError(f"{type(model).__name__} is not the model of a registered family ({sorted(FAMILIES)})")
 
 
-def require_engine_family(family: str | nn.Module, what: str) -> None:
-    """ArtifactError (``artifact_invalid``) when ``what`` cannot run this family (a name, e.g. an
-    artifact's ``artifact.artifact_family``, checked before building anything; or a model) yet."""
-    name = family if isinstance(family, str) else family_of(family).name
-    if name not in ENGINE_FAMILIES:
-        raise ArtifactError(
-            f"{what} runs {', '.join(ENGINE_FAMILIES)} models; this one is of the {name!r} family, which loads "
-            "(load_artifact) but is not wired into scoring, export and training yet"
-        )
+def deployable(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """``model``'s deployable module at ``dtype`` (the family's; see the module docstring)."""
+    return family_of(model).deployable(model, dtype)
 
 
-register_family(Family("qclip", QCLIPConfig, QCLIP, tuple(QUALITY_LEVELS)))
-register_family(Family("clipvqa", CLIPVQAConfig, CLIPVQA, tuple(LEVEL_WORDS),
+register_family(Family("qclip", QCLIPConfig, QCLIP, tuple(QUALITY_LEVELS), folded.deployable))
+register_family(Family("clipvqa", CLIPVQAConfig, CLIPVQA, tuple(LEVEL_WORDS), clipvqa_graph.deployable,
                        loading_config=lambda cfg: cfg | {"pretrained": None}))  # its artifacts store every tensor

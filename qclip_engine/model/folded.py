@@ -120,6 +120,8 @@ class FoldedQCLIP(nn.Module):
     ``(level_sims [B, 5] float32, score [B] float32)``.
     """
 
+    fixed_frames = False  # any frame count: the frame features are averaged
+
     def __init__(self, model: QCLIP):
         super().__init__()
         model = model.eval()
@@ -128,6 +130,7 @@ class FoldedQCLIP(nn.Module):
         self.visual = model.visual_tower.visual  # the frozen visual backbone, shared with `model`
         self.image_size = tuple(model.image_size)
         self.num_frames = model.config.num_frames
+        self.levels = model.levels
         self.first_adapted = model.adapted_blocks("visual").start
         self.adapters = None if self.zero_shot else fold_escma(model.escma, "visual")
         self.pscma = None if self.zero_shot else fold_pscma(model.pscma, "visual")
@@ -178,12 +181,13 @@ class FP32LayerNorm(nn.Module):
         return self.ln(x.float()).to(x.dtype)
 
 
-def _keep_layernorms_fp32(module: nn.Module) -> None:
+def keep_layernorms_fp32(module: nn.Module) -> None:
+    """Every LayerNorm under ``module`` evaluated in FP32 (in place)."""
     for name, child in module.named_children():
         if isinstance(child, nn.LayerNorm):
             setattr(module, name, FP32LayerNorm(child))
         elif not isinstance(child, FP32LayerNorm):
-            _keep_layernorms_fp32(child)
+            keep_layernorms_fp32(child)
 
 
 def reduced_precision(folded: FoldedQCLIP, dtype: torch.dtype = torch.float16) -> FoldedQCLIP:
@@ -198,7 +202,7 @@ def reduced_precision(folded: FoldedQCLIP, dtype: torch.dtype = torch.float16) -
     trunk = [out.visual] + [m for m in (out.adapters, out.pscma) if m is not None]
     for module in trunk:
         module.to(dtype)
-        _keep_layernorms_fp32(module)
+        keep_layernorms_fp32(module)
     for name, tensor in head.items():
         setattr(out, name, tensor.float())
     out.compute_dtype = dtype
@@ -208,3 +212,10 @@ def reduced_precision(folded: FoldedQCLIP, dtype: torch.dtype = torch.float16) -
 def fold(model: QCLIP) -> FoldedQCLIP:
     """The folded, export-ready form of ``model`` (the model itself is not modified)."""
     return FoldedQCLIP(model)
+
+
+def deployable(model: QCLIP, dtype: torch.dtype = torch.float32) -> FoldedQCLIP:
+    """What backends run and exports write for ``model``: folded, at ``dtype`` (FP32: as folded;
+    otherwise :func:`reduced_precision`)."""
+    folded = fold(model)
+    return folded if dtype == torch.float32 else reduced_precision(folded, dtype)

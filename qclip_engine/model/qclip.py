@@ -26,6 +26,7 @@ from ..defaults import BACKBONE, PREPROCESSING, PREPROCESSINGS, ROPE, ROPES
 from ..video.sampling import check_sampler
 from .backbone import load_backbone
 from .prompts import QualityPrompts
+from .qclip_losses import qclip_loss
 from .scma import ESCMA, PSCMA
 from .state import check_state
 
@@ -130,6 +131,11 @@ class QCLIP(nn.Module):
         super().train(mode)
         self.backbone.eval()  # the frozen backbone never leaves eval mode
         return self
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The level names, lowest first: ``level_sims``' columns and the records' ``levels``."""
+        return tuple(QUALITY_LEVELS)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -281,6 +287,28 @@ class QCLIP(nn.Module):
         return level_score(sims, weights, self.zero_shot)
 
     def forward(
-        self, video: torch.Tensor | None = None, text_features: torch.Tensor | None = None, *, trunk_tokens: torch.Tensor | None = None
+        self, video: torch.Tensor | None = None, text_features: torch.Tensor | None = None, *,
+        trunk_tokens: torch.Tensor | None = None, output: str = "score",
     ) -> torch.Tensor:
-        return self.score_from_sims(self.level_sims(video, text_features, trunk_tokens=trunk_tokens))
+        """The score ``[B]`` (``output="score"``) or the level similarities ``[B, 5]`` (``"sims"``)."""
+        sims = self.level_sims(video, text_features, trunk_tokens=trunk_tokens)
+        if output == "sims":
+            return sims
+        if output != "score":
+            raise ValueError(f"output must be 'score' or 'sims', got {output!r}")
+        return self.score_from_sims(sims)
+
+    # -- training (the family contract, model/families.py) -------------------------------
+    training_output = "score"  # what forward gives training_loss: the official loss acts on the score
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """AdamW's one group: the trainable tensors (the official optimiser)."""
+        return [{"params": self.trainable_parameters(), "lr": lr, "weight_decay": weight_decay}]
+
+    def training_loss(self, score: torch.Tensor, mos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official ``plcc_loss + 0.3 · rank_loss`` over the batch, and the score itself."""
+        return qclip_loss(score, mos), score
+
+    def evaluation_inputs(self) -> dict[str, torch.Tensor]:
+        """What stays constant over an evaluation: the level prompts' text features (one text pass)."""
+        return {"text_features": self.forward_text()}

@@ -1,4 +1,4 @@
-"""Training losses of the official Q-CLIP code: ``plcc_loss + 0.3 · rank_loss``."""
+"""Training losses of the official Q-CLIP code: ``plcc_loss + 0.3 · rank_loss`` (``QCLIP.training_loss``)."""
 
 from __future__ import annotations
 

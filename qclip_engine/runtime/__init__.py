@@ -1,4 +1,4 @@
-"""Backends behind one interface: ``run(frames_u8 [B, F, H, W, 3]) -> (level_sims [B, 5], score [B])``.
+"""Backends behind one interface: ``run(frames_u8 [B, F, H, W, 3]) -> (level_sims [B, L], score [B])``.
 
 * ``torch`` — the folded module (CPU FP32; CUDA FP16 or BF16);
 * ``onnxruntime`` — the exported graph on the CPU, CUDA or TensorRT execution provider;

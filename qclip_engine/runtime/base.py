@@ -13,7 +13,6 @@ import torch
 
 from .. import defaults
 from ..defaults import ENGINES
-from ..model.qclip import QCLIP
 
 
 class Backend(Protocol):
@@ -26,7 +25,8 @@ class Backend(Protocol):
         """``name-precision``, as results and metrics report the backend (``torch-bf16``)."""
 
     def run(self, frames: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 ``[B, F, H, W, 3]`` → ``(level_sims [B, 5], score [B])`` float32 numpy."""
+        """uint8 ``[B, F, H, W, 3]`` → ``(level_sims [B, L], score [B])`` float32 numpy (L: the
+        model's levels, 5 for Q-CLIP)."""
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -41,15 +41,17 @@ def _have(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
-def export_cache_dir(model: QCLIP) -> Path:
-    """Where exported graphs of this exact model are kept: keyed by config, adapters and mode."""
+def export_cache_dir(model: torch.nn.Module) -> Path:
+    """Where exported graphs of this exact model are kept: keyed by config (each family's has its
+    own fields), mode (Q-CLIP's zero-shot), the tensors an artifact stores and the fingerprint of
+    those it rebuilds. The key is also what ``precision.json`` ties a drift to."""
     from ..artifact import backbone_fingerprint
 
     h = hashlib.sha256()
     h.update(repr(sorted(model.config.to_dict().items())).encode())
-    h.update(b"zero_shot" if model.zero_shot else b"trained")
+    h.update(b"zero_shot" if getattr(model, "zero_shot", False) else b"trained")
     h.update(backbone_fingerprint(model).encode())
-    for name, tensor in sorted(model.trainable_state_dict().items()):
+    for name, tensor in sorted(model.artifact_tensors().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
     return cache_root() / "exports" / h.hexdigest()[:16]
@@ -61,7 +63,7 @@ def cache_root() -> Path:
 
 
 def create_backend(
-    model: QCLIP,
+    model: torch.nn.Module,
     engine: str = "auto",
     device: str = "auto",
     *,
@@ -115,7 +117,7 @@ def create_backend(
     return TensorRTBackend(plan, device)
 
 
-def _build(model: QCLIP, engine: str, device: str, artifact_dir: Path | None, precision: str | None, *,
+def _build(model: torch.nn.Module, engine: str, device: str, artifact_dir: Path | None, precision: str | None, *,
            torch_mode: str = defaults.TORCH_MODE, batch: int = 1) -> Backend:
     if engine == "torch":
         from .torch_backend import TorchBackend

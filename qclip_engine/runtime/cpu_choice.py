@@ -53,7 +53,6 @@ import numpy as np
 import torch
 
 from .. import defaults
-from ..model.qclip import QCLIP
 from .base import cache_root, export_cache_dir
 from .cpu_features import CpuIdentity, cpu_identity
 
@@ -98,7 +97,7 @@ def candidates(cpu: CpuIdentity, *, engine: str = "auto", precision: str = "auto
     return kept, out
 
 
-def model_fingerprint(model: QCLIP) -> str:
+def model_fingerprint(model: torch.nn.Module) -> str:
     """What a drift record is tied to: the model's config, adapters and backbone (as the export cache)."""
     return export_cache_dir(model).name
 
@@ -135,7 +134,7 @@ def drift_refusal(precision: str, drift: dict | None, fingerprint: str | None = 
     return None
 
 
-def cache_key(model: QCLIP, cpu: CpuIdentity, labels: list[str], shape: tuple[int, ...], decode_workers: int = 0) -> str:
+def cache_key(model: torch.nn.Module, cpu: CpuIdentity, labels: list[str], shape: tuple[int, ...], decode_workers: int = 0) -> str:
     """The choice's identity: CPU, model, input shape, threads, library versions, candidates."""
     versions = [torch.__version__]
     try:
@@ -194,7 +193,7 @@ def decode_load(workers: int):
                 t.join()
 
 
-def choose_cpu_backend(model: QCLIP, build: Callable[[Candidate], object], *, artifact_dir: Path | None,
+def choose_cpu_backend(model: torch.nn.Module, build: Callable[[Candidate], object], *, artifact_dir: Path | None,
                        engine: str = "auto", precision: str = "auto", onnxruntime: bool = True, batch: int = 1,
                        decode_workers: int = 0, cpu: CpuIdentity | None = None, timer=time_backend):
     """The backend ``build(candidate)`` of the fastest eligible candidate (module docstring)."""

@@ -1,9 +1,11 @@
-"""The ONNX graph of :class:`~qclip_engine.model.folded.FoldedQCLIP`: writing it and opening it.
+"""The ONNX graph of a model's deployable module (``model/families.py:deployable``; Q-CLIP's is
+:class:`~qclip_engine.model.folded.FoldedQCLIP`): writing it.
 
 The graph contract (docs/architecture.md):
 
-* input ``frames``: uint8 ``[B, F, H, W, 3]``, B and F dynamic;
-* outputs ``level_sims`` float32 ``[B, 5]`` and ``score`` float32 ``[B]``.
+* input ``frames``: uint8 ``[B, F, H, W, 3]``, B dynamic, F dynamic unless the module's
+  ``fixed_frames`` says its frame count is part of the model (CLIPVQA);
+* outputs ``level_sims`` float32 ``[B, L]`` (L = 5 for Q-CLIP, 6 for CLIPVQA) and ``score`` float32 ``[B]``.
 
 The graph comes from torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``,
 onnxscript), opset 18, and is checked with ``onnx.checker``. The FP16 graph for GPU
@@ -28,7 +30,8 @@ import torch
 from ..contract import GRAPH_INPUT as INPUT
 from ..contract import GRAPH_OUTPUTS as OUTPUTS
 from ..contract import OPSET
-from ..model.folded import FoldedQCLIP
+from torch import nn
+
 # Above this many weight bytes the graph goes to external data (protobuf's 2 GiB limit).
 EXTERNAL_DATA_BYTES = 1_500_000_000
 
@@ -52,23 +55,24 @@ def _quiet_loggers(*names: str):
             logger.setLevel(level)
 
 
-def example_frames(folded: FoldedQCLIP, batch: int = 2, frames: int | None = None) -> torch.Tensor:
+def example_frames(folded: nn.Module, batch: int = 2, frames: int | None = None) -> torch.Tensor:
     h, w = folded.image_size
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (batch, frames or folded.num_frames, h, w, 3), generator=g, dtype=torch.uint8)
 
 
-def export_onnx(folded: FoldedQCLIP, path: str | Path, *, opset: int = OPSET) -> Path:
-    """Write the FP32 graph to ``path`` and check it; returns the path."""
+def export_onnx(folded: nn.Module, path: str | Path, *, opset: int = OPSET) -> Path:
+    """Write the graph of the deployable module ``folded`` to ``path`` and check it; returns the path."""
     import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     folded = folded.eval()
-    # Example of B=2, F=num_frames (≥ 2 keeps both dims symbolic in the trace).
-    example = example_frames(folded, 2, max(2, folded.num_frames))
+    fixed = folded.fixed_frames
+    # Example of B=2, F=num_frames (≥ 2 keeps a dynamic dim symbolic in the trace).
+    example = example_frames(folded, 2, folded.num_frames if fixed else max(2, folded.num_frames))
     batch = torch.export.Dim("batch", min=1, max=4096)
-    frames = torch.export.Dim("frames", min=1, max=4096)
+    dims = {0: batch} if fixed else {0: batch, 1: torch.export.Dim("frames", min=1, max=4096)}
     weight_bytes = sum(t.numel() * t.element_size() for t in list(folded.parameters()) + list(folded.buffers()))
     with warnings.catch_warnings(), _quiet_loggers(*EXPORTER_LOGGERS), torch.no_grad():
         warnings.simplefilter("ignore")  # exporter chatter (deprecations in third-party code) is not the user's business
@@ -80,7 +84,7 @@ def export_onnx(folded: FoldedQCLIP, path: str | Path, *, opset: int = OPSET) ->
             output_names=list(OUTPUTS),
             opset_version=opset,
             dynamo=True,
-            dynamic_shapes={"frames": {0: batch, 1: frames}},
+            dynamic_shapes={"frames": dims},
             external_data=weight_bytes > EXTERNAL_DATA_BYTES,
             verbose=False,
         )

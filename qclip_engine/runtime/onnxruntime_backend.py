@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..contract import GRAPH_INPUT, GRAPH_OUTPUTS
-from ..model import QCLIP
 from ..video.frames import to_host
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger("qclip_engine.runtime")
 
@@ -49,7 +52,7 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, model: QCLIP | None, device: str = "cpu", *, artifact_dir: Path | None = None,
+    def __init__(self, model: nn.Module | None, device: str = "cpu", *, artifact_dir: Path | None = None,
                  precision: str | None = None, provider: str | None = None, graph: Path | None = None):
         on_gpu = device.startswith("cuda")
         precision = precision or ("fp16" if on_gpu else "fp32")
@@ -75,11 +78,13 @@ class OnnxRuntimeBackend:
         return f"{self.name}-{self.precision}"
 
     @classmethod
-    def _graph(cls, model: QCLIP, artifact_dir: Path | None, precision: str) -> Path:
+    def _graph(cls, model: nn.Module, artifact_dir: Path | None, precision: str) -> Path:
         filename = GRAPH_FILES[precision]
         if artifact_dir is not None and (artifact_dir / filename).is_file():
             return artifact_dir / filename
-        from ..model.folded import fold, reduced_precision
+        import torch
+
+        from ..model.families import deployable
         from .base import export_cache_dir
         from .onnx_graph import export_onnx
 
@@ -96,11 +101,9 @@ class OnnxRuntimeBackend:
         if not path.is_file():
             # Once per model and machine; tens of seconds on a small CPU, so say what is happening.
             log.warning("exporting the model to ONNX once (%s); it is cached in %s", precision, path.parent)
-            folded = fold(model)
-            if precision == "fp16":
-                folded = reduced_precision(folded)
+            module = deployable(model, torch.float16 if precision == "fp16" else torch.float32)
             tmp = path.with_suffix(".partial.onnx")
-            export_onnx(folded, tmp)
+            export_onnx(module, tmp)
             tmp.replace(path)  # atomic: a crashed export never leaves a half graph behind
         return path
 

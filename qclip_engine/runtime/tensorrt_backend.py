@@ -31,7 +31,7 @@ class TensorRTRunner:
     """Runs a serialised engine on torch CUDA tensors (used by the runtime's tensorrt backend).
 
     ``runner(frames)``: uint8 CUDA ``[B, F, H, W, 3]`` with ``1 ≤ B ≤ 2·batch`` →
-    ``(level_sims [B, 5], score [B])`` float32 CUDA tensors, on torch's current stream.
+    ``(level_sims [B, L], score [B])`` float32 CUDA tensors, on torch's current stream.
     """
 
     def __init__(self, plan_path: str | Path, device: int | None = None):

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from .. import defaults
-from ..model.folded import fold, reduced_precision
-from ..model.qclip import QCLIP
+from ..model.families import deployable
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MODES = defaults.TORCH_MODES
@@ -58,7 +57,7 @@ def run_padded(call: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: QCLIP, device: str = "cpu", *, precision: str | None = None,
+    def __init__(self, model: torch.nn.Module, device: str = "cpu", *, precision: str | None = None,
                  mode: str = defaults.TORCH_MODE, max_batch: int = defaults.BATCH):
         precision = precision or ("fp16" if device.startswith("cuda") else "fp32")
         if precision not in PRECISIONS:
@@ -68,10 +67,7 @@ class TorchBackend:
         if mode != "eager" and not device.startswith("cuda"):
             raise ValueError(f"mode {mode!r} is for a CUDA device (the model's shapes are fixed there); "
                              "on the CPU the backend runs eager")
-        folded = fold(model)
-        if precision != "fp32":
-            folded = reduced_precision(folded, PRECISIONS[precision])
-        self.module = folded.to(device).eval()
+        self.module = deployable(model, PRECISIONS[precision]).to(device).eval()  # the family's graph module
         self.device = device
         self.precision = precision
         self.mode = mode

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ...defaults import PREPROCESSINGS
+from ...video.sampling import check_sampler
 from .recipe import CROP_SIZE, LEVEL_WORDS
 
 # How SAT's attention treats the videos of a batch (modules.SpatioTemporalAggregation): "alone"
@@ -29,6 +31,14 @@ class CLIPVQAConfig:
     happens to batch with it (it batches by traffic and decode order). ``"batch"`` is the released
     SAT exactly: its attention runs across the videos of the batch, so a score depends on the other
     videos of its batch; use it to reproduce the released training and validation (batches of 2).
+
+    The input spec, as the released data pipeline has it: ``num_frames`` frames chosen by
+    ``sampler`` (``segment_middle``: one frame per equal segment, the middle one at test), made
+    by ``preprocessing`` (``short_side_crop``: the short side to 256, then the centre 224 crop;
+    ``defaults.short_side_for_crop`` at other sizes) and normalised with ImageNet's mean/std.
+
+    ``mos_scale``: training targets are ``label_distribution(MOS / mos_scale)`` on 0 … 5 (the
+    released code: 1 for datasets scored 1–5, 20 for 0–100 ones).
     """
 
     backbone: str = "ViT-B-16"
@@ -42,6 +52,9 @@ class CLIPVQAConfig:
     sat_attention: str = "alone"
     level_words: tuple[str, ...] = LEVEL_WORDS
     init_seed: int = 0
+    sampler: str = "segment_middle"
+    preprocessing: str = "short_side_crop"
+    mos_scale: float = 1.0
 
     def __post_init__(self):
         self.level_words = tuple(self.level_words)
@@ -51,6 +64,11 @@ class CLIPVQAConfig:
             raise ValueError(f"sat_attention must be one of {SAT_ATTENTIONS}, got {self.sat_attention!r}")
         if len(self.level_words) < 2:
             raise ValueError(f"need at least two level words, got {self.level_words}")
+        check_sampler(self.sampler)
+        if self.preprocessing not in PREPROCESSINGS:
+            raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {self.preprocessing!r}")
+        if not self.mos_scale > 0:
+            raise ValueError(f"mos_scale must be > 0, got {self.mos_scale}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,12 +9,14 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 from torch import nn
 
+from ...defaults import short_side_for_crop
 from ...errors import BackboneError
 from ..backbone import create_clip
 from ..state import check_state
 from .config import CLIPVQAConfig
 from .modules import FrameMessages, SpatioTemporalAggregation, VideoAwareText
-from .recipe import CROP_SIZE, LR, NEW_MODULE_LR_SCALE, PIXEL_MEAN, PIXEL_STD, RESIZE_SHORT_SIDE, WEIGHT_DECAY
+from .target import clipvqa_loss, label_distribution
+from .recipe import ADAMW_BETAS, ADAMW_EPS, LR, NEW_MODULE_LR_SCALE, PIXEL_MEAN, PIXEL_STD, WEIGHT_DECAY
 
 
 def _use_quick_gelu(model: nn.Module) -> None:
@@ -37,6 +39,12 @@ def _check_visual(visual: nn.Module, backbone: str) -> None:
             f"CLIPVQA needs an OpenAI-layout open_clip ViT (class-token pooling and a projection); "
             f"{backbone!r} has a {kind}"
         )
+
+
+def cosine_sims(video: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    """``cos(v_b, t_bk)`` ``[B, K]`` of features ``[B, D]`` and texts ``[B, K, D]``, in FP32 at least."""
+    dtype = torch.promote_types(video.dtype, torch.float32)
+    return torch.einsum("bd,bkd->bk", F.normalize(video.to(dtype), dim=-1), F.normalize(texts.to(dtype), dim=-1))
 
 
 class CLIPVQA(nn.Module):
@@ -118,7 +126,7 @@ class CLIPVQA(nn.Module):
             "std": [s / 255 for s in PIXEL_STD],
             "interpolation": "bilinear",
             "resize_mode": "shortest",
-            "resize_short_side": int(RESIZE_SHORT_SIDE / CROP_SIZE * self.image_size[0]),  # the released rule
+            "resize_short_side": short_side_for_crop(self.image_size),  # 256 at 224, the released sizes
         }
 
     # -- what an artifact holds (model/families.py) ------------------------------------
@@ -159,8 +167,8 @@ class CLIPVQA(nn.Module):
     def param_groups(self, lr: float = LR, weight_decay: float = WEIGHT_DECAY) -> list[dict]:
         """The released optimizer's eight groups, in its order: CLIP tower (``lr``), SAT, VAT and
         patch projection, messages (``NEW_MODULE_LR_SCALE × lr`` each), each split into
-        with/without weight decay. No decay: 1-D tensors, biases, position embeddings.
-        For ``torch.optim.AdamW(groups, betas=ADAMW_BETAS, eps=ADAMW_EPS)``."""
+        with/without weight decay. No decay: 1-D tensors, biases, position embeddings. Each group
+        carries the released AdamW ``betas`` and ``eps``: ``torch.optim.AdamW(groups)``."""
         no_decay_ids = {id(self.visual.positional_embedding), id(self.sat.frame_pos)}
         roles = (
             ("clip", lr, [self.visual]),
@@ -182,8 +190,9 @@ class CLIPVQA(nn.Module):
                     continue
                 skip = p.ndim <= 1 or name.endswith(".bias") or id(p) in no_decay_ids
                 (plain if skip else decay).append(p)
-            groups.append({"name": f"{role}_decay", "params": decay, "lr": role_lr, "weight_decay": weight_decay})
-            groups.append({"name": f"{role}_no_decay", "params": plain, "lr": role_lr, "weight_decay": 0.0})
+            adam = {"lr": role_lr, "betas": ADAMW_BETAS, "eps": ADAMW_EPS}
+            groups.append({"name": f"{role}_decay", "params": decay, "weight_decay": weight_decay} | adam)
+            groups.append({"name": f"{role}_no_decay", "params": plain, "weight_decay": 0.0} | adam)
         return groups
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
@@ -237,13 +246,21 @@ class CLIPVQA(nn.Module):
         return self.temporal_conv(patches.permute(0, 3, 1, 2)).reshape(b, p, d)
 
     # -- head --------------------------------------------------------------------------
-    def level_sims(self, video: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of each video to each video-adapted level text, ``[B, K]``."""
+    def video_and_texts(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The video feature ``[B, D]`` and the video-adapted level texts ``[B, K, D]`` (VAT)."""
         v, patches = self.encode_video(video)
         memory = self.temporal_mix(patches)
-        text = self.text_features.unsqueeze(0).expand(v.shape[0], -1, -1)
-        text = text + self.vat(text, memory)
-        return torch.einsum("bd,bkd->bk", F.normalize(v, dim=-1), F.normalize(text, dim=-1))
+        text = self.text_features.to(v.dtype).unsqueeze(0).expand(v.shape[0], -1, -1)
+        return v, text + self.vat(text, memory)
+
+    def level_sims(self, video: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each video to each video-adapted level text, ``[B, K]``."""
+        return cosine_sims(*self.video_and_texts(video))
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The level names, lowest first: ``level_sims``' columns and the records' ``levels``."""
+        return tuple(self.config.level_words)
 
     def probs_from_sims(self, sims: torch.Tensor) -> torch.Tensor:
         return (self.text.logit_scale.exp() * sims).softmax(dim=-1)
@@ -255,6 +272,26 @@ class CLIPVQA(nn.Module):
         """``softmax(e^{logit_scale} · level_sims)``, ``[B, K]``: what the released model returns."""
         return self.probs_from_sims(self.level_sims(video))
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """The expected level ``Σ_k k · p_k``, ``[B]`` on 0 … K−1."""
-        return self.score_from_sims(self.level_sims(video))
+    def forward(self, video: torch.Tensor, *, output: str = "score") -> torch.Tensor:
+        """The expected level ``Σ_k k · p_k``, ``[B]`` on 0 … K−1 (``output="score"``), or the level
+        similarities ``[B, K]`` (``"sims"``)."""
+        sims = self.level_sims(video)
+        if output == "sims":
+            return sims
+        if output != "score":
+            raise ValueError(f"output must be 'score' or 'sims', got {output!r}")
+        return self.score_from_sims(sims)
+
+    # -- training (the family contract, model/families.py) -------------------------------
+    training_output = "sims"  # the loss compares the level probabilities with the label distribution
+
+    def training_loss(self, sims: torch.Tensor, mos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The released loss, ``clipvqa_loss(p, label_distribution(MOS / mos_scale))``, and the
+        score ``Σ_k k · p_k`` (``p = softmax(e^{logit_scale} · sims)``)."""
+        probs = self.probs_from_sims(sims.float())
+        target = label_distribution(mos.float(), len(self.config.level_words), self.config.mos_scale)
+        return clipvqa_loss(probs, target), probs @ self.level_values
+
+    def evaluation_inputs(self) -> dict[str, torch.Tensor]:
+        """Nothing is constant over an evaluation beyond the model (the text features are a buffer)."""
+        return {}
