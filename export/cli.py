@@ -1,7 +1,8 @@
 """``qclip-export ARTIFACT --engine onnx|trt [--fp16] [--int8] [--batch N] [--out DIR]``.
 
-Folds the artifact's model, exports it, and checks the export — run by the runtime's own
-backends — against the unfolded torch FP32 model on a fixed batch of real frames. Files go beside the artifact (or to
+Turns the artifact's model (of any family) into its deployable module (Q-CLIP: folded), exports
+it, and checks the export — run by the runtime's own backends — against the torch FP32 model
+itself (Q-CLIP: unfolded) on a fixed batch of real frames. Files go beside the artifact (or to
 ``--out``): ``model.onnx`` (and ``model.fp16.onnx`` with ``--fp16``); for ``--engine trt``
 also ``model.plan`` + ``model.plan.json`` and ``timing.cache``; and the parity report
 ``parity_onnx.json`` / ``parity_trt.json``. With ``--int8`` (ONNX only): ``model.int8.onnx``
@@ -35,7 +36,7 @@ def _done(started: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qclip-export", description="Fold and export a trained Q-CLIP artifact.")
+    parser = argparse.ArgumentParser(prog="qclip-export", description="Export a trained artifact (Q-CLIP folded, or another family) and check it.")
     parser.add_argument("artifact", type=Path, help="artifact directory (config.json + adapters.safetensors)")
     parser.add_argument("--engine", choices=("onnx", "trt"), required=True)
     parser.add_argument("--fp16", action="store_true", help="also an FP16 graph (FP32 LayerNorms and head); the TensorRT engine is built from it")
@@ -100,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     _done(t)
 
     if args.engine == "onnx":
-        from qclip_engine.runtime.onnxruntime_backend import OnnxRuntimeBackend
+        from qclip_engine.runtime.onnxruntime_backend import GRAPH_FILES, OnnxRuntimeBackend
 
-        runs = {name: OnnxRuntimeBackend(None, "cpu", graph=path).run for name, path in graphs.items()}
+        precisions = {file: precision for precision, file in GRAPH_FILES.items()}
+        runs = {name: OnnxRuntimeBackend(None, "cpu", graph=path, precision=precisions[name]).run
+                for name, path in graphs.items()}
         report_path = out / "parity_onnx.json"
         runtime = "qclip_engine.runtime onnxruntime backend, CPUExecutionProvider"
     else:

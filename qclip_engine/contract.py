@@ -8,6 +8,6 @@ another family names its own (CLIPVQA: six). Records name the levels in the mode
 QUALITY_LEVELS = ("bad", "poor", "fair", "good", "excellent")
 
 # The exported graph (see docs/architecture.md, "The graph contract").
-GRAPH_INPUT = "frames"  # uint8 [B, F, H, W, 3], RGB at model size, B and F dynamic
+GRAPH_INPUT = "frames"  # uint8 [B, F, H, W, 3], RGB at model size, B dynamic (F too unless the family fixes it)
 GRAPH_OUTPUTS = ("level_sims", "score")  # float32 [B, L] and [B]
 OPSET = 18

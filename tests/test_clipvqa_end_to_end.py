@@ -74,9 +74,13 @@ def test_train_run_trains_the_clipvqa_family_by_its_recipe(trained):
 def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, heldout, tmp_path, capsys):
     out, _ = trained
     best = out / "best"
-    assert export_main([str(best), "--engine", "onnx"]) == 0
-    parity = json.loads((best / "parity_onnx.json").read_text())["results"]["model.onnx"]
+    assert export_main([str(best), "--engine", "onnx", "--fp16"]) == 0
+    report = json.loads((best / "parity_onnx.json").read_text())["results"]
+    parity = report["model.onnx"]
     assert parity["score"]["max_abs_diff"] <= 1e-4 and parity["level_sims"]["max_abs_diff"] <= 1e-4
+    # the FP16 graph (FP16 tower, FP32 head) runs in ONNX Runtime on the CPU too (its layout
+    # optimisations crash on it: runtime/onnxruntime_backend.py)
+    assert report["model.fp16.onnx"]["score"]["max_abs_diff"] < 1e-2
     capsys.readouterr()
 
     videos = heldout[:6]
@@ -112,3 +116,15 @@ def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, h
     assert list(body["levels"]) == list(LEVEL_WORDS)
     assert abs(body["score"] - records["torch"][0]["score"]) <= 1e-4
 
+
+
+def test_fine_tuning_from_a_clipvqa_artifact_refuses_another_model_family(trained, quick_demo_data, tmp_path, capsys):
+    out, _ = trained
+    config = {"model": {"family": "qclip"}, "data": {"data_root": str(quick_demo_data),
+                                                   "train": {"labels": "x"}, "val": {"v": {"labels": "x"}}},
+              "train": {"init_from": str(out / "best")}}
+    path = tmp_path / "finetune.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert run.main(["--config", str(path), "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "model.family is 'qclip' but train.init_from holds a 'clipvqa' model" in err and err.count("\n") == 1

@@ -317,3 +317,28 @@ def test_onnx_export_with_dynamic_batch_matches_torch(model, tmp_path, sat_atten
         assert sims.shape == (b, 6) and score.shape == (b,)
         assert torch.allclose(torch.from_numpy(sims), ref_sims, atol=1e-4)
         assert torch.allclose(torch.from_numpy(score), ref_score, atol=1e-4)
+
+
+def test_the_deployable_module_equals_the_model_leaves_it_trainable_and_runs_in_bf16(model):
+    from qclip_engine.model.families import deployable
+    from qclip_engine.runtime.torch_backend import TorchBackend
+
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    frames = pixels(2, seed=3)
+    graph = deployable(model)
+    with torch.no_grad():
+        ref_sims = model.level_sims(model.normalize(frames))
+        ref = model.score_from_sims(ref_sims)
+        sims, score = graph(frames)
+    torch.testing.assert_close(sims, ref_sims, rtol=0, atol=1e-5)
+    torch.testing.assert_close(score, ref, rtol=0, atol=1e-5)
+    assert not [n for n, _ in graph.named_parameters() if n.startswith("model.text.")]  # constants only
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == trainable  # still trains
+    model.train()  # and keeps its text tower
+
+    low = TorchBackend(model, "cpu", precision="bf16")  # the reduced copy, built and set to eval
+    low_sims, low_score = low.run(frames.numpy())
+    assert low_sims.dtype == low_score.dtype == "float32" and low_sims.shape == (2, 6)
+    assert abs(low_score - ref.numpy()).max() < 0.05  # bf16 tower, FP32 head (measured: 5e-3)
+    assert next(low.module.model.visual.parameters()).dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32  # a copy was converted, not the model

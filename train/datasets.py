@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-
 from . import distributed
 from .data import LabelledVideo, VideoClips, collate, read_labels, split_records
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from qclip_engine import QCLIP, QCLIPConfig, environment
+from qclip_engine import environment
 from qclip_engine.cli import score as score_cli
 from qclip_engine.errors import QCLIPError
 from qclip_engine.export import cli as export_cli
@@ -71,7 +71,7 @@ def heldout_records(config: dict) -> list[LabelledVideo]:
     return read_labels(spec["labels"], spec.get("prefix", ""), data["data_root"])
 
 
-def heldout_predictions(model: QCLIP, config: dict) -> tuple[np.ndarray, np.ndarray]:
+def heldout_predictions(model: torch.nn.Module, config: dict) -> tuple[np.ndarray, np.ndarray]:
     """Scores and VMAF labels of the held-out clips, in label-file order (eval sampling is deterministic)."""
     clips = VideoClips(
         heldout_records(config),
@@ -89,10 +89,10 @@ def heldout_predictions(model: QCLIP, config: dict) -> tuple[np.ndarray, np.ndar
     return preds, targets
 
 
-def last_epoch_model(config: dict) -> QCLIP:
+def last_epoch_model(config: dict) -> torch.nn.Module:
     """The model as training left it (checkpoint.pt), not the epoch selected on the held-out set."""
     torch.manual_seed(int(config["seed"]))
-    model = QCLIP(QCLIPConfig(**config["model"]))
+    model = run.build_model(config)
     state = torch.load(Path(config["output_dir"]) / CHECKPOINT, map_location="cpu", weights_only=False)
     unexpected = model.load_state_dict(state["trainable"], strict=False).unexpected_keys
     if unexpected:
@@ -177,7 +177,7 @@ def _train(config: dict) -> dict:
     """Steps 2 and 3: the untrained and the trained model on the held-out clips."""
     print("2/5 The untrained model on the held-out sources (random-init backbone, adapters at init) …")
     torch.manual_seed(int(config["seed"]))  # the initialisation train_once starts from
-    untrained_preds, targets = heldout_predictions(QCLIP(QCLIPConfig(**config["model"])), config)
+    untrained_preds, targets = heldout_predictions(run.build_model(config), config)
 
     print(f"3/5 Training on the demo dataset ({config['train']['epochs']} epochs, CPU) …")
     best = run.train_once(config, Path(config["output_dir"]))

@@ -146,7 +146,8 @@ def gather_batch(pred: torch.Tensor, target: torch.Tensor, counts: list[int]) ->
     """
     if not active():
         return pred, target
-    rows = torch.cat([pred.reshape(len(pred), -1), target.to(pred).reshape(-1, 1)], dim=1)
+    columns = pred[:, None] if pred.ndim == 1 else pred.flatten(1)  # [count, k]; count may be 0
+    rows = torch.cat([columns, target.to(pred).reshape(-1, 1)], dim=1)
     rows = torch.cat([rows, rows.new_zeros(max(counts) - rows.shape[0], rows.shape[1])])
     with warnings.catch_warnings():
         # Deprecated in favour of a private module (torch.distributed._functional_collectives)

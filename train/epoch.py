@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-
 from . import distributed
 from .data import VideoClips
 from .datasets import train_loader

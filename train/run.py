@@ -38,7 +38,7 @@ import yaml
 
 from qclip_engine import load_artifact
 from qclip_engine.errors import QCLIPError
-from qclip_engine.model.families import DEFAULT_FAMILY, create_model, get_family
+from qclip_engine.model.families import DEFAULT_FAMILY, create_model, family_of, get_family
 
 from . import distributed, trunk_cache
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, no_best, save_best, save_checkpoint
@@ -128,9 +128,13 @@ def build_model(config: dict) -> torch.nn.Module:
     """A fresh model of ``model.family``, or an artifact to fine-tune (``train.init_from``, e.g. the
     LSVQ run, of any family)."""
     init_from = config["train"].get("init_from")
-    if init_from:
-        return load_artifact(init_from)
     settings = dict(config["model"])
+    if init_from:
+        model = load_artifact(init_from)
+        if "family" in settings and family_of(model).name != settings["family"]:
+            raise ConfigError(f"model.family is {settings['family']!r} but train.init_from holds a "
+                              f"{family_of(model).name!r} model ({init_from})")
+        return model
     try:
         return create_model(settings.pop("family", DEFAULT_FAMILY), **settings)
     except (TypeError, ValueError) as exc:

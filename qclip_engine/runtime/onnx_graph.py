@@ -26,11 +26,11 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..contract import GRAPH_INPUT as INPUT
 from ..contract import GRAPH_OUTPUTS as OUTPUTS
 from ..contract import OPSET
-from torch import nn
 
 # Above this many weight bytes the graph goes to external data (protobuf's 2 GiB limit).
 EXTERNAL_DATA_BYTES = 1_500_000_000

@@ -6,8 +6,10 @@ weights per channel, activations quantized per call. Everything else stays FP32,
 ``reduced_precision``): the input scaling, the patch convolution, LayerNorms, softmax and the
 attention products between activations, and the head — every node from the frame mean on (the
 similarities to the level prompts and the score): the last ``ReduceMean`` of the graph and what
-follows from it. The graph contract
-is unchanged: uint8 ``[B, F, H, W, 3]`` in, ``level_sims`` and ``score`` out, B and F dynamic.
+follows from it. In a CLIPVQA graph that mean is SAT's, so the head is the cosines, softmax and
+score; VAT's and the patch projection's constant-weight products (on the text side, apart from
+the mean) are quantized like the tower's — the drift ``qclip-export --int8`` measures covers them.
+The graph contract is unchanged: uint8 ``[B, F, H, W, 3]`` in, ``level_sims`` and ``score`` out.
 """
 
 from __future__ import annotations

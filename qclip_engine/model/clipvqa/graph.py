@@ -29,14 +29,16 @@ class CLIPVQAGraph(nn.Module):
 
     def __init__(self, model: CLIPVQA, dtype: torch.dtype = torch.float32):
         super().__init__()
-        model = model.eval()
         self.image_size = tuple(model.image_size)
         self.num_frames = model.config.num_frames
         self.levels = model.levels
         scale = model.text.logit_scale.detach().float().exp().clone()
+        video_side = _without_text_tower(model.eval())
         if dtype != torch.float32:
-            model = _reduced_copy(model, dtype)
-        self.model = model  # FP32: shared with the model it was made from (no copy)
+            video_side = copy.deepcopy(video_side).to(dtype)
+            keep_layernorms_fp32(video_side)
+            video_side.requires_grad_(False)  # its own copy; an FP32 graph shares the model's tensors as they are
+        self.model = video_side
         self.compute_dtype = dtype
         mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32)
         std = torch.tensor(PIXEL_STD, dtype=torch.float32)
@@ -44,8 +46,6 @@ class CLIPVQAGraph(nn.Module):
         self.register_buffer("pixel_shift", -mean / std)
         self.register_buffer("logit_scale", scale)
         self.register_buffer("level_values", torch.arange(len(self.levels), dtype=torch.float32))
-        for p in self.parameters():
-            p.requires_grad_(False)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = frames.to(torch.float32) * self.pixel_scale + self.pixel_shift
@@ -55,18 +55,14 @@ class CLIPVQAGraph(nn.Module):
         return sims, score
 
 
-def _reduced_copy(model: CLIPVQA, dtype: torch.dtype) -> CLIPVQA:
-    """A copy of ``model`` in ``dtype`` without its text tower (the graph never runs it), its
-    LayerNorms in FP32."""
-    text_tower = model.text
-    model.text = None
-    try:
-        out = copy.deepcopy(model)
-    finally:
-        model.text = text_tower
-    out.to(dtype)
-    keep_layernorms_fp32(out)
-    return out
+def _without_text_tower(model: CLIPVQA) -> CLIPVQA:
+    """A view of ``model`` that shares every tensor and module but the frozen text tower, which the
+    graph never runs (its features are the ``text_features`` buffer): moving or copying the view
+    leaves the text tower out."""
+    view = copy.copy(model)
+    view._modules = {name: module for name, module in model._modules.items() if name != "text"}
+    view.text = None
+    return view
 
 
 def deployable(model: CLIPVQA, dtype: torch.dtype = torch.float32) -> CLIPVQAGraph:

@@ -15,8 +15,8 @@ from ..backbone import create_clip
 from ..state import check_state
 from .config import CLIPVQAConfig
 from .modules import FrameMessages, SpatioTemporalAggregation, VideoAwareText
-from .target import clipvqa_loss, label_distribution
 from .recipe import ADAMW_BETAS, ADAMW_EPS, LR, NEW_MODULE_LR_SCALE, PIXEL_MEAN, PIXEL_STD, WEIGHT_DECAY
+from .target import clipvqa_loss, label_distribution
 
 
 def _use_quick_gelu(model: nn.Module) -> None:
@@ -102,7 +102,8 @@ class CLIPVQA(nn.Module):
     # -- bookkeeping -------------------------------------------------------------------
     def train(self, mode: bool = True) -> CLIPVQA:
         super().train(mode)
-        self.text.eval()  # frozen: never in training mode
+        if self.text is not None:  # None in a deployable view (graph.py), which never runs it
+            self.text.eval()  # frozen: never in training mode
         return self
 
     @torch.no_grad()
@@ -250,7 +251,7 @@ class CLIPVQA(nn.Module):
         """The video feature ``[B, D]`` and the video-adapted level texts ``[B, K, D]`` (VAT)."""
         v, patches = self.encode_video(video)
         memory = self.temporal_mix(patches)
-        text = self.text_features.to(v.dtype).unsqueeze(0).expand(v.shape[0], -1, -1)
+        text = self.text_features.to(self.patch_proj.dtype).unsqueeze(0).expand(v.shape[0], -1, -1)
         return v, text + self.vat(text, memory)
 
     def level_sims(self, video: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,8 @@ pixel statistics and sizes, and the released training defaults (its config defau
 
 from __future__ import annotations
 
+from ...defaults import CROP_SHORT_SIDE, CROP_SIDE
+
 # The level words, worst to best; level k has the value k in the target and the score.
 LEVEL_WORDS = ("bad", "poor", "fair", "good", "great", "excellent")
 
@@ -11,8 +13,7 @@ LEVEL_WORDS = ("bad", "poor", "fair", "good", "great", "excellent")
 # short side is resized to 256 (bilinear) and a 224 × 224 centre crop taken.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
-RESIZE_SHORT_SIDE = 256
-CROP_SIZE = 224
+RESIZE_SHORT_SIDE, CROP_SIZE = CROP_SHORT_SIDE, CROP_SIDE  # 256, 224: the short_side_crop geometry's ratio
 
 # The released training defaults.
 LR = 8e-6  # the CLIP tower's; the new modules take NEW_MODULE_LR_SCALE × LR
