@@ -23,8 +23,10 @@ def model_scores_on(model, path, indices):
         return model(model.normalize(torch.from_numpy(frames)[None])).item()
 
 
-@pytest.mark.parametrize("backend,tolerance", [("torch", 1e-5), ("onnxruntime", 1e-4)])
-@pytest.mark.parametrize("sampler", ["segment_mse_mean", "uniform"])
+# Both samplers on torch; ONNX Runtime (a 30 s export on CI's CPU) on the motion sampler, whose
+# path (candidates, motion, picks) is the longer one — the backend does not see the sampler.
+@pytest.mark.parametrize("backend,tolerance,sampler", [("torch", 1e-5, "segment_mse_mean"), ("torch", 1e-5, "uniform"),
+                                                       ("onnxruntime", 1e-4, "segment_mse_mean")])
 def test_engine_scores_equal_the_model_on_the_sampled_frames(clips, backend, tolerance, sampler, tmp_path, monkeypatch):
     monkeypatch.setenv("QCLIP_CACHE", str(tmp_path))  # the exported graph goes to a fresh cache
     model = tiny_model(sampler)
