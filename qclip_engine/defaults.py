@@ -47,6 +47,20 @@ BATCH_WAIT_S = 0.05
 SERVE_BATCH_WAIT_S = 0.005
 
 MAX_ANALYSIS_FRAMES = 512  # candidate frames decoded for motion analysis, at most
+
+# What one input may cost to decode (qclip_engine/video/limits.py), wherever files are decoded:
+# - a picture of more than MAX_PICTURE_PIXELS (coded width × height; 8192 × 8192 admits every 8K
+#   and 360° format) is refused before decoding: one 16000 × 16000 H.264 decode takes ~2.6 GB;
+# - a video that declares or holds more than MAX_VIDEO_FRAMES frames (about 9 h at 30 fps) is
+#   refused: an MP4 sample table of a few bytes can declare millions of samples, which FFmpeg
+#   would index (~36 bytes each) before reading any;
+# - an input whose decode takes longer than MAX_DECODE_S seconds is given up (0: no limit).
+# The service also bounds the pixels being decoded at once (SERVE_DECODE_BUDGET_PICTURES pictures
+# of the largest size), so concurrent large decodes cannot add up.
+MAX_PICTURE_PIXELS = 8192 * 8192
+MAX_VIDEO_FRAMES = 1_000_000
+MAX_DECODE_S = 600.0
+SERVE_DECODE_BUDGET_PICTURES = 2
 SAMPLER_SEED = 0  # scoring is deterministic, the `random` sampler included
 
 # qclip-serve
@@ -62,6 +76,14 @@ QUEUE_PER_BATCH = 4  # requests in flight before 503: this × batch, unless --qu
 MAX_UPLOADS = 128
 MIN_UPLOAD_KIBPS = 8.0
 UPLOAD_GRACE_S = 10.0
+# Per client address (qclip_engine/serve/connections.py, serve/service.py): request headers must be
+# complete HEADER_TIMEOUT_S after a connection opens or its last answer (408, closed: a client that
+# dribbles a header byte at a time cannot hold a socket); at most MAX_CONNECTIONS_PER_CLIENT open
+# connections (more are closed as they arrive) and MAX_RECEIVES_PER_CLIENT request bodies being
+# received at once (more: 429), so one address cannot take the sockets or the upload slots of all.
+HEADER_TIMEOUT_S = 10.0
+MAX_CONNECTIONS_PER_CLIENT = 128
+MAX_RECEIVES_PER_CLIENT = 32
 
 # Streaming (qclip_engine.stream.stream_windows, qclip-score --stream)
 WINDOW_S = 2.0

@@ -24,6 +24,7 @@ every result says which decoder ran (``video.decoder``).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -37,11 +38,12 @@ import torch
 from . import defaults
 from .artifact import calibrated_mos, load_artifact
 from .batching import Closed, next_batch
-from .errors import error_record
+from .errors import NonFiniteOutputError, error_record
 from .model.qclip import QCLIP, QCLIPConfig
 from .runtime import create_backend
 from .video.frame_mse import frame_mse
 from .video.frames import DECODERS, DeviceSource, HostSource, device_path_unavailable
+from .video.limits import DecodeLimits
 from .video.sampling import candidate_indices, check_sampler, frame_indices
 
 SAMPLER_SEED = defaults.SAMPLER_SEED
@@ -110,10 +112,12 @@ def error_result(source: str, exc: BaseException, timing_ms: dict | None = None)
     return VideoResult(input=source, error=error_record(exc), timing_ms=timing_ms or {})
 
 
-def sample_video(frame_source: HostSource, sampler, source: str | Path, strict: bool = False) -> SampledVideo:
+def sample_video(frame_source: HostSource, sampler, source: str | Path, strict: bool = False,
+                 cancel: threading.Event | None = None) -> SampledVideo:
     """Decode and sample one file through ``frame_source`` (raises ``VideoError``): the engine's
-    first stage, which needs no model (Ray's decode tasks run it on their own: cluster/batch.py)."""
-    s = frame_source.sample(source, sampler, strict=strict)
+    first stage, which needs no model (Ray's decode tasks run it on their own: cluster/batch.py).
+    A set ``cancel`` stops the decode between packets (``cancelled``)."""
+    s = frame_source.sample(source, sampler, strict=strict, cancel=cancel)
     video = {k: v for k, v in s.info.to_dict().items() if k not in ("path", "truncation")}
     video["decoder"] = s.decoder
     if s.fallback:
@@ -153,7 +157,8 @@ class QualityEngine:
     ``preprocessing``: ``fast`` | ``reference`` | ``short_side_crop`` (``video/container.py``);
     defaults to the model's ``config.preprocessing``, so an artifact is scored on frames made as
     in its training; all but ``fast`` run on the host decoder only (``auto`` says why in
-    ``decoder_reason``).
+    ``decoder_reason``). ``limits``: what one input may cost to decode (``video/limits.py``:
+    picture size, frames, seconds, pixels decoded at once); the defaults when None.
     """
 
     def __init__(
@@ -175,6 +180,7 @@ class QualityEngine:
         decoder: str = defaults.DECODER,
         torch_mode: str = defaults.TORCH_MODE,
         preprocessing: str | None = None,
+        limits: DecodeLimits | None = None,
     ):
         if batch < 1:
             raise ValueError(f"batch must be ≥ 1, got {batch}")
@@ -208,6 +214,7 @@ class QualityEngine:
         self.max_analysis_frames = max_analysis_frames
         self.batch_timeout_s = batch_timeout_s
         self.strict = strict
+        self.limits = limits or DecodeLimits()
         self.source = self._frame_source(decoder)
 
     @property
@@ -228,7 +235,7 @@ class QualityEngine:
             self.decoder_reason = device_path_unavailable(self.backend.device, self.preprocessing)
             decoder = "host" if self.decoder_reason else "device"
         common = dict(max_analysis_frames=self.max_analysis_frames, threads=self.decode_threads,
-                      preprocessing=self.preprocessing)  # DeviceSource refuses all but fast
+                      preprocessing=self.preprocessing, limits=self.limits)  # DeviceSource refuses all but fast
         if decoder == "device":
             return DeviceSource(self.image_size, self.num_frames, device=self.backend.device, **common)
         return HostSource(self.image_size, self.num_frames, **common)
@@ -239,9 +246,10 @@ class QualityEngine:
         return self._sampler.needs_motion
 
     # -- stages ------------------------------------------------------------------------------
-    def sample(self, source: str | Path) -> SampledVideo:
-        """Decode and sample one file (raises ``VideoError``), through the engine's frame source."""
-        return sample_video(self.source, self._sampler, source, strict=self.strict)
+    def sample(self, source: str | Path, cancel: threading.Event | None = None) -> SampledVideo:
+        """Decode and sample one file (raises ``VideoError``), through the engine's frame source;
+        a set ``cancel`` stops it between packets (``cancelled``)."""
+        return sample_video(self.source, self._sampler, source, strict=self.strict, cancel=cancel)
 
     def sample_frames(self, frames: np.ndarray, name: str = "<frames>", times: np.ndarray | None = None) -> SampledVideo:
         """Sample from frames already decoded at model size (uint8 ``[N, H, W, 3]``)."""
@@ -263,7 +271,9 @@ class QualityEngine:
         return sample_safely(self.source, self._sampler, source, strict=self.strict)
 
     def run_batch(self, videos: list[SampledVideo]) -> list[VideoResult]:
-        """One backend call over sampled videos."""
+        """One backend call over sampled videos. A video whose score, levels or MOS come out NaN or
+        infinite (an FP16 overflow, broken weights) gets the ``non_finite_output`` error instead: no
+        record holds a number JSON cannot, and the batch's other videos keep their scores."""
         if not videos:
             return []
         t0 = time.perf_counter()
@@ -272,21 +282,35 @@ class QualityEngine:
         mos = calibrated_mos(scores, self.calibration) if self.calibration else None
         results = []
         for i, v in enumerate(videos):
+            timing_ms = v.timing_ms | {"model": model_ms / len(videos), "batch_size": len(videos)}
+            score, video_mos = float(scores[i]), None if mos is None else float(mos[i])
+            levels = {level: float(s) for level, s in zip(self.levels, sims[i])}
+            if not_finite := self._non_finite_outputs(score, levels, video_mos):
+                message = f"{self.backend.label} gave non-finite output for this video ({not_finite})"
+                results.append(error_result(v.input, NonFiniteOutputError(message), timing_ms))
+                continue
             results.append(
                 VideoResult(
                     input=v.input,
-                    score=float(scores[i]),
-                    mos=None if mos is None else float(mos[i]),
-                    levels={level: float(s) for level, s in zip(self.levels, sims[i])},
+                    score=score,
+                    mos=video_mos,
+                    levels=levels,
                     frames=[int(x) for x in v.indices],
                     frame_times=[round(float(x), 6) for x in v.times],
                     video=v.video,
                     backend=self.backend.label,
                     warnings=v.warnings,
-                    timing_ms=v.timing_ms | {"model": model_ms / len(videos), "batch_size": len(videos)},
+                    timing_ms=timing_ms,
                 )
             )
         return results
+
+    @staticmethod
+    def _non_finite_outputs(score: float, levels: dict[str, float], mos: float | None) -> str:
+        """The outputs of one video that are NaN or infinite, with their values ("" when none)."""
+        outputs = {"score": score, **{f"levels.{name}": s for name, s in levels.items()}, "mos": mos}
+        return ", ".join(f"{name} {value}" for name, value in outputs.items()
+                         if value is not None and not np.isfinite(value))
 
     # -- the pipeline ----------------------------------------------------------------------------
     def score(self, inputs: Iterable[str | Path]) -> Iterator[VideoResult]:

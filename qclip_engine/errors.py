@@ -107,7 +107,55 @@ class PermissionDeniedError(VideoError):
     code = "permission_denied"
 
 
+class FormatNotAllowedError(VideoError):
+    """A file FFmpeg identifies as a format that reads other files or resources (a playlist, a
+    manifest, a concat list, an image sequence, ...) or as no single-file container."""
+
+    code = "format_not_allowed"
+
+
+class PictureTooLargeError(VideoError):
+    """A picture of more pixels than the decode limit (``DecodeLimits.max_pixels``)."""
+
+    code = "picture_too_large"
+
+
+class TooManyFramesError(VideoError):
+    """A video that declares or holds more frames than the decode limit (``DecodeLimits.max_frames``)."""
+
+    code = "too_many_frames"
+
+
+class DecodeTimeoutError(VideoError):
+    """Decoding one input took longer than the decode limit (``DecodeLimits.max_seconds``)."""
+
+    code = "decode_timeout"
+
+
+class DecodeCancelledError(VideoError):
+    """The decode was stopped because no one waits for it any more (a request that timed out or
+    whose client went away); never a client's answer."""
+
+    code = "cancelled"
+
+
 class ConversionError(QCLIPError):
     """A checkpoint of another code base (``qclip-convert``) whose keys or shapes do not fit."""
 
     code = "checkpoint_invalid"
+
+
+class ArtifactContentError(ArtifactError, ValueError):
+    """What an artifact holds, or ``save_artifact`` would write, breaks the artifact's schema
+    (``artifact_schema.py``): a ``config.json`` field out of type or bounds, a calibration that
+    maps scores to no finite MOS, a tensor holding NaN or ±inf. A ``ValueError`` too, as
+    ``save_artifact`` has always refused a bad calibration."""
+
+    code = "artifact_invalid"
+
+
+class NonFiniteOutputError(QCLIPError):
+    """The model gave a NaN or infinite score, level similarity or MOS for an input (e.g. an FP16
+    overflow): that input's error, never a number that no JSON reader accepts."""
+
+    code = "non_finite_output"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -135,6 +136,103 @@ def odd_but_valid(root: Path) -> list[Path]:
     ]
 
 
+# -- crafted files: few bytes that ask for much work or reach outside the file ----------------
+_MP4_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"dinf"}
+
+
+def _mp4_boxes(data: bytes):
+    i = 0
+    while i + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[i:i + 8])
+        header = 8
+        if size == 1:
+            size, header = struct.unpack(">Q", data[i + 8:i + 16])[0], 16
+        yield kind, data[i + header:i + size]
+        i += size
+
+
+def _mp4_box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+
+def _mp4_full_box(kind: bytes, payload: bytes) -> bytes:
+    return _mp4_box(kind, b"\0\0\0\0" + payload)  # version 0, no flags
+
+
+def _mp4_rebuild(data: bytes, replace: dict) -> bytes:
+    """``data``'s boxes, the ones named in ``replace`` swapped (None: dropped), parents resized."""
+    out = b""
+    for kind, payload in _mp4_boxes(data):
+        if kind in replace:
+            out += replace[kind] or b""
+        elif kind in _MP4_CONTAINERS:
+            out += _mp4_box(kind, _mp4_rebuild(payload, replace))
+        else:
+            out += _mp4_box(kind, payload)
+    return out
+
+
+def crafted_sample_table(path: str | Path, samples: int, template: str | Path) -> Path:
+    """An MP4 whose video track declares ``samples`` one-byte samples (one ``stts`` run, constant
+    ``stsz`` 1, one chunk), the ``stsd`` (H.264) of ``template`` (a plain, non-fragmented MP4 with one
+    video track), and ``samples`` zero bytes of media data: a few bytes of index asking FFmpeg to
+    index and read millions of packets."""
+    data = Path(template).read_bytes()
+    top = dict(_mp4_boxes(data))
+    moov = top[b"moov"]
+
+    def mdhd(payload: bytes) -> bytes:  # the track's duration, so no edit list or header cuts it short
+        fields = bytearray(payload)
+        fields[16:20] = struct.pack(">I", min(samples * 512, 2**32 - 1))
+        return _mp4_box(b"mdhd", bytes(fields))
+
+    mdhd_payload = next(p for k, p in _walk_mp4(moov) if k == b"mdhd")
+
+    def table(offset: int) -> bytes:
+        return _mp4_box(b"moov", _mp4_rebuild(moov, {
+            b"stts": _mp4_full_box(b"stts", struct.pack(">III", 1, samples, 512)),
+            b"stsz": _mp4_full_box(b"stsz", struct.pack(">II", 1, samples)),
+            b"stsc": _mp4_full_box(b"stsc", struct.pack(">IIII", 1, 1, samples, 1)),
+            b"stco": _mp4_full_box(b"stco", struct.pack(">II", 1, offset)),
+            b"mdhd": mdhd(mdhd_payload),
+            b"co64": None, b"stss": None, b"ctts": None, b"sdtp": None, b"edts": None,
+        }))
+
+    head = _mp4_box(b"ftyp", top[b"ftyp"])
+    offset = len(head) + len(table(0)) + 16  # past the 64-bit mdat header
+    with open(path, "wb") as f:
+        f.write(head + table(offset) + struct.pack(">I4sQ", 1, b"mdat", 16 + samples))
+        f.write(bytes(samples))
+    return Path(path)
+
+
+def _walk_mp4(data: bytes):
+    for kind, payload in _mp4_boxes(data):
+        yield kind, payload
+        if kind in _MP4_CONTAINERS:
+            yield from _walk_mp4(payload)
+
+
+def hls_playlist(path: str | Path, segment: str | Path) -> Path:
+    """An HLS playlist (a text file) naming ``segment`` by its absolute path: FFmpeg's hls demuxer
+    would open that file."""
+    Path(path).write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n{Path(segment).resolve()}\n"
+                          "#EXT-X-ENDLIST\n")
+    return Path(path)
+
+
+def concat_list(path: str | Path, target: str | Path) -> Path:
+    """An ffconcat list naming ``target``: FFmpeg's concat demuxer (probed on its first line) would open it."""
+    Path(path).write_text(f"ffconcat version 1.0\nfile '{Path(target).resolve()}'\n")
+    return Path(path)
+
+
+def y4m_header(path: str | Path, width: int, height: int) -> Path:
+    """A Y4M header declaring a ``width``×``height`` picture, one frame marker and 4 KiB of data."""
+    Path(path).write_bytes(f"YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg\nFRAME\n".encode() + bytes(4096))
+    return Path(path)
+
+
 def _ffmpeg(*args) -> None:
     import subprocess
 
@@ -152,7 +250,9 @@ def hostile_corpus(root: Path, sources: list[Path]) -> list[tuple[str, set[str]]
     with bytes flipped; raw elementary streams; a mirrored display matrix; dropped frames; two
     video streams; cover art; a Y4M header of 65535×65535; an index without its media data;
     empty, blank and non-UTF-8 names; empty directories (one named ``x.mp4``); a FIFO; a
-    symlink loop; a name too long; an unreadable file; zero bytes, junk and a missing path.
+    symlink loop; a name too long; an unreadable file; zero bytes, junk and a missing path; an
+    MP4 cut inside its index; HLS playlists naming a file that exists and one that does not, an
+    ffconcat list named ``.mp4``, a sample table declaring 7 M samples and a 16000² picture.
     """
     root = Path(root)
     rng = np.random.default_rng(2026)
@@ -167,7 +267,10 @@ def hostile_corpus(root: Path, sources: list[Path]) -> list[tuple[str, set[str]]
         flags = ["-display_hflip"] if name == "mirrored.mp4" else []
         _ffmpeg(*flags, "-i", h264, *args, made / name)
         derived[name] = made / name
-    anything = {"score", "truncated", "decode_failed", "not_a_video", "unsupported_codec", "audio_only"}
+    # A damaged file may also declare absurd sizes (a flipped sample count, picture size) or probe as
+    # another format.
+    anything = {"score", "truncated", "decode_failed", "not_a_video", "unsupported_codec", "audio_only",
+                "too_many_frames", "picture_too_large", "format_not_allowed"}
     corpus: list[tuple[str, set[str]]] = []
     cuttable = [*sources, derived["ts.ts"], derived["fast.mp4"], derived["frag.mp4"], derived["raw.y4m"]]
     for n, src in enumerate(cuttable):
@@ -206,6 +309,16 @@ def hostile_corpus(root: Path, sources: list[Path]) -> list[tuple[str, set[str]]
     fast = derived["fast.mp4"].read_bytes()
     (root / "index_only.mp4").write_bytes(fast[: fast.index(b"mdat") + 4])
     corpus.append((str(root / "index_only.mp4"), {"truncated"}))
+    moov = fast.index(b"moov") - 4  # cut inside the index: no track, or only those before the cut
+    for n, cut in enumerate((moov + 40, moov + 200)):
+        (root / f"moov_cut{n}.mp4").write_bytes(fast[:cut])
+        corpus.append((str(root / f"moov_cut{n}.mp4"), {"truncated"}))
+    # Files that read other files or ask for unbounded work (video/container.py, video/limits.py).
+    corpus += [(str(hls_playlist(root / "x.m3u8", derived["ts.ts"])), {"format_not_allowed"}),
+               (str(hls_playlist(root / "gone.m3u8", root / "no_such_segment.ts")), {"format_not_allowed"}),
+               (str(concat_list(root / "list.mp4", h264)), {"format_not_allowed"}),
+               (str(crafted_sample_table(root / "7M_samples.mp4", 7_000_000, derived["fast.mp4"])), {"too_many_frames"}),
+               (str(y4m_header(root / "16000x16000.y4m", 16000, 16000)), {"picture_too_large"})]
     corpus += [("", {"invalid_input"}), ("  \t", {"invalid_input"})]
     odd = os.path.join(os.fsencode(root), b"bad\xffname.mp4")
     with open(odd, "wb") as f:

@@ -12,7 +12,8 @@ from media import encode, moving_frames
 ray = pytest.importorskip("ray")
 
 from qclip_engine import QualityEngine, save_artifact  # noqa: E402
-from qclip_engine.cluster.batch import CRASH_HOOK, RayOptions, ordered_records, score_dataset  # noqa: E402
+from qclip_engine.cluster.batch import (CRASH_HOOK, RayOptions, ScoreActor, _model_settings, decode_batch,  # noqa: E402
+                                        ordered_records, score_dataset)
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +143,16 @@ def test_qclip_score_ray_writes_the_records_the_local_run_writes(cluster, job, t
 
     table = pq.read_table(str(tmp_path / "shards"))
     assert sorted(table.column("id").to_pylist()) == list(range(5))
+
+
+def test_the_decode_limits_reach_the_decode_tasks_and_the_scoring_actors(job):
+    """RayOptions' limits (qclip-score --max-frames …) are what both stages decode under (no cluster
+    needed: the stages are plain functions and classes)."""
+    artifact, paths = job
+    limited = RayOptions(engine="torch", device="cpu", max_frames=5)
+    out = decode_batch({"id": [0, 1], "path": [paths[0], paths[1]]}, _model_settings(str(artifact), limited))
+    assert [json.loads(r)["error"]["code"] for r in out["record"]] == ["too_many_frames"] * 2
+    assert decode_batch({"id": [0], "path": [paths[0]]}, _model_settings(str(artifact), RayOptions()))["record"] == [""]
+    actor = ScoreActor(str(artifact), {**limited.__dict__, "fused": True})  # decoding in the actor: its engine's limits
+    assert json.loads(actor({"id": np.array([0]), "path": np.array([paths[0]])})["record"][0])["error"]["code"] \
+        == "too_many_frames"

@@ -41,6 +41,7 @@ from ..engine import QualityEngine, SampledVideo, VideoResult, error_result, sam
 from ..errors import QCLIPError, error_record
 from ..video.container import VIDEO_SUFFIXES
 from ..video.frames import HostSource
+from ..video.limits import DecodeLimits
 from ..video.sampling import check_sampler
 
 WORKER_CRASHED = "worker_crashed"
@@ -64,6 +65,10 @@ class RayOptions:
     batch: int = defaults.BATCH
     sampler: str | None = None  # default: the artifact's
     strict: bool = False
+    # What one input may cost to decode (qclip_engine/video/limits.py); None: no limit.
+    max_pixels: int | None = defaults.MAX_PICTURE_PIXELS
+    max_frames: int | None = defaults.MAX_VIDEO_FRAMES
+    max_decode_s: float | None = defaults.MAX_DECODE_S
     decoder: str = "host"  # "device": the device path (NVDEC), which decodes in the scoring actor
     fused: bool | None = None  # decode in the scoring actor; None: only for the device path
     actors: int = 1
@@ -114,7 +119,12 @@ def _model_settings(artifact: str, options: RayOptions) -> dict:
         "sampler": sampler,
         "strict": options.strict,
         "max_analysis_frames": defaults.MAX_ANALYSIS_FRAMES,
+        "limits": _limits(options),
     }
+
+
+def _limits(options: RayOptions) -> DecodeLimits:
+    return DecodeLimits(max_pixels=options.max_pixels, max_frames=options.max_frames, max_seconds=options.max_decode_s)
 
 
 def _record_row(row_id, result: VideoResult) -> dict:
@@ -125,7 +135,7 @@ def decode_batch(batch: dict[str, np.ndarray], settings: dict) -> dict[str, list
     """The decode stage (a Ray task): each row's sampled frames (pickled), or its error record."""
     source = HostSource(settings["image_size"], settings["num_frames"],
                         max_analysis_frames=settings["max_analysis_frames"], threads=1,
-                        preprocessing=settings["preprocessing"])
+                        preprocessing=settings["preprocessing"], limits=settings["limits"])
     sampler = check_sampler(settings["sampler"])
     out: dict[str, list] = {"id": [], "input": [], "sample": [], "record": []}
     poison = _crash_hook().get("poison")
@@ -152,7 +162,7 @@ class ScoreActor:
         self.fused = _fused(opts)
         self.engine = QualityEngine(artifact, engine=opts.engine, device=opts.device, precision=opts.precision,
                                     batch=opts.batch, sampler=opts.sampler, strict=opts.strict,
-                                    decoder=opts.decoder, workers=1)
+                                    decoder=opts.decoder, workers=1, limits=_limits(opts))
         self.batches = 0
 
     def _exit_hook(self) -> None:

@@ -2,13 +2,25 @@
 
 Files (``video.decode``) and streams (``qclip_engine.stream``) both open through
 :func:`open_video` (typed errors: ``not_found``, ``permission_denied``, ``empty_file``,
-``not_a_video``, ``audio_only``, ``unsupported_codec``, ``truncated``), pick the video stream
-with :func:`video_stream` (the one ffmpeg would pick; cover art is not video), read packets
-through :class:`FrameReader` (a corrupt packet is skipped, as ffmpeg does) and convert frames
-with :func:`to_rgb` (swscale, or RGB at native size then PIL's bilinear resize for the
-``reference`` preprocessing, or that resize of the short side and a centre crop for
-``short_side_crop``; the whole display matrix applied: rotation and mirror), so a
-stream window sees exactly the pixels a file decode gives.
+``not_a_video``, ``audio_only``, ``unsupported_codec``, ``truncated``, ``format_not_allowed``,
+``picture_too_large``, ``too_many_frames``), pick the video stream with :func:`video_stream`
+(the one ffmpeg would pick; cover art is not video), read packets through :class:`FrameReader`
+(a corrupt packet is skipped, as ffmpeg does) and convert frames with :func:`to_rgb` (swscale, or
+RGB at native size then PIL's bilinear resize for the ``reference`` preprocessing, or that resize
+of the short side and a centre crop for ``short_side_crop``; the whole display matrix applied:
+rotation and mirror), so a stream window sees exactly the pixels a file decode gives.
+
+A file is one file. FFmpeg demuxes a file only with the formats of :data:`SINGLE_FILE_FORMATS`
+(its ``format_whitelist``, checked on what FFmpeg probes, whatever the name says): formats that
+open other files or resources — HLS and DASH playlists, concat lists, image sequences, SDP/RTP —
+are refused with ``format_not_allowed`` before they open anything, so an uploaded playlist cannot
+make the server read its own files. Streams (``--stream``: a URL or file the operator typed)
+open with any format (``any_format=True``).
+
+What opening may cost is bounded by the input's :class:`~qclip_engine.video.limits.Work`: an
+MP4's declared samples are counted from its boxes before FFmpeg indexes them
+(``video/iso_bmff.py``), the stream's declared frames and picture size are checked before any
+frame is decoded, and FFmpeg's own ``max_pixels`` makes its decoders refuse larger pictures.
 """
 
 from __future__ import annotations
@@ -28,12 +40,15 @@ from ..errors import (
     AudioOnlyError,
     DecodeFailedError,
     EmptyFileError,
+    FormatNotAllowedError,
     NotAVideoError,
     PermissionDeniedError,
     TruncatedVideoError,
     UnsupportedCodecError,
     VideoNotFoundError,
 )
+from .iso_bmff import declared_video_samples, is_iso_bmff, iso_bmff_cut
+from .limits import DecodeLimits, Work
 
 INTERPOLATION = "BILINEAR"  # PE-Core's preprocessing: bilinear squash-resize
 # What directory walks (qclip-score, the demo dataset) treat as video files; decoding itself
@@ -42,19 +57,62 @@ VIDEO_SUFFIXES = frozenset({
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts", ".flv", ".wmv",
     ".3gp", ".ogv", ".mxf", ".y4m", ".gif", ".ivf", ".h264", ".264", ".hevc", ".h265", ".265",
 })
+# The demuxers a file may be read with (FFmpeg's names; "mov" covers mp4/m4a/3gp, "matroska" webm):
+# each reads the one file it is given. Video containers and raw video streams, animated pictures,
+# still pictures (a one-frame video, as before) and audio (so an audio file is audio_only, not
+# refused). Left out on purpose: hls, dash, concat, image2 (patterns), sdp/rtp/rtsp, lavfi and
+# devices, which open other files, sockets or devices; and the rarely met formats (no reason to
+# widen what hostile files can reach).
+SINGLE_FILE_FORMATS = (
+    "mov", "matroska", "avi", "mpegts", "mpeg", "mpegvideo", "flv", "live_flv", "asf", "ogg", "nut", "mxf", "dv",
+    "rm", "wtv", "nuv", "ivf", "obu", "av1", "h264", "hevc", "vvc", "evc", "m4v", "h261", "h263", "cavsvideo",
+    "avs2", "avs3", "dirac", "vc1", "mjpeg", "yuv4mpegpipe",
+    "gif", "apng", "webp_pipe", "png_pipe", "jpeg_pipe", "bmp_pipe",
+    "mp3", "wav", "w64", "aiff", "flac", "aac", "ac3", "eac3", "dts", "caf", "amr", "wv",
+)
 # Containers whose open failing means "cut short" rather than "not a video": ISO BMFF
 # (mp4/mov, whose sample index may sit at the end) and EBML (mkv/webm).
-_ISO_BMFF_BOX = b"ftyp"
 _EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 _AVFMT_NOTIMESTAMPS = 0x0080  # libavformat's AVFMT_NOTIMESTAMPS input-format flag
 
 
-def open_video(path: str | Path) -> av.container.InputContainer:
-    """An open container with a decodable video stream, or the ``VideoError`` saying why not."""
+def decoder_max_pixels(limits: DecodeLimits) -> int | None:
+    """FFmpeg's ``max_pixels`` for the decoders: twice the limit. Our check of the coded size is exact;
+    this one is the backstop for a picture that grows mid-stream, and FFmpeg counts its padded
+    buffer width (a picture exactly at the limit would be refused by the limit itself)."""
+    return None if limits.max_pixels is None else 2 * limits.max_pixels
+
+
+def open_options(limits: DecodeLimits, any_format: bool = False) -> dict[str, str]:
+    """FFmpeg options of an open: the single-file formats (unless ``any_format``) and the decoders'
+    ``max_pixels`` (PyAV hands the same options to the probe's decoders)."""
+    options = {} if any_format else {"format_whitelist": ",".join(SINGLE_FILE_FORMATS)}
+    if (backstop := decoder_max_pixels(limits)) is not None:
+        options["max_pixels"] = str(backstop)
+    return options
+
+
+def check_opened(container: av.container.InputContainer, stream, work: Work) -> None:
+    """The limits an open container must meet before anything is decoded: the frames it declares and
+    its picture size (which takes the input's share of the decode budget); and the decoder's own
+    ``max_pixels``, for a picture that grows mid-stream."""
+    work.declared_frames(stream.frames or None)
+    ctx = stream.codec_context
+    work.picture(ctx.width, ctx.height)
+    if (backstop := decoder_max_pixels(work.limits)) is not None:
+        ctx.options = dict(ctx.options or {}) | {"max_pixels": str(backstop)}
+
+
+def open_video(path: str | Path, *, work: Work | None = None, any_format: bool = False) -> av.container.InputContainer:
+    """An open container with a decodable video stream, or the ``VideoError`` saying why not.
+
+    ``work``: the input's limits and meter (``video/limits.py``; default limits when None);
+    ``any_format``: admit every FFmpeg format, those that open other files too (streams only)."""
     p = Path(path)
     where = str(p)
+    work = work if work is not None else Work(where=where)
     try:
-        return _open_video(p, where)
+        return _open_video(p, where, work, any_format)
     except PermissionError as exc:  # any read of an unreadable file: stat, FFmpeg's open, the header sniff
         if isinstance(exc, av.error.FFmpegError) and exc.errno not in (errno.EACCES, errno.EPERM):
             raise
@@ -62,7 +120,7 @@ def open_video(path: str | Path) -> av.container.InputContainer:
                                     path=where) from exc
 
 
-def _open_video(p: Path, where: str) -> av.container.InputContainer:
+def _open_video(p: Path, where: str, work: Work, any_format: bool) -> av.container.InputContainer:
     try:
         st = os.stat(p)
     except PermissionError:
@@ -75,16 +133,22 @@ def _open_video(p: Path, where: str) -> av.container.InputContainer:
         raise PermissionError(errno.EACCES, "Permission denied", where)
     if st.st_size == 0:
         raise EmptyFileError(f"empty file (0 bytes): {p}", path=where)
+    work.declared_frames(declared_video_samples(p), "declares in its MP4 sample tables")  # before FFmpeg indexes them
     try:
-        container = av.open(where, mode="r", metadata_errors="ignore")
+        container = av.open(where, mode="r", metadata_errors="ignore", options=open_options(work.limits, any_format))
     except av.error.FFmpegError as exc:
         if isinstance(exc, PermissionError):
             raise
+        if isinstance(exc, av.error.ArgumentError) and not any_format:  # EINVAL: the probed format is not admitted
+            raise FormatNotAllowedError(
+                f"{p.name}: FFmpeg reads it as a format that is not a single-file video container (a playlist, "
+                "a manifest, a concat list or an image sequence opens other files); files are read only as: "
+                f"{', '.join(SINGLE_FILE_FORMATS)}", path=where) from exc
         with p.open("rb") as f:
             head = f.read(256)
         if head.startswith(b"YUV4MPEG2 "):  # FFmpeg's refusal of a huge picture reads "Device or resource busy"
             raise DecodeFailedError(f"{p.name}: {_y4m_refusal(head, exc)}", path=where) from exc
-        if head[4:8] == _ISO_BMFF_BOX or head[:4] == _EBML_MAGIC:
+        if is_iso_bmff(head) or head[:4] == _EBML_MAGIC:
             raise TruncatedVideoError(
                 f"{p.name}: an MP4/MOV/MKV file FFmpeg cannot open ({exc.strerror or exc}); "
                 "it is most likely cut short (its index is missing)",
@@ -94,14 +158,24 @@ def _open_video(p: Path, where: str) -> av.container.InputContainer:
     stream = video_stream(container)
     if stream is None:
         kinds = sorted({"cover art" if s.type == "video" else s.type for s in container.streams})
+        fmt = container.format.name
         container.close()
         if "audio" in kinds:
             raise AudioOnlyError(f"{p.name}: audio only, no video stream", path=where)
+        if fmt.startswith("mov") and (cut := iso_bmff_cut(p)):
+            # An MP4 cut inside its moov opens with no track, or the tracks before the cut: cut short.
+            raise TruncatedVideoError(f"{p.name}: an MP4/MOV whose index is cut off ({cut}); its video track "
+                                      "cannot be read", path=where)
         raise NotAVideoError(f"{p.name}: no video stream (streams: {kinds or 'none'})", path=where)
     if stream.codec_context is None:
         codec_id = getattr(stream, "codec_tag", "?")
         container.close()
         raise UnsupportedCodecError(f"{p.name}: no decoder for this video codec (tag {codec_id!r})", path=where)
+    try:
+        check_opened(container, stream, work)
+    except BaseException:
+        container.close()
+        raise
     return container
 
 
@@ -161,12 +235,15 @@ class FrameReader:
     A packet that fails to decode is skipped (more than ``max_bad_packets`` in a row raise
     ``DecodeFailedError``); a demux error ends the frames and is kept in ``demux_error`` for
     the caller to judge (a file's scan flags truncation; a stream reports it). ``packets``
-    counts the non-empty packets read. An iterator: a partly read reader resumes where it was.
+    counts the non-empty packets read, each also counted by ``work`` (its frame limit, its time
+    and its cancellation: ``video/limits.py``). An iterator: a partly read reader resumes where it was.
     """
 
-    def __init__(self, container, stream, *, max_bad_packets: int | None = None, where: str = ""):
+    def __init__(self, container, stream, *, max_bad_packets: int | None = None, where: str = "",
+                 work: Work | None = None):
         self.packets = 0
         self.demux_error: av.error.FFmpegError | None = None
+        self.work = work
         self._frames = self._read(container.demux(stream), max_bad_packets, where)
 
     def __iter__(self) -> FrameReader:
@@ -190,6 +267,8 @@ class FrameReader:
                 return
             if packet.size:
                 self.packets += 1
+                if self.work is not None:
+                    self.work.packet()
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError as exc:

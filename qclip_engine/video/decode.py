@@ -24,6 +24,10 @@ ffmpeg's autorotate does: frames come out upright and unmirrored.
 Memory. ``decode_candidates`` holds at most ``max_frames`` frames at the requested
 size, whatever the length of the video; nothing else grows with length except the
 frame table (16 bytes a frame).
+
+Limits. Every function takes ``work`` (``video/limits.py``: the picture size, the frames a file
+may declare or hold, the seconds an input may take, and a cancel event), default limits when
+None; the scan and the decode of one input share it.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from .container import (
     to_rgb,
     video_stream,
 )
+from .limits import DecodeLimits, Work
 from .sampling import candidate_indices
 from .scan import FrameTable, VideoInfo, open_scanned, probe, scan
 
@@ -58,6 +63,8 @@ __all__ = [
     "VideoInfo",
     "FrameTable",
     "Candidates",
+    "DecodeLimits",
+    "Work",
     "open_video",
     "to_rgb",
     "probe",
@@ -97,17 +104,23 @@ def iter_frames(
     wanted: np.ndarray | None = None,
     threads: int = 0,
     preprocessing: str = PREPROCESSING,
+    work: Work | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Decode the whole file once, yielding ``(frame_index, rgb)`` for the ``wanted`` indices (all if None).
 
     Frames not wanted are decoded (the codec needs them) but never converted. Memory
     is one frame at a time.
     """
-    container, info, table = open_scanned(path)
+    work = _work(work, path)
+    container, info, table = open_scanned(path, work)
     try:
-        yield from _stream(container, table, size, _conversion(info, preprocessing), wanted, threads, str(path))
+        yield from _stream(container, table, size, _conversion(info, preprocessing), wanted, threads, str(path), work)
     finally:
         container.close()
+
+
+def _work(work: Work | None, path) -> Work:
+    return work if work is not None else Work(where=str(path))
 
 
 def _conversion(info: VideoInfo, preprocessing: str) -> tuple[int, bool, str]:
@@ -117,7 +130,8 @@ def _conversion(info: VideoInfo, preprocessing: str) -> tuple[int, bool, str]:
     return info.rotation, info.hflip, preprocessing
 
 
-def _stream(container, table: FrameTable, size, conv, wanted, threads, where) -> Iterator[tuple[int, np.ndarray]]:
+def _stream(container, table: FrameTable, size, conv, wanted, threads, where,
+            work: Work) -> Iterator[tuple[int, np.ndarray]]:
     """Decode from the container's current position (the start: callers hand a fresh container)."""
     stream = _configure_decoder(container, threads)
     keep = None if wanted is None else np.zeros(len(table.pts), dtype=bool)
@@ -125,7 +139,7 @@ def _stream(container, table: FrameTable, size, conv, wanted, threads, where) ->
         keep[np.asarray(wanted, dtype=np.int64)] = True
 
     def kept():
-        for n, frame in enumerate(FrameReader(container, stream)):
+        for n, frame in enumerate(FrameReader(container, stream, work=work)):
             index = _frame_index(table, frame, n)
             if index is not None and (keep is None or keep[index]):
                 yield index, frame
@@ -168,6 +182,7 @@ def decode_candidates(
     max_frames: int = DEFAULT_MAX_ANALYSIS_FRAMES,
     threads: int = 0,
     preprocessing: str = PREPROCESSING,
+    work: Work | None = None,
 ) -> Candidates:
     """The analysis frames of a video in one streamed pass, at ``size`` (H, W), made by
     ``preprocessing`` (``to_rgb``). The model's frames are picked from these, so the engine and
@@ -175,14 +190,16 @@ def decode_candidates(
 
     Memory is bounded by ``max_frames × H × W × 3`` bytes whatever the video's length.
     """
-    container, info, table = open_scanned(path)
+    work = _work(work, path)
+    container, info, table = open_scanned(path, work)
     try:
         wanted = candidate_indices(info.frame_count, max_frames)
         slot = np.full(info.frame_count, -1, dtype=np.int64)
         slot[wanted] = np.arange(len(wanted))
         frames = np.empty((len(wanted), *size, 3), dtype=np.uint8)
         got = np.zeros(len(wanted), dtype=bool)
-        for index, rgb in _stream(container, table, size, _conversion(info, preprocessing), wanted, threads, str(path)):
+        for index, rgb in _stream(container, table, size, _conversion(info, preprocessing), wanted, threads, str(path),
+                                  work):
             frames[slot[index]] = rgb
             got[slot[index]] = True
     finally:
@@ -203,6 +220,7 @@ def decode_frames(
     seek: bool = True,
     threads: int = 0,
     preprocessing: str = PREPROCESSING,
+    work: Work | None = None,
 ) -> np.ndarray:
     """Frames of a video as uint8 RGB ``[T, H, W, 3]``, resized to ``size`` (H, W) if given.
 
@@ -212,12 +230,13 @@ def decode_frames(
     each wanted frame instead of decoding everything in between, with pixels equal to
     a full decode's. ``preprocessing``: how a decoded frame reaches ``size`` (``to_rgb``).
     """
-    container, info, table = open_scanned(path)
+    work = _work(work, path)
+    container, info, table = open_scanned(path, work)
     where = str(path)
     try:
         conv = _conversion(info, preprocessing)
         if indices is None:
-            frames = [rgb for _, rgb in _stream(container, table, size, conv, None, threads, where)]
+            frames = [rgb for _, rgb in _stream(container, table, size, conv, None, threads, where, work)]
             if not frames:
                 raise DecodeFailedError(f"{Path(path).name}: no frame could be decoded", path=where)
             return np.stack(frames)
@@ -230,12 +249,13 @@ def decode_frames(
         found = None
         if seek and seekable(container) and not table.counted:
             try:
-                found = _seek_decode(container, table, targets, size, conv, threads, where)
+                found = _seek_decode(container, table, targets, size, conv, threads, work)
             except _NotSeekable:  # the demuxer refused to seek, or seeks miss: read it start to end, as ffmpeg does
                 container.close()
-                container = open_video(path)
+                container = open_video(path, work=work)
+                work.new_pass()
         if found is None:
-            found = dict(_stream(container, table, size, conv, targets, threads, where))
+            found = dict(_stream(container, table, size, conv, targets, threads, where, work))
     finally:
         container.close()
     missing = [int(i) for i in targets if i not in found]
@@ -255,7 +275,8 @@ def _seek(container, pts: int, stream) -> None:
         raise _NotSeekable(str(exc)) from exc
 
 
-def _seek_decode(container, table: FrameTable, targets: np.ndarray, size, conv, threads, where) -> dict[int, np.ndarray]:
+def _seek_decode(container, table: FrameTable, targets: np.ndarray, size, conv, threads,
+                 work: Work) -> dict[int, np.ndarray]:
     """Decode ``targets`` (sorted) by seeking to the keyframe before each one that lies ahead.
 
     A seek lands on a keyframe chosen by the demuxer (by dts for MP4), which for files
@@ -275,7 +296,8 @@ def _seek_decode(container, table: FrameTable, targets: np.ndarray, size, conv, 
             must_seek = frames is None or position is None or position >= target_pts or seek_pts > position
             if must_seek or attempt:
                 _seek(container, seek_pts, stream)
-                frames = FrameReader(container, stream)
+                work.new_pass()  # a seek starts a new read: the frame limit counts per pass
+                frames = FrameReader(container, stream, work=work)
                 position = None
             hit = _decode_until(frames, table, target_pts, size, conv)
             if hit is not None:

@@ -27,6 +27,11 @@ makes every frame — candidates included, since the model's frames are picked f
 
 :func:`to_host` is the one door from device frames to a numpy array, and it counts
 (:func:`host_copy_count`): the engine's device path never opens it, and a test proves it.
+
+Limits (``video/limits.py``): a source holds the engine's :class:`DecodeLimits` and, when they
+set ``budget_pixels``, the one :class:`PixelBudget` its decode threads share; each ``sample``
+decodes under a :class:`Work` of its own (the scan and the decode of that input), which a
+``cancel`` event stops between packets.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import numpy as np
 
 from ..defaults import DECODERS, MAX_ANALYSIS_FRAMES, PREPROCESSING, PREPROCESSINGS, SAMPLER_SEED
 from . import decode
+from .limits import DecodeLimits, PixelBudget, Work
 from .motion import frame_motion
 from .sampling import Sampler, frame_indices
 
@@ -83,27 +89,35 @@ class HostSource:
     name = "host"
 
     def __init__(self, size: tuple[int, int], num_frames: int, *, max_analysis_frames: int = MAX_ANALYSIS_FRAMES,
-                 threads: int = 0, preprocessing: str = PREPROCESSING):
+                 threads: int = 0, preprocessing: str = PREPROCESSING, limits: DecodeLimits | None = None):
         if preprocessing not in PREPROCESSINGS:
             raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
         self.size, self.num_frames = tuple(size), num_frames
         self.max_analysis_frames, self.threads = max_analysis_frames, threads
         self.preprocessing = preprocessing  # how decoded frames reach model size (container.to_rgb)
+        self.limits = limits or DecodeLimits()
+        self.budget = PixelBudget(self.limits.budget_pixels) if self.limits.budget_pixels else None
 
-    def sample(self, path: str | Path, sampler: Sampler, *, strict: bool = False) -> SampledFrames:
-        """The frames ``sampler`` picks of ``path`` (raises the ``VideoError`` of a bad file)."""
+    def sample(self, path: str | Path, sampler: Sampler, *, strict: bool = False,
+               cancel: threading.Event | None = None) -> SampledFrames:
+        """The frames ``sampler`` picks of ``path`` (raises the ``VideoError`` of a bad file), within
+        the source's limits; a set ``cancel`` stops the decode (``cancelled``)."""
+        with Work(self.limits, cancel=cancel, budget=self.budget, where=str(path)) as work:
+            return self._sample(path, sampler, strict, work)
+
+    def _sample(self, path, sampler: Sampler, strict: bool, work: Work) -> SampledFrames:
         t0 = time.perf_counter()
-        info, table = decode.scan(path)
+        info, table = decode.scan(path, work)
         if strict:
             info.require_complete()
         t1 = time.perf_counter()
         if not sampler.needs_motion:  # picks among all frames; decode only those (by seeking where the file allows)
             indices = frame_indices(info.frame_count, sampler, self.num_frames, seed=SAMPLER_SEED)
-            frames, decoder, fallback = self._decode_picked(path, indices)
+            frames, decoder, fallback = self._decode_picked(path, indices, work)
             times = table.times(indices)
             t2 = t3 = time.perf_counter()
         else:  # the analysis candidates (those the decoder produced), their motion, the picks among them
-            frames, cand, times, decoder, fallback = self._candidates(path)
+            frames, cand, times, decoder, fallback = self._candidates(path, work)
             t2 = time.perf_counter()
             indices = frame_indices(info.frame_count, sampler, self.num_frames, frame_motion(frames), candidates=cand,
                                     seed=SAMPLER_SEED)
@@ -114,15 +128,15 @@ class HostSource:
                              {"probe": t1 - t0, "decode": t2 - t1, "motion": t3 - t2}, fallback)
 
     # -- where the frames are: what DeviceSource changes ----------------------------------------
-    def _decode_picked(self, path, indices: np.ndarray):
+    def _decode_picked(self, path, indices: np.ndarray, work: Work):
         frames = decode.decode_frames(path, self.size, indices=indices, threads=self.threads,
-                                      preprocessing=self.preprocessing)
+                                      preprocessing=self.preprocessing, work=work)
         return np.ascontiguousarray(frames), "pyav", None
 
-    def _candidates(self, path):
+    def _candidates(self, path, work: Work):
         # The model's frames are picked from the candidates, so they carry its preprocessing too.
         c = decode.decode_candidates(path, self.size, max_frames=self.max_analysis_frames, threads=self.threads,
-                                     preprocessing=self.preprocessing)
+                                     preprocessing=self.preprocessing, work=work)
         return c.frames, c.indices, c.times, "pyav", None
 
     @staticmethod
@@ -145,34 +159,35 @@ class DeviceSource(HostSource):
         self.dali = dali  # decode_dali's backend choice: auto | dali | pyav
         self._local = threading.local()  # one CUDA stream per decode thread
 
-    def sample(self, path: str | Path, sampler: Sampler, *, strict: bool = False) -> SampledFrames:
+    def sample(self, path: str | Path, sampler: Sampler, *, strict: bool = False,
+               cancel: threading.Event | None = None) -> SampledFrames:
         """As the host source; on CUDA each decode thread works on its own stream, so decode, motion
         and gather of the next videos overlap the model's batch on torch's stream, and the result
         carries the event the model's stream waits on."""
         if self.device.type != "cuda":
-            return super().sample(path, sampler, strict=strict)
+            return super().sample(path, sampler, strict=strict, cancel=cancel)
         import torch
 
         stream = getattr(self._local, "stream", None)
         if stream is None:
             stream = self._local.stream = torch.cuda.Stream(device=self.device)
         with torch.cuda.stream(stream):
-            sampled = super().sample(path, sampler, strict=strict)
+            sampled = super().sample(path, sampler, strict=strict, cancel=cancel)
             sampled.ready = torch.cuda.Event()
             sampled.ready.record(stream)
         return sampled
 
-    def _decode_picked(self, path, indices):
+    def _decode_picked(self, path, indices, work: Work):
         import torch
 
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":  # the scan before it took the limits' checks (size, frames)
             from .decode_dali import decode_frames_gpu_detailed
 
             return decode_frames_gpu_detailed(path, self.size, indices, device_id=self._index(), backend=self.dali)
-        frames = decode.decode_frames(path, self.size, indices=indices, threads=self.threads)
+        frames = decode.decode_frames(path, self.size, indices=indices, threads=self.threads, work=work)
         return torch.from_numpy(frames).to(self.device), "pyav", None
 
-    def _candidates(self, path):
+    def _candidates(self, path, work: Work):
         import torch
 
         if self.device.type == "cuda":
@@ -181,7 +196,8 @@ class DeviceSource(HostSource):
             c = decode_candidates_gpu(path, self.size, max_frames=self.max_analysis_frames, device_id=self._index(),
                                       backend=self.dali)
             return c.frames, c.indices, c.times, c.backend, c.fallback_reason
-        c = decode.decode_candidates(path, self.size, max_frames=self.max_analysis_frames, threads=self.threads)
+        c = decode.decode_candidates(path, self.size, max_frames=self.max_analysis_frames, threads=self.threads,
+                                     work=work)
         return torch.from_numpy(c.frames).to(self.device), c.indices, c.times, "pyav", None
 
     def _gather(self, frames, picked: np.ndarray):

@@ -43,6 +43,8 @@ import numpy as np
 
 from ..errors import DecodeFailedError, TruncatedVideoError
 from .container import display_orientation, open_video, video_stream
+from .iso_bmff import iso_bmff_cut
+from .limits import Work
 
 # Formats whose headers state a duration (Matroska: Segment Duration and ffmpeg's per-track
 # DURATION tag). Elsewhere FFmpeg estimates durations from the data it finds (a fragmented
@@ -99,11 +101,12 @@ class FrameTable:
         return (pts - self.pts[0]).astype(np.float64) * float(self.time_base)
 
 
-def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo, FrameTable]:
+def _scan(container: av.container.InputContainer, where: str, work: Work) -> tuple[VideoInfo, FrameTable]:
     """One pass over the packets: the frame table, the truncation signs, and the first
     decodable frame's display matrix (decoded on the way, so the file need not be opened
-    again for it)."""
+    again for it). ``work`` counts the packets (its frame limit, time and cancellation)."""
     stream = video_stream(container)
+    work.new_pass()
     pts, keys = [], []
     demux_error = None
     stamped = False
@@ -115,6 +118,7 @@ def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo
                 orientation = _first_orientation(packet)
             if packet.size == 0:  # the demuxer's end-of-stream marker
                 continue
+            work.packet()
             last = packet
             stamp = packet.pts if packet.pts is not None else packet.dts
             stamped = stamped or stamp is not None
@@ -127,9 +131,9 @@ def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo
         demux_error = exc
     name = Path(where).name
     declared_frames = stream.frames or None
-    declared_duration = _declared_duration(container, stream)
+    declared_duration = declared_duration_s(container, stream)
     if not pts:
-        cut = _iso_bmff_cut(Path(where)) if container.format.name.startswith("mov") else None
+        cut = iso_bmff_cut(Path(where)) if container.format.name.startswith("mov") else None
         if declared_frames or declared_duration or demux_error is not None or cut:
             raise TruncatedVideoError(f"{name}: no frame of the {_declared(declared_frames, declared_duration)} "
                                       f"could be read ({demux_error or cut or 'the media data is missing'})", path=where)
@@ -143,7 +147,7 @@ def _scan(container: av.container.InputContainer, where: str) -> tuple[VideoInfo
         time_base = Fraction(1) / Fraction(rate)
     frame_step, vfr, dropped = _frame_rate(table_pts, stream, time_base)
     duration = float((table_pts[-1] - table_pts[0] + frame_step) * time_base)
-    truncation = _truncation(
+    truncation = truncation_signs(
         container, stream, where, last, demux_error, len(pts), declared_frames, declared_duration,
         decoded_end=float((table_pts[-1] + frame_step) * time_base), frame_s=float(frame_step * time_base),
     )
@@ -191,7 +195,7 @@ def _frame_rate(table_pts: np.ndarray, stream, time_base: Fraction) -> tuple[flo
     return step, vfr, dropped
 
 
-def _declared_duration(container, stream) -> float | None:
+def declared_duration_s(container, stream) -> float | None:
     """The video's duration as the container's header states it (seconds), or None."""
     if not container.format.name.startswith(_DECLARES_DURATION):
         return None
@@ -213,8 +217,8 @@ def _declared(frames: int | None, duration: float | None) -> str:
     return f"declared {duration:.3f} s" if duration else "file"
 
 
-def _truncation(container, stream, where, last, demux_error, packets, declared_frames, declared_duration,
-                *, decoded_end: float, frame_s: float) -> str | None:
+def truncation_signs(container, stream, where, last, demux_error, packets, declared_frames, declared_duration,
+                     *, decoded_end: float, frame_s: float) -> str | None:
     """Why the file looks cut short, saying what was decoded against what was declared; or None."""
     if demux_error is not None:
         return f"reading stopped after {packets} frames ({demux_error})"
@@ -230,7 +234,7 @@ def _truncation(container, stream, where, last, demux_error, packets, declared_f
             return f"the frames end at {decoded_end:.3f} s of a declared {declared_duration:.3f} s ({packets} frames)"
     fmt = container.format.name
     if fmt.startswith("mov"):
-        cut = _iso_bmff_cut(Path(where))
+        cut = iso_bmff_cut(Path(where))
         if cut:
             return f"{cut} (after {packets} frames)"
     if last is not None and (fmt == "yuv4mpegpipe" or fmt == "mpegts"):
@@ -255,30 +259,6 @@ def _ts_packet_size(path: Path) -> int | None:
     return None
 
 
-def _iso_bmff_cut(path: Path) -> str | None:
-    """Whether an MP4/MOV's last top-level box runs past the end of the file (a fragmented MP4 cut
-    inside a fragment's header reads as complete otherwise): how, or None."""
-    size = path.stat().st_size
-    offset = 0
-    with path.open("rb") as f:
-        while offset + 8 <= size:
-            f.seek(offset)
-            header = f.read(16)
-            box_size, box_type = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
-            if box_size == 1 and len(header) == 16:  # a 64-bit size follows the type
-                box_size = int.from_bytes(header[8:16], "big")
-            elif box_size == 0:  # the box runs to the end of the file
-                return None
-            if box_size < 8:
-                return None  # not a box structure we can follow: no claim either way
-            if offset + box_size > size:
-                return f"its last box ({box_type!r}) runs {offset + box_size - size} bytes past the end of the file"
-            offset += box_size
-    if 0 < size - offset < 8:  # cut inside the next box's 8-byte header
-        return f"it ends {size - offset} bytes into a box header"
-    return None
-
-
 def _first_orientation(packet) -> tuple[int, bool] | None:
     """The display matrix of the first frame ``packet`` (with those before it) decodes to, if any;
     a packet that fails to decode is skipped, as ffmpeg does (the empty end packet flushes)."""
@@ -289,37 +269,41 @@ def _first_orientation(packet) -> tuple[int, bool] | None:
     return display_orientation(frames[0]) if frames else None
 
 
-def open_scanned(path) -> tuple[av.container.InputContainer, VideoInfo, FrameTable]:
+def open_scanned(path, work: Work | None = None) -> tuple[av.container.InputContainer, VideoInfo, FrameTable]:
     """Open and scan (frame table, display matrix); return a fresh container for the decode.
 
     The file is reopened after the scan rather than seeked back to the start: raw elementary
     streams cannot seek, and the decode pass sees the file exactly as a plain sequential
-    decode would.
+    decode would. ``work``: the input's limits and meter (``video/limits.py``; default limits
+    when None), for the scan and the decode that follows.
     """
     where = str(path)
-    container = open_video(path)
+    work = work if work is not None else Work(where=where)
+    container = open_video(path, work=work)
     try:
-        info, table = _scan(container, where)
+        info, table = _scan(container, where, work)
     except av.error.FFmpegError as exc:
         raise DecodeFailedError(f"{Path(path).name}: {exc}", path=where) from exc
     finally:
         container.close()
-    return open_video(path), info, table
+    container = open_video(path, work=work)
+    work.new_pass()
+    return container, info, table
 
 
-def probe(path: str | Path) -> VideoInfo:
+def probe(path: str | Path, work: Work | None = None) -> VideoInfo:
     """Codec, displayed size, fps, frame count, duration, VFR flag and rotation of a video file.
 
     Reads the packets once (no decoding beyond the first frame). Raises a ``VideoError``
-    subclass with the error code for unusable files.
+    subclass with the error code for unusable files (``work``: as :func:`open_scanned`).
     """
-    container, info, _ = open_scanned(path)
+    container, info, _ = open_scanned(path, work)
     container.close()
     return info
 
 
-def scan(path: str | Path) -> tuple[VideoInfo, FrameTable]:
+def scan(path: str | Path, work: Work | None = None) -> tuple[VideoInfo, FrameTable]:
     """``probe`` plus the frame table (every frame's timestamp), from the same single read."""
-    container, info, table = open_scanned(path)
+    container, info, table = open_scanned(path, work)
     container.close()
     return info, table
