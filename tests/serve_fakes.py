@@ -40,7 +40,7 @@ class FakeEngine:
     def sample_frames(self, frames, name):
         return SampledVideo(name, np.asarray(frames), np.zeros(1, int), np.zeros(1), None, {})
 
-    def sample(self, source):
+    def sample(self, source, cancel=None):
         if Path(source).read_bytes()[:len(GOOD) + 1] != GOOD:  # the real checks say why not
             open_video(source).close()
         return SampledVideo(str(source), np.zeros((1, 2, 2, 3), np.uint8), np.zeros(1, int), np.zeros(1), {}, {})

@@ -6,11 +6,9 @@ A request body still arriving holds no scoring slot; receives are bounded on the
 send a multipart head, then a byte every ``TICK_S``; normal clients use httpx.
 """
 
-import asyncio
 import json
 import logging
 import random
-import select
 import socket
 import threading
 import time
@@ -19,8 +17,6 @@ import types
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from prometheus_client.parser import text_string_to_metric_families
 
 from qclip_engine import defaults
 from qclip_engine.cli.serve import build_parser, settings_from_args
@@ -30,53 +26,21 @@ from qclip_engine.serve.app import create_app
 from conftest import read_http_answer
 from serve_fakes import (GOOD, SEED, FakeEngine, check, fake_settings, json_bodies, make_tree, odd_paths,
                          odd_uploads, part)
+from serve_live import DECLARED, HEAD, LiveServer, Trickle, gauge, wait_gauge
 
 GRACE_S = 3.0
 MIN_RATE = 1024  # bytes/s; a trickle of 1 byte per TICK_S is far below it
-TICK_S = 0.5
 BLOCK = b"block-in-decode"  # BlockingEngine holds a file with these bytes in decode until released
-DECLARED = 60000  # a slow client's Content-Length: under the fake server's body limit (4 KiB + 64 KiB)
-HEAD = (b"POST /v1/score HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=fz\r\n"
-        b"Content-Length: " + str(DECLARED).encode() + b"\r\n\r\n"
-        b'--fz\r\nContent-Disposition: form-data; name="file"; filename="slow.mp4"\r\n\r\n')
 
 
 class BlockingEngine(FakeEngine):
     release = threading.Event()
 
-    def sample(self, source):
+    def sample(self, source, cancel=None):
         if open(source, "rb").read() == BLOCK:
             assert self.release.wait(20)
             return SampledVideo(str(source), np.zeros((1, 2, 2, 3), np.uint8), np.zeros(1, int), np.zeros(1), {}, {})
-        return super().sample(source)
-
-
-class LiveServer:
-    """uvicorn serving ``app`` on 127.0.0.1 in a thread of its own, lifespan included."""
-
-    def __init__(self, app):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])))
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the fake server never got ready"
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
-        self.sock.close()
+        return super().sample(source, cancel)
 
 
 @pytest.fixture
@@ -88,7 +52,9 @@ def live(tmp_path, monkeypatch, caplog):
 
     def start(engine=FakeEngine, **overrides) -> types.SimpleNamespace:
         monkeypatch.setattr(service_module, "QualityEngine", engine)
-        settings = fake_settings(tree, timeout_s=10.0, min_upload_bytes_per_s=MIN_RATE, upload_grace_s=GRACE_S)
+        # These attacks come from the good clients' own address: the per-address bound is tested on its own.
+        settings = fake_settings(tree, timeout_s=10.0, min_upload_bytes_per_s=MIN_RATE, upload_grace_s=GRACE_S,
+                                 max_receives_per_client=10_000)
         server = LiveServer(create_app(settings.__class__(**vars(settings) | overrides)))
         servers.append(server)
         return types.SimpleNamespace(url=server.url, port=server.port, **vars(tree))
@@ -98,17 +64,6 @@ def live(tmp_path, monkeypatch, caplog):
     for server in servers:
         server.close()
     (tree.allowed / "locked.mp4").chmod(0o644)
-
-
-def gauge(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
-
-
-def wait_gauge(url: str, name: str, at_least: float, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while gauge(url, name) < at_least and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 def normal_upload(url: str, client: httpx.Client, data: bytes = GOOD) -> tuple[httpx.Response, float]:
@@ -124,66 +79,6 @@ def usual_latency(url: str, client: httpx.Client) -> float:
         assert response.status_code == 200, response.text
         latencies.append(elapsed)
     return sorted(latencies)[2]
-
-
-class Trickle:
-    """``n`` raw connections sending ``head`` and then one byte every ``TICK_S`` (``send_bytes``
-    False: nothing after the head). Answers are kept as (seconds since that connection began,
-    status, headers, body). ``replace``: a connection that got its answer is replaced by a new
-    one until ``stop()`` (an attack that keeps coming)."""
-
-    def __init__(self, port: int, n: int, head: bytes = HEAD, send_bytes: bool = True, replace: bool = False):
-        self.port, self.head, self.send_bytes, self.replace = port, head, send_bytes, replace
-        self.answers: list[tuple[float, int, dict, dict]] = []
-        self.errors: list[str] = []
-        self.live: dict[socket.socket, float] = {}
-        for _ in range(n):
-            self._open()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-        self._thread.start()
-
-    def _open(self) -> None:
-        sock = socket.create_connection(("127.0.0.1", self.port))
-        sock.sendall(self.head)
-        self.live[sock] = time.monotonic()
-
-    def _answer(self, sock: socket.socket) -> None:
-        began = self.live.pop(sock)
-        try:
-            status, headers, body = read_http_answer(sock, timeout=10.0)
-            self.answers.append((time.monotonic() - began, status, headers, json.loads(body)))
-        except (OSError, AssertionError, ValueError) as exc:
-            self.errors.append(repr(exc))
-        sock.close()
-        if self.replace and not self._stop.is_set():
-            self._open()
-
-    def _run(self) -> None:
-        next_tick = time.monotonic() + TICK_S
-        while self.live and not self._stop.is_set():
-            readable, _, _ = select.select(list(self.live), [], [], max(0.0, next_tick - time.monotonic()))
-            for sock in readable:
-                self._answer(sock)
-            if time.monotonic() >= next_tick:
-                next_tick += TICK_S
-                for sock in list(self.live):
-                    if self.send_bytes:
-                        try:
-                            sock.send(b"x")
-                        except OSError:
-                            self._answer(sock)
-
-    def wait(self, timeout: float) -> None:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"{len(self.live)} slow connections never got an answer"
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(20)
-        for sock in list(self.live):
-            sock.close()
-        self.live.clear()
 
 
 def assert_all_dropped_as_too_slow(trickle: Trickle, served) -> None:

@@ -3,6 +3,8 @@
     qclip-serve ARTIFACT [--batch N] [--engine ENGINE] [--host HOST] [--port PORT]
                 [--allow-dir DIR ...] [--max-upload-mb MB] [--queue N] [--timeout-s S] [--workers N]
                 [--max-uploads N] [--min-upload-kib-s KIB_S] [--upload-grace-s S]
+                [--max-pixels N] [--max-frames N] [--max-decode-s S] [--decode-budget-mpx MPX]
+                [--header-timeout-s S] [--max-connections-per-client N] [--max-receives-per-client N]
                 [--ray ADDRESS --replicas N [--max-replicas M] [--replica-cpus C] [--replica-gpus G]]
 
     curl -F file=@clip.mp4 http://127.0.0.1:8000/v1/score
@@ -33,27 +35,7 @@ import sys
 from pathlib import Path
 
 from .. import defaults
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
-    return value
+from .arguments import add_decode_limit_options, decode_limits, non_negative_float, positive_float, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "below this is dropped with 408 upload_too_slow (0: no minimum)")
     parser.add_argument("--upload-grace-s", type=positive_float, default=defaults.UPLOAD_GRACE_S,
                         help="seconds a request body may take before --min-upload-kib-s applies")
+    add_decode_limit_options(parser)
+    limits = parser.add_argument_group("decodes at once")
+    limits.add_argument("--decode-budget-mpx", type=positive_float, default=None,
+                        help="megapixels of pictures decoded at once (a decode waits for its share); None: "
+                             f"{defaults.SERVE_DECODE_BUDGET_PICTURES} × --max-pixels")
+    clients = parser.add_argument_group("connections and receives per client address")
+    clients.add_argument("--header-timeout-s", type=positive_float, default=defaults.HEADER_TIMEOUT_S,
+                         help="a request's headers must be complete this long after its connection opened or "
+                              "its previous answer (408 header_timeout, connection closed)")
+    clients.add_argument("--max-connections-per-client", type=positive_int, default=defaults.MAX_CONNECTIONS_PER_CLIENT,
+                         help="open connections per client address; one more is answered 429 too_many_connections "
+                              "and closed")
+    clients.add_argument("--max-receives-per-client", type=positive_int, default=defaults.MAX_RECEIVES_PER_CLIENT,
+                         help="request bodies received at once per client address; one more is 429 too_many_requests")
     parser.add_argument("--strict", action="store_true",
                         help="a file cut short is the error 422 truncated; without it, it is scored on what is "
                              "there and the answer carries a truncated warning")
@@ -123,6 +119,7 @@ def settings_from_args(args: argparse.Namespace):
     """The ``ServeSettings`` of parsed arguments (imports the service: call after the cheap checks)."""
     from ..serve.settings import ServeSettings
 
+    limits = decode_limits(args)
     return ServeSettings(
         artifact=args.artifact,
         engine=args.engine,
@@ -142,6 +139,13 @@ def settings_from_args(args: argparse.Namespace):
         min_upload_bytes_per_s=args.min_upload_kib_s * 1024,
         upload_grace_s=args.upload_grace_s,
         strict=args.strict,
+        max_pixels=limits.max_pixels,
+        max_frames=limits.max_frames,
+        max_decode_s=limits.max_seconds,
+        decode_budget_pixels=None if args.decode_budget_mpx is None else max(1, round(args.decode_budget_mpx * 1e6)),
+        header_timeout_s=args.header_timeout_s,
+        max_connections_per_client=args.max_connections_per_client,
+        max_receives_per_client=args.max_receives_per_client,
     )
 
 
@@ -166,12 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--port must lie in 0..65535, got {args.port}")
     if args.batch_wait_ms < 0:
         parser.error("--batch-wait-ms must be ≥ 0")
+    budget = args.decode_budget_mpx
+    if budget is not None and budget * 1e6 < args.max_pixels:
+        parser.error(f"--decode-budget-mpx {budget:g} is below one picture of --max-pixels {args.max_pixels}")
 
     import logging
 
     import uvicorn
 
-    from ..serve import create_app
+    from ..serve import create_app, guarded_protocol
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
@@ -190,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         # Requests in flight at shutdown finish or time out on their own deadline; then stop.
         timeout_graceful_shutdown=int(args.timeout_s) + 5,
     )
+    config.load()  # uvicorn's own HTTP protocol class, which the header deadline and the per-address bound wrap
+    config.http_protocol_class = guarded_protocol(
+        config.http_protocol_class, header_timeout_s=settings.header_timeout_s,
+        max_per_client=settings.max_connections_per_client, on_refusal=app.state.service.metrics.refused)
     server = uvicorn.Server(config)
     server.run()
     load_error = app.state.service.load_error

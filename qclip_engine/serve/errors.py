@@ -7,14 +7,19 @@ Every refusal is ``{"error": {"code", "message"}}`` with an HTTP status (and, fo
          (invalid_path: a NUL byte, a lone surrogate, a name too long, a symlink loop)
     403  path_not_allowed (outside every allowed directory, or not readable by the server)
     404  not_found (no such route)          405  method_not_allowed      other: http_<status>
-    408  upload_too_slow (the body came in under --min-upload-kib-s after --upload-grace-s)
+    408  upload_too_slow (the body came in under --min-upload-kib-s after --upload-grace-s),
+         header_timeout (the headers were not complete within --header-timeout-s; serve/connections.py)
     413  upload_too_large, body_too_large
     415  unsupported_media_type
     422  the video's error code from qclip_engine.errors: not_found, empty_file, not_a_video,
-         audio_only, unsupported_codec, truncated, decode_failed (for a path request, not_found
+         audio_only, unsupported_codec, truncated, decode_failed, format_not_allowed,
+         picture_too_large, too_many_frames, decode_timeout; non_finite_output (the model's output
+         for this video was NaN or infinite: qclip_engine/engine.py) (for a path request, not_found
          and not_a_video — a directory, FIFO or device — come from serve/inputs.py before decoding)
+    429  too_many_requests (--max-receives-per-client bodies arriving from the address),
+         too_many_connections (--max-connections-per-client open; serve/connections.py)
     500  internal_error (or the backend's error record when the model call failed)
-    503  not_ready, overloaded (--queue requests in flight, or --max-uploads bodies arriving),
+    503  not_ready, overloaded (--queue requests in flight, or --max-uploads uploads arriving),
          shutting_down (only to a request still waiting when the service stops; qclip-serve's
          uvicorn answers every request before it stops the service, so its clients never see it)
     504  timeout

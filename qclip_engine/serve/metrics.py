@@ -39,6 +39,10 @@ class ServiceMetrics:
         self.uploads_in_progress = Gauge("qclip_uploads_in_progress",
                                          "Score request bodies (uploads, JSON) being received", registry=r)
 
+    def refused(self, code: str) -> None:
+        """A refusal answered outside the app (serve/connections.py: a connection, not a request)."""
+        self.errors.labels(code).inc()
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

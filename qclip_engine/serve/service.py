@@ -2,12 +2,18 @@
 
 The model loads in the background (``/healthz`` answers at once, ``/readyz`` once the model is
 warm). A score request's input is received first (``serve/inputs.py``: at most ``max_uploads``
-bodies at once, each above a minimum rate after a grace period), and only then admitted
-(``serve/admission.py``), so a slow client never holds a scoring slot; a request that arrives
-while admission is full is refused at once, its body unread. Then it is decoded in the decode
-pool (PyAV releases the GIL) and handed to the batcher's model thread (``serve/batcher.py``).
-The whole request, upload included, runs under ``--timeout-s``. Answers never name a server
-path: messages are rewritten to the client's names.
+multipart uploads at once — JSON path requests, a few hundred bytes, do not take those slots —
+and at most ``max_receives_per_client`` bodies per client address, each above a minimum rate
+after a grace period), and only then admitted (``serve/admission.py``), so a slow client never
+holds a scoring slot; a request that arrives while admission is full is refused at once, its
+body unread. Then it is decoded in the decode pool (PyAV releases the GIL) within the decode
+limits (``video/limits.py``: picture size, frames, seconds, and the pixels decoded at once) and
+handed to the batcher's model thread (``serve/batcher.py``).
+
+The whole request, upload included, runs under ``--timeout-s``. When it times out, or its client
+goes away once its body is in, its decode is stopped (a cancel event the decoder checks between
+packets) and its queued video is skipped, so the decode thread is free again within a packet's
+decode. Answers never name a server path: messages are rewritten to the client's names.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import contextlib
 import logging
 import math
 import os
+import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -38,14 +46,17 @@ from .settings import ServeSettings
 log = logging.getLogger("qclip_engine.serve")
 
 NOT_READY_RETRY_S = 5
+# Error results of one video that say the video could not be scored, not that the server failed.
+VIDEO_RESULT_CODES = frozenset({"non_finite_output"})
 
 
 class QualityService:
     """Built at start-up, torn down at exit; ``on_fatal`` is called when the model cannot be loaded."""
 
     def __init__(self, settings: ServeSettings, on_fatal: Callable[[], None] | None = None):
-        if settings.batch < 1 or settings.queue_limit < 1 or settings.max_uploads < 1:
-            raise ValueError("batch, queue and max_uploads must be ≥ 1")
+        if min(settings.batch, settings.queue_limit, settings.max_uploads, settings.max_receives_per_client) < 1:
+            raise ValueError("batch, queue, max_uploads and max_receives_per_client must be ≥ 1")
+        self.decode_limits = settings.decode_limits  # a ValueError here for limits that cannot be
         if settings.min_upload_bytes_per_s > 0 and not settings.upload_grace_s > 0:
             raise ValueError("a minimum upload rate needs a grace period > 0")
         self.settings = settings
@@ -54,6 +65,8 @@ class QualityService:
         self.admission = Admission(settings.queue_limit)
         self.metrics.in_flight.set_function(lambda: self.admission.count)
         self.receiving = 0  # bodies being received (event loop only)
+        self.uploads_receiving = 0  # of which multipart uploads (max_uploads bounds these)
+        self.receiving_by_client: Counter = Counter()  # bodies being received, by client address
         self.metrics.uploads_in_progress.set_function(lambda: self.receiving)
         self.min_rate = MinRate(settings.min_upload_bytes_per_s, settings.upload_grace_s)
         self.metrics.queue_depth.set_function(lambda: self.batcher.queue.qsize() if self.batcher is not None else 0)
@@ -81,13 +94,17 @@ class QualityService:
         try:
             engine = await asyncio.to_thread(
                 QualityEngine, s.artifact, engine=s.engine, device=s.device, precision=s.precision, batch=s.batch,
-                workers=s.workers, strict=s.strict, torch_mode=s.torch_mode, decoder=s.decoder)
+                workers=s.workers, strict=s.strict, torch_mode=s.torch_mode, decoder=s.decoder,
+                limits=self.decode_limits)
             blank = engine.sample_frames(np.zeros((engine.num_frames, *engine.image_size, 3), np.uint8), "<warm-up>")
             self.batcher = Batcher(engine, self.metrics, max_batch=s.batch, max_wait_s=s.batch_wait_s,
                                    capacity=s.queue_limit)
             # One call before the first request, on the model thread: kernel selection and allocator
             # warm-up are not billed to a client, and a backend that cannot run fails here, not per request.
-            await asyncio.wrap_future(self.batcher.start(warm_up=[blank]))
+            warmed = await asyncio.wrap_future(self.batcher.start(warm_up=[blank]))
+            if not warmed[0].ok:  # e.g. non-finite output on a blank video: it would answer every request so
+                self.batcher.stop()
+                raise RuntimeError(f"the model cannot score: {warmed[0].error['message']}")
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("the model could not be loaded: %s", self.load_error)
@@ -144,16 +161,22 @@ class QualityService:
             raise self.not_ready_error()
         if self.admission.count >= self.admission.limit:  # cheap early refusal; admitted for real after the receive
             raise self.overloaded_error(body_read=False)
-        if self.receiving >= self.settings.max_uploads:
+        upload = _media_type(request) == "multipart/form-data"
+        if upload and self.uploads_receiving >= self.settings.max_uploads:
             raise ApiError(503, "overloaded", f"{self.settings.max_uploads} uploads in progress; retry later",
                            {"Retry-After": str(self.retry_after_s()), "Connection": "close"})
+        client = request.client.host if request.client else ""
+        if self.receiving_by_client[client] >= self.settings.max_receives_per_client:
+            raise ApiError(429, "too_many_requests",
+                           f"{self.settings.max_receives_per_client} requests from this address are still sending "
+                           "their bodies; retry later", {"Retry-After": "1", "Connection": "close"})
         started = time.perf_counter()
         received: list[Upload] = []  # filled once the upload is in, so the message and cleanup can name it
         resolved: list[tuple[Path, str]] = []  # (server path, what the client called it)
         slots: list[Slot] = []  # the scoring slot, once admitted
         try:
-            name, result, timing = await asyncio.wait_for(self._score(request, slots, received, resolved),
-                                                          self.settings.timeout_s)
+            name, result, timing = await asyncio.wait_for(
+                self._score(request, slots, received, resolved, upload, client), self.settings.timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"no result within {self.settings.timeout_s:g} s") from None
         except ServiceStopping as exc:
@@ -167,31 +190,46 @@ class QualityService:
                 slot.release()
             for upload in received:
                 upload.path.unlink(missing_ok=True)
-        if not result.ok:  # the backend failed on this request's batch
-            raise ApiError.from_record(500, result.error)
+        if not result.ok:  # the model gave no usable output for this video (422), or the backend failed (500)
+            raise ApiError.from_record(422 if result.error["code"] in VIDEO_RESULT_CODES else 500, result.error)
         record = result.to_record()
         record["input"] = name
         record["timing_ms"] = timing | record["timing_ms"] | {"total": (time.perf_counter() - started) * 1e3}
         return JSONResponse(record)
 
     async def _score(self, request: Request, slots: list[Slot], received: list[Upload],
-                     resolved: list[tuple[Path, str]]) -> tuple[str, VideoResult, dict]:
-        self.receiving += 1
-        try:
+                     resolved: list[tuple[Path, str]], upload: bool, client: str) -> tuple[str, VideoResult, dict]:
+        with self._receiving(upload, client):
             source, name, timing = await self._receive(request, received, resolved)
-        finally:
-            self.receiving -= 1
         slot = self.admission.try_admit()  # only now: a body still arriving holds no scoring slot
         if slot is None:
             raise self.overloaded_error(body_read=True)
         slots.append(slot)
-        video = await self._decode(source, slot, timing)
-        return name, await self.batcher.submit(video, slot), timing
+
+        async def decoded_and_scored() -> VideoResult:
+            return await self.batcher.submit(await self._decode(source, slot, timing), slot)
+
+        return name, await _while_client_waits(request, decoded_and_scored()), timing
+
+    @contextlib.contextmanager
+    def _receiving(self, upload: bool, client: str):
+        """Counts a body being received: in all, as an upload (``max_uploads``) and for its address."""
+        self.receiving += 1
+        self.uploads_receiving += upload
+        self.receiving_by_client[client] += 1
+        try:
+            yield
+        finally:
+            self.receiving -= 1
+            self.uploads_receiving -= upload
+            self.receiving_by_client[client] -= 1
+            if not self.receiving_by_client[client]:
+                del self.receiving_by_client[client]
 
     async def _receive(self, request: Request, received: list[Upload],
                        resolved: list[tuple[Path, str]]) -> tuple[Path, str, dict[str, float]]:
         """(the file to decode, the client's name for it, timing) of a JSON path or a multipart upload."""
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        media_type = _media_type(request)
         if media_type == "application/json":
             name = await read_json_path(request, self.min_rate)
             source = resolve_allowed_path(name, self.allow_roots)
@@ -207,12 +245,13 @@ class QualityService:
 
     async def _decode(self, source: Path, slot: Slot, timing: dict[str, float]) -> SampledVideo:
         submitted = time.perf_counter()
+        cancel = threading.Event()  # set when the request ends first: the decoder stops between packets
 
         def sample() -> tuple[SampledVideo, float]:
             picked_up = time.perf_counter()
-            return self.engine.sample(source), picked_up - submitted
+            return self.engine.sample(source, cancel=cancel), picked_up - submitted
 
-        slot.hold()  # a decode outliving its request (timeout) still holds the slot
+        slot.hold()  # a decode outliving its request still holds the slot, until it stops
         try:
             job = self.decode_pool.submit(sample)
         except RuntimeError:  # the pool shut down: the service is stopping
@@ -221,7 +260,9 @@ class QualityService:
         job.add_done_callback(lambda _: slot.release())
         try:
             video, waited = await asyncio.wrap_future(job)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the request timed out or its client left: stop its decode
+            cancel.set()
+            job.cancel()  # not started yet: it never runs
             if self.stopping and job.cancelled():  # shutdown dropped the queued decode, not the client
                 raise ServiceStopping("the service is shutting down") from None
             raise
@@ -258,3 +299,35 @@ class QualityService:
             "calibrated": engine.calibration is not None,
             "queue_limit": self.admission.limit,
         }
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects. Only once the body is read: ASGI's receive then
+    waits for ``http.disconnect`` (uvicorn sends it when the connection drops)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _while_client_waits(request: Request, work):
+    """``work``'s result; if the client goes away first, ``work`` is cancelled (its decode stops)
+    and the answer, which no one will read, is ``client_disconnected``. A cancellation from outside
+    (the request's deadline) cancels ``work`` too."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    raise ApiError(400, "client_disconnected", "the client went away before its answer")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import defaults
+from ..video.limits import DecodeLimits
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,25 @@ class ServeSettings:
     min_upload_bytes_per_s: float = defaults.MIN_UPLOAD_KIBPS * 1024  # 0: no minimum rate
     upload_grace_s: float = defaults.UPLOAD_GRACE_S  # before the minimum rate applies
     strict: bool = False  # a file cut short is 422 truncated, not a score with a warning
+    # What one video may cost to decode (qclip_engine/video/limits.py); None: no limit.
+    max_pixels: int | None = defaults.MAX_PICTURE_PIXELS
+    max_frames: int | None = defaults.MAX_VIDEO_FRAMES
+    max_decode_s: float | None = defaults.MAX_DECODE_S
+    decode_budget_pixels: int | None = None  # pixels decoded at once; None: SERVE_DECODE_BUDGET_PICTURES × max_pixels
+    # Connections and receives per client address (qclip_engine/serve/connections.py, serve/service.py).
+    header_timeout_s: float = defaults.HEADER_TIMEOUT_S
+    max_connections_per_client: int = defaults.MAX_CONNECTIONS_PER_CLIENT
+    max_receives_per_client: int = defaults.MAX_RECEIVES_PER_CLIENT
 
     @property
     def queue_limit(self) -> int:
         return self.queue if self.queue is not None else defaults.QUEUE_PER_BATCH * self.batch
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        """The engine's decode limits: those above, and the budget of pixels decoded at once."""
+        budget = self.decode_budget_pixels
+        if budget is None and self.max_pixels is not None:
+            budget = defaults.SERVE_DECODE_BUDGET_PICTURES * self.max_pixels
+        return DecodeLimits(max_pixels=self.max_pixels, max_frames=self.max_frames, max_seconds=self.max_decode_s,
+                            budget_pixels=budget)
