@@ -7,6 +7,11 @@ preprocessing; calibration, versions) and ``adapters.safetensors`` (what the fam
 being rebuilt from its name or file; for CLIPVQA every tensor). A fingerprint of the backbone's
 weights is stored too, so an artifact refuses to run on a backbone other than the one
 it was trained on.
+
+What ``config.json`` may hold is ``artifact_schema.py``'s. Saving and loading both check it, that
+the calibration maps scores to finite MOS and that every tensor is finite (``artifact_invalid``
+otherwise); a non-finite number the model still computes is ``engine.run_batch``'s
+``non_finite_output``.
 """
 
 from __future__ import annotations
@@ -14,25 +19,28 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import numbers
 import os
 import secrets
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .artifact_schema import check_config
 from .environment import versions
-from .errors import ArtifactError
+from .errors import ArtifactContentError, ArtifactError
 from .model.families import DEFAULT_FAMILY, Family, family_of, get_family
 
 FORMAT = "qclip-artifact"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 ADAPTERS_FILE = "adapters.safetensors"
-CALIBRATION_KEYS = ("pred_mean", "pred_std", "target_mean", "target_std")
+# A calibration must map the scores it was fitted on, pred_mean ± this many pred_std, to finite MOS.
+CALIBRATION_PROBE_SPREADS = (-4.0, 0.0, 4.0)
 _FINGERPRINT_ELEMENTS = 4096
 _FROM_ARTIFACT = object()  # load_artifact's default: the weights source saved in the artifact
 
@@ -53,23 +61,51 @@ def backbone_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _check_calibration(calibration: dict[str, Any] | None) -> dict[str, float] | None:
-    if calibration is None:
-        return None
-    missing = [k for k in CALIBRATION_KEYS if k not in calibration]
-    if missing:
-        raise ValueError(f"calibration lacks {missing}; it needs {CALIBRATION_KEYS}")
-    values = {k: float(calibration[k]) for k in CALIBRATION_KEYS}
-    if not all(np.isfinite(v) for v in values.values()) or values["pred_std"] <= 0:
-        raise ValueError(f"calibration must be finite with pred_std > 0: {values}")
-    return values
+def _calibration_to_save(calibration: Any) -> Any:
+    """The calibration as ``config.json`` stores it: its numbers (numpy's too) as Python floats;
+    anything else is left for the schema to refuse."""
+    if not isinstance(calibration, Mapping):
+        return calibration
+    return {k: float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else v for k, v in calibration.items()}
 
 
 def calibrated_mos(scores: np.ndarray | torch.Tensor, calibration: dict[str, float]) -> np.ndarray:
-    """Raw scores → the training set's MOS scale (the linear rescale stored at training time)."""
+    """Raw scores → the training set's MOS scale (the linear rescale stored at training time).
+    An overflow gives inf silently: callers check (``engine.run_batch``: ``non_finite_output``)."""
     s = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
     c = calibration
-    return (s - c["pred_mean"]) / c["pred_std"] * c["target_std"] + c["target_mean"]
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (s - c["pred_mean"]) / c["pred_std"] * c["target_std"] + c["target_mean"]
+
+
+def _check_calibrated_range(calibration: dict[str, float] | None, where: str) -> None:
+    """A calibration whose fields passed the schema must still map the scores it was fitted on to
+    finite MOS: spreads of 1e-308 and 1e308 are each finite and > 0, their ratio is not."""
+    if calibration is None:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is what is looked for
+        ratio = np.float64(calibration["target_std"]) / np.float64(calibration["pred_std"])
+        probes = calibration["pred_mean"] + np.array(CALIBRATION_PROBE_SPREADS) * calibration["pred_std"]
+    if not np.isfinite(ratio):
+        raise ArtifactContentError(f"{where}: calibration.target_std / calibration.pred_std is not finite "
+                                   f"({calibration['target_std']!r} / {calibration['pred_std']!r})")
+    mos = calibrated_mos(probes, calibration)
+    if not (np.isfinite(probes).all() and np.isfinite(mos).all()):
+        raise ArtifactContentError(f"{where}: calibration maps scores within {max(CALIBRATION_PROBE_SPREADS):g} "
+                                   f"pred_std of pred_mean to no finite MOS ({probes.tolist()} → {mos.tolist()})")
+
+
+def _check_finite(tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse a tensor holding NaN or ±inf: one such weight makes every score NaN."""
+    for name, tensor in tensors.items():
+        # A finite sum proves every element finite, at the cost of one read; a non-finite one may be
+        # an overflow of finite values (FP16), so the elements are counted then.
+        if not tensor.is_floating_point() or torch.isfinite(tensor.sum()):
+            continue
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ArtifactContentError(f"{where}: tensor {name} {list(tensor.shape)} holds {bad} NaN or infinite "
+                                       f"value(s) of {tensor.numel()}")
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -90,11 +126,12 @@ def _atomic_write(path: Path, write) -> None:
 
 def save_artifact(model: nn.Module, directory: str | os.PathLike, calibration: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (of any registered family, ``model/families.py``) to ``directory``
-    (created if needed); returns the directory."""
+    (created if needed); returns the directory. Refuses (``ArtifactContentError``, before writing
+    anything) what loading would refuse: a config outside ``artifact_schema.py``, a calibration
+    without finite MOS, a NaN or infinite tensor."""
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     family = family_of(model)
-    calibration = _check_calibration(calibration if calibration is not None else model.calibration)
+    calibration = _calibration_to_save(calibration if calibration is not None else model.calibration)
     model_cfg = model.config.to_dict()
     pretrained = model_cfg.get("pretrained")
     if pretrained is not None and Path(pretrained).expanduser().is_file():
@@ -116,14 +153,20 @@ def save_artifact(model: nn.Module, directory: str | os.PathLike, calibration: d
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    refused = f"cannot save the artifact {out}"
+    check_config(config, refused)
+    _check_calibrated_range(calibration, refused)
     tensors = {k: v.to("cpu").contiguous() for k, v in model.artifact_tensors().items()}
+    _check_finite(tensors, refused)
+    _check_finite(model.rebuilt_state(), f"{refused}: the backbone (rebuilt on load)")
+    out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / ADAPTERS_FILE, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
     _atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
     return out
 
 
 def read_artifact_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """``config.json`` of an artifact, validated; raises ``ArtifactError``."""
+    """``config.json`` of an artifact, checked against ``artifact_schema.py``; raises ``ArtifactError``."""
     root = Path(directory)
     if not root.is_dir():
         raise ArtifactError(f"artifact directory not found: {root}", code="not_found")
@@ -134,11 +177,14 @@ def read_artifact_config(directory: str | os.PathLike) -> dict[str, Any]:
         config = json.loads((root / CONFIG_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{root / CONFIG_FILE} is not valid JSON: {exc}") from exc
-    if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
+    stated = config if isinstance(config, dict) else {}
+    if stated.get("format") != FORMAT or stated.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{root} is not a {FORMAT} v{FORMAT_VERSION} artifact "
-            f"(format={config.get('format')!r}, version={config.get('format_version')!r})"
+            f"(format={stated.get('format')!r}, version={stated.get('format_version')!r})"
         )
+    check_config(config, str(root / CONFIG_FILE))
+    _check_calibrated_range(config.get("calibration"), str(root / CONFIG_FILE))
     return config
 
 
@@ -198,6 +244,11 @@ def load_artifact(
     root = Path(directory)
     config = read_artifact_config(root)
     family, model_cfg = _stored_settings(root, config)
+    try:  # before the model is built: a damaged file fails in a second
+        tensors = load_file(str(root / ADAPTERS_FILE))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise ArtifactError(f"{root / ADAPTERS_FILE} is unreadable: {exc}") from exc
+    _check_finite(tensors, str(root / ADAPTERS_FILE))
     if pretrained is not _FROM_ARTIFACT:
         model_cfg["pretrained"] = pretrained
     elif model_cfg.get("pretrained") and (root / model_cfg["pretrained"]).is_file():
@@ -218,10 +269,7 @@ def load_artifact(
                 f"(saved with {config.get('versions')})."
             )
 
-    try:
-        tensors = load_file(str(root / ADAPTERS_FILE))
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise ArtifactError(f"{root / ADAPTERS_FILE} is unreadable: {exc}") from exc
+    _check_finite(model.rebuilt_state(), f"the backbone built from {model_cfg['pretrained']!r}")
     try:
         model.load_artifact_tensors(tensors)
     except ValueError as exc:

@@ -61,9 +61,15 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
     return state["best"], state["epoch"] + 1
 
 
-def calibration(result: EpochResult) -> dict:
-    """Mean and spread of the epoch's training predictions and MOS (stored with the artifact)."""
+def calibration(result: EpochResult) -> dict | None:
+    """Mean and spread of the epoch's training predictions and MOS (stored with the artifact); None
+    when the labels have no spread (every training label the same: no scale to map scores onto,
+    and an artifact's calibration needs spreads > 0, qclip_engine/artifact.py)."""
     tp, tt = np.concatenate(result.preds), np.concatenate(result.targets)
+    if not float(tt.std()) > 0:
+        if distributed.is_main():
+            print(f"no calibration stored: every training label is {float(tt.mean()):g}")
+        return None
     return {
         "pred_mean": float(tp.mean()),
         "pred_std": float(tp.std()) or 1.0,
