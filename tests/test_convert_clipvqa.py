@@ -270,6 +270,7 @@ def test_a_converted_checkpoint_is_scored_exported_and_planned_for_ray_by_its_in
     from qclip_engine.model.clipvqa import LEVEL_WORDS
     from qclip_engine.samples import sample_clips
     from qclip_engine.video import decode
+    from qclip_engine.video.limits import DecodeLimits
     from qclip_engine.video.sampling import frame_indices
 
     model = source[0]
@@ -278,7 +279,7 @@ def test_a_converted_checkpoint_is_scored_exported_and_planned_for_ray_by_its_in
     assert (spec.config.sampler, spec.config.preprocessing, spec.levels) == ("segment_middle", "short_side_crop", LEVEL_WORDS)
     assert _model_settings(str(out), RayOptions()) | {"strict": None} == {
         "image_size": (32, 32), "num_frames": FRAMES, "preprocessing": "short_side_crop", "sampler": "segment_middle",
-        "strict": None, "max_analysis_frames": 512}
+        "strict": None, "max_analysis_frames": 512, "limits": DecodeLimits()}
 
     engine = QualityEngine(out, engine="torch", precision="fp32", device="cpu")
     clip = sample_clips()[0]
@@ -298,3 +299,14 @@ def test_a_converted_checkpoint_is_scored_exported_and_planned_for_ray_by_its_in
     parity = json.loads((out / "parity_onnx.json").read_text())["results"]["model.onnx"]
     assert parity["score"]["max_abs_diff"] <= 1e-4 and parity["level_sims"]["max_abs_diff"] <= 1e-4
     assert parity["frames"]["shape"][1] == FRAMES  # the family's fixed frame count
+
+
+def test_keys_that_are_not_strings_are_refused_in_the_state_dict_and_listed_at_the_top(source, tmp_path, capsys):
+    _, checkpoint, _ = source
+    with pytest.raises(ConversionError, match=r"not strings\): \[7\]") as raised:
+        read_clipvqa({"model": {**checkpoint["model"], 7: torch.zeros(1)}})
+    assert raised.value.code == "checkpoint_invalid"
+    path = tmp_path / "best.pth"  # beside the state dict, an entry of training state under a number
+    save_released({**checkpoint, 5: "x"}, path)
+    assert convert_main(["clipvqa", str(path), "--out", str(tmp_path / "artifact")]) == 0
+    assert "left out (training state): 5, lr_scheduler, optimizer" in capsys.readouterr().out

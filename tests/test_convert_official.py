@@ -2,6 +2,8 @@
 the model they were saved from, and export and train further like any other."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +174,40 @@ def test_the_cli_converts_then_the_artifact_exports_scores_and_trains_further(so
     tuned = load_artifact(tmp_path / "run" / "best")
     assert tuned.config.rope == "qclip_official" and tuned.config.preprocessing == "reference"
     assert not torch.equal(tuned.level_weights, model.level_weights)  # it trained
+
+
+@pytest.mark.parametrize("kind", ["official", "clipvqa"])  # main checks --out before either reads its checkpoint
+@pytest.mark.parametrize("where", ["a_file", "under_a_file", "nowhere_to_create"])
+def test_an_out_that_cannot_be_written_is_refused_in_one_line_before_the_conversion(tmp_path, capsys, monkeypatch,
+                                                                                      kind, where):
+    from qclip_engine.convert import clipvqa, official_qclip
+
+    def converted(*args, **kwargs):
+        pytest.fail("the conversion ran although --out cannot be written")
+
+    monkeypatch.setattr(official_qclip, "convert_official", converted)
+    monkeypatch.setattr(clipvqa, "read_checkpoint", converted)
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    out = {"a_file": taken, "under_a_file": taken / "artifact",  # /proc takes no new entry, not even root's:
+           "nowhere_to_create": Path("/proc/qclip-convert-test/artifact")}[where]
+    if where == "nowhere_to_create" and not os.path.isdir("/proc"):
+        pytest.skip("needs Linux's /proc")
+    checkpoint = tmp_path / "best.pth"
+    checkpoint.write_bytes(b"")
+    assert convert_main([kind, str(checkpoint), "--out", str(out)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"qclip-convert: --out {out}: "), line
+    assert taken.read_text() == "a file"
+
+
+def test_a_state_dict_whose_keys_are_not_strings_is_checkpoint_invalid(tmp_path, capsys):
+    state = {"clip_model.visual.conv1.weight": torch.zeros(1), 7: torch.zeros(1)}
+    with pytest.raises(ConversionError, match=r"not strings\): \[7\]") as raised:
+        read_official({"state_dict": state})
+    assert raised.value.code == "checkpoint_invalid"
+    path = tmp_path / "odd.pth"
+    torch.save({"state_dict": state}, path)
+    assert convert_main(["official", str(path), "--out", str(tmp_path / "artifact")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("qclip-convert: [checkpoint_invalid] ") and "[7]" in line, line

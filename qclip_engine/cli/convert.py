@@ -6,17 +6,21 @@ the released CLIPVQA ``main.py`` (``qclip_engine/convert/clipvqa.py``). An ``off
 exports, scores, serves and trains further like any other; a ``clipvqa`` one loads
 (``load_artifact``) but the engine's commands do not run its family yet (``model/families.py``). Prints what it mapped and what it left out.
 Exit codes: 0 done; 2 the checkpoint (or the backbone weights named) does not fit or cannot be
-read — the message lists the keys and shapes that do not fit.
+read — the message lists the keys and shapes that do not fit — or ``--out`` cannot be written (an
+existing file, a path under a file, a place where nothing can be created: checked before the
+checkpoint is read, as the artifact is written only once the conversion is done).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from ..defaults import BACKBONE
+from .arguments import cannot_create_in, positive_int
 
 SAT_ATTENTIONS = ("alone", "batch")  # model/clipvqa/config.py's, named here so that --help needs no torch
 
@@ -38,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="refer to this weights file (Meta's PE-Core-*.pt or open_clip's safetensors) instead of "
                                "writing the checkpoint's backbone into the artifact; it must hold the same tensors "
                                "(default: none, the backbone is written into the artifact)")
-    official.add_argument("--num-frames", type=int, default=8, help="frames per video (default: 8, the official loader's)")
+    official.add_argument("--num-frames", type=positive_int, default=8,
+                          help="frames per video (default: 8, the official loader's)")
 
     clipvqa = kinds.add_parser(
         "clipvqa", help="a checkpoint of the released CLIPVQA code (main.py's ckpt_epoch_N.pth or best.pth)",
@@ -48,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     clipvqa.add_argument("checkpoint", type=Path,
                          help="the .pth ({'model': …, 'config': …}; read weights-only, yacs not needed)")
     clipvqa.add_argument("--out", type=Path, required=True, help="artifact directory to write (required, no default)")
-    clipvqa.add_argument("--num-frames", type=int,
+    clipvqa.add_argument("--num-frames", type=positive_int,
                          help="frames per video (default: read off the checkpoint, mit.positional_embedding; another "
                               "number is refused, as the position embedding and the temporal conv have that length)")
     clipvqa.add_argument("--sat-attention", choices=SAT_ATTENTIONS, default=SAT_ATTENTIONS[0],
@@ -58,8 +63,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unwritable_dir(path: Path) -> str | None:
+    """Why the artifact directory ``path`` cannot be written, or None."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        return "exists and is not a directory"
+    existing = next(p for p in (path, *path.parents) if os.path.exists(p))  # what is there of the path
+    if not os.path.isdir(existing):
+        return f"{existing} is not a directory"
+    return cannot_create_in(existing)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if problem := _unwritable_dir(args.out):
+        print(f"qclip-convert: --out {args.out}: {problem}", file=sys.stderr)
+        return 2
     from ..errors import QCLIPError
 
     started = time.perf_counter()
@@ -117,7 +135,7 @@ def _clipvqa(args: argparse.Namespace) -> Path:
     width = max(len(src) for src, _, _ in rules)
     for src, dst, n in rules:
         print(f"  {src:<{width}}  →  {dst}  ({n})")
-    left = sorted(k for k in checkpoint if k not in ("model", "epoch", "max_accuracy", "config"))
+    left = sorted(str(k) for k in checkpoint if k not in ("model", "epoch", "max_accuracy", "config"))
     if left:
         print(f"left out (training state): {', '.join(left)}")
     return convert_clipvqa(state, args.out, **overrides)

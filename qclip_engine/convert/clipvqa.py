@@ -163,6 +163,10 @@ def read_clipvqa(checkpoint: str | os.PathLike | dict) -> dict[str, torch.Tensor
     state = checkpoint.get("model", checkpoint)
     if not isinstance(state, dict):
         raise ConversionError(f"the checkpoint's 'model' entry is a {type(state).__name__}, not a state dict")
+    unnamed = [k for k in state if not isinstance(k, str)]  # a state dict names its tensors
+    if unnamed:
+        raise ConversionError(f"not a released CLIPVQA state dict: keys that are not tensor names (not strings): "
+                              f"{unnamed[:6]!r}")
     tensors = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     others = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
     if others or not tensors:

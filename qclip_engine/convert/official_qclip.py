@@ -41,7 +41,7 @@ import torch
 
 from ..artifact import save_artifact
 from ..errors import ConversionError
-from ..model.pe_weights import load_torch_file, meta_pe_to_open_clip, unwrap_state_dict
+from ..model.pe_weights import WRAPPERS, load_torch_file, meta_pe_to_open_clip, unwrap_state_dict
 from ..model.qclip import QCLIP, QCLIPConfig
 
 BACKBONE_PREFIX = "clip_model."
@@ -139,6 +139,14 @@ def _adapter_start(adapters: dict[int, dict[str, torch.Tensor]]) -> int | None:
     return None
 
 
+def _non_string_keys(checkpoint: dict) -> list:
+    """The keys that are not strings in the dict ``unwrap_state_dict`` takes the tensors from (its
+    ``WRAPPERS`` entry, else the checkpoint itself): a state dict names its tensors, and a key of
+    another type (a hand-made or damaged file) names none."""
+    state = next((checkpoint[key] for key in WRAPPERS if isinstance(checkpoint.get(key), dict)), checkpoint)
+    return [key for key in state if not isinstance(key, str)]
+
+
 def read_official(
     checkpoint: str | os.PathLike | dict,
     *,
@@ -155,6 +163,9 @@ def read_official(
             checkpoint = load_torch_file(path)
         except Exception as exc:  # pickle, zip and torch errors alike
             raise ConversionError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+    if isinstance(checkpoint, dict) and (unnamed := _non_string_keys(checkpoint)):
+        raise ConversionError(f"not an official Q-CLIP checkpoint: its state dict has keys that are not tensor "
+                              f"names (not strings): {unnamed[:6]!r}")
     try:
         state = unwrap_state_dict(checkpoint)
     except ValueError as exc:
