@@ -15,7 +15,7 @@ from media import encode, moving_frames
 from conftest import trained_like
 
 from qclip_engine import QCLIP, QCLIPConfig
-from qclip_engine.engine import QualityEngine
+from qclip_engine.engine import QualityEngine, VideoResult
 from qclip_engine.cli.timeline import plot_timeline
 from qclip_engine.stream import WindowResult, stream_windows
 from qclip_engine.video.container import resize_rgb
@@ -155,15 +155,7 @@ def test_corrupt_and_truncated_files_give_records_not_exceptions(engine, clip, t
     cut.write_bytes(data[: len(data) // 2])
     records = list(stream_windows(engine, cut))
     assert len(records) == 1 and records[0].error["code"] == "truncated"
-    # Index first (faststart), cut in the middle: windows up to the cut, then an error for the open one.
-    fast = tmp_path / "fast.mp4"
-    subprocess.run([FFMPEG, "-v", "error", "-i", str(clip), "-c", "copy", "-movflags", "+faststart", str(fast)], check=True)
-    data = fast.read_bytes()
-    (tmp_path / "fastcut.mp4").write_bytes(data[: len(data) * 2 // 3])
-    records = list(stream_windows(engine, tmp_path / "fastcut.mp4"))
-    assert records[-1].error is not None and records[-1].error["code"] in {"truncated", "decode_failed"}
-    assert all(r.ok for r in records[:-1]) and len(records) >= 2
-    assert [r.index for r in records] == list(range(len(records)))
+    # (Index first, cut in the middle: test_a_stream_cut_short_warns_on_its_last_window_or_fails_under_strict.)
     rng = np.random.default_rng(0)
     for j in range(3):  # flipped bytes: whatever happens, records come back and nothing raises
         buf = bytearray(clip.read_bytes())
@@ -176,6 +168,89 @@ def test_corrupt_and_truncated_files_give_records_not_exceptions(engine, clip, t
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
     assert [r.error["code"] for r in stream_windows(engine, junk)] == ["not_a_video"]
+
+
+@pytest.fixture(scope="module")
+def strict_engine(model):
+    return QualityEngine(model=model, engine="torch", device="cpu", batch=4, strict=True)
+
+
+def _cut(clip, path, keep: float, *args: str):
+    """``clip`` remuxed to ``path`` (``args``: muxer options), then cut to ``keep`` of its bytes."""
+    subprocess.run([FFMPEG, "-v", "error", "-i", str(clip), "-c", "copy", *args, str(path)], check=True)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_a_stream_cut_short_warns_on_its_last_window_or_fails_under_strict(engine, strict_engine, clip, file_windows,
+                                                                           tmp_path, container):
+    # MP4 with its index first (it declares 150 frames), Matroska (it declares 6 s): both cut in the middle.
+    args = ("-movflags", "+faststart") if container == "mp4" else ()
+    cut = _cut(clip, tmp_path / f"cut.{container}", 0.6, *args)
+    declared = "declared frames" if container == "mp4" else "of a declared 6.000 s"
+    windows = list(stream_windows(engine, cut, window_s=2.0, hop_s=1.0))
+    assert all(w.ok for w in windows) and [w.index for w in windows] == list(range(len(windows)))
+    assert 2 <= len(windows) < len(file_windows)
+    # The windows up to the cut are scored as the whole file's; the last one says the source was cut.
+    np.testing.assert_allclose([w.score for w in windows[:-1]], [w.score for w in file_windows[:len(windows) - 1]],
+                               atol=1e-5)
+    assert [w.warnings for w in windows[:-1]] == [None] * (len(windows) - 1)
+    [warning] = windows[-1].to_record()["warnings"]
+    assert warning["code"] == "truncated" and declared in warning["message"], warning
+    # Strict: the windows closed before the end are scored, the open ones give way to the error.
+    strict = list(stream_windows(strict_engine, cut, window_s=2.0, hop_s=1.0))
+    assert all(w.ok for w in strict[:-1]) and [w.index for w in strict] == list(range(len(strict)))
+    np.testing.assert_allclose([w.score for w in strict[:-1]], [w.score for w in windows[:len(strict) - 1]], atol=1e-5)
+    assert strict[-1].error["code"] == "truncated" and declared in strict[-1].error["message"]
+    assert strict[-1].index <= windows[-1].index
+
+
+def test_a_looping_mpegts_keeps_windowing_and_warns_of_its_clock(engine, tmp_path):
+    # An MPEG-TS of 1 s concatenated three times: its timestamps run 1.48 … 2.44 s three times over.
+    one = encode(tmp_path / "one.mp4", moving_frames(FPS, h=64, w=64), fps=FPS)
+    ts = tmp_path / "one.ts"
+    subprocess.run([FFMPEG, "-v", "error", "-i", str(one), "-c", "copy", "-f", "mpegts", str(ts)], check=True)
+    looped = tmp_path / "loop.ts"
+    looped.write_bytes(ts.read_bytes() * 3)
+    windows = list(stream_windows(engine, looped, window_s=1.0, hop_s=1.0))
+    assert [(w.start_s, w.frames_in_window) for w in windows] == [(0.0, FPS), (1.0, FPS), (2.0, FPS)]
+    assert [w.frames for w in windows] == [[n + k * FPS for n in windows[0].frames] for k in range(3)]
+    np.testing.assert_allclose([w.score for w in windows], windows[0].score, atol=1e-5)  # the same second, thrice
+    assert windows[0].warnings is None
+    assert [[x["code"] for x in w.to_record()["warnings"]] for w in windows[1:]] == [["clock_jump"], ["clock_jump"]]
+    # A live iterator looping a 2 s clip (6 times) under 2 s windows: every window comes (one did, before).
+    frame = moving_frames(1, h=64, w=64)[0]
+    live = list(stream_windows(engine, ((1.4 + (i % 50) / FPS, frame) for i in range(6 * 50)), window_s=2.0, hop_s=1.0))
+    assert [(w.start_s, w.frames_in_window) for w in live] == [(float(k), 2 * FPS) for k in range(11)]
+    assert sum(bool(w.warnings) for w in live) == 5  # one jump a loop
+
+
+def test_a_non_finite_window_is_its_own_error_record(engine, clip, file_windows):
+    # The engine answers a window whose model output is not finite with an error result
+    # (VideoResult.error, score None): that window is an error record, the others go on.
+    class NonFiniteSecondWindow:
+        def __init__(self, engine):
+            self.engine = engine
+
+        def __getattr__(self, name):
+            return getattr(self.engine, name)
+
+        def run_batch(self, videos):
+            results = self.engine.run_batch(videos)
+            return [VideoResult(input=r.input, error={"code": "non_finite_output", "message": "score is nan"},
+                                timing_ms=r.timing_ms) if r.input.endswith("#1") else r for r in results]
+
+    threshold = max(w.score for w in file_windows) + 1  # every scored window alerts
+    windows = list(stream_windows(NonFiniteSecondWindow(engine), clip, window_s=2.0, hop_s=1.0, threshold=threshold))
+    assert [w.index for w in windows] == [w.index for w in file_windows]
+    assert [w.ok for w in windows] == [w.index != 1 for w in windows]
+    record = windows[1].to_record()
+    assert record["error"]["code"] == "non_finite_output" and "score" not in record and not record["alert"]
+    assert all(w.alert for w in windows if w.ok)
+    np.testing.assert_allclose([w.score for w in windows if w.ok], [w.score for w in file_windows if w.index != 1],
+                               atol=1e-5)
 
 
 def test_missing_file_and_bad_sources(engine, tmp_path):
@@ -245,9 +320,9 @@ def test_plot_timeline_writes_a_png(engine, clip, file_windows, tmp_path):
     assert (tmp_path / "plain.png").stat().st_size > 1000
 
 
-def _hanging_http_server(payload: bytes, send: int):
-    """An HTTP server that sends the headers (the full length declared) and ``send`` bytes of
-    ``payload``, then goes silent while keeping the connection open."""
+def _loopback_server(respond):
+    """A TCP server on 127.0.0.1 that calls ``respond(conn)`` for each connection it accepts and keeps
+    the connection open (the caller closes ``held`` and the listener)."""
     import socket
 
     listener = socket.socket()
@@ -262,13 +337,23 @@ def _hanging_http_server(payload: bytes, send: int):
             except OSError:
                 return
             held.append(conn)
-            conn.recv(65536)
-            if send >= 0:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\n"
-                             + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload[:send])
+            respond(conn)
 
     threading.Thread(target=serve, daemon=True).start()
     return listener, held
+
+
+def _hanging_http_server(payload: bytes, send: int):
+    """An HTTP server that sends the headers (the full length declared) and ``send`` bytes of
+    ``payload``, then goes silent while keeping the connection open."""
+
+    def respond(conn):
+        conn.recv(65536)
+        if send >= 0:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\n"
+                         + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload[:send])
+
+    return _loopback_server(respond)
 
 
 @pytest.mark.parametrize("send", [-1, 2], ids=["silent_at_open", "silent_mid_stream"])
@@ -289,3 +374,27 @@ def test_a_hung_http_stream_says_it_timed_out(engine, clip, tmp_path, send):
     assert "timed out" in last.error["message"] and "Immediate exit" not in last.error["message"]
     if send > 0:
         assert len(records) >= 2 and all(r.ok for r in records[:-1])  # windows before the stall are kept
+
+
+@pytest.mark.parametrize("answer, code, timeout_s", [(None, "unreachable", 0.5),
+                                                     (b"SSH-2.0-OpenSSH_9.6\r\n", "not_a_video", 5.0)],
+                         ids=["silent", "garbage"])
+def test_an_rtsp_server_that_never_answers_is_unreachable(engine, answer, code, timeout_s):
+    # A TCP port that accepts and then says nothing (or something that is not RTSP, and hangs up:
+    # answered at once, so well within its time).
+    def respond(conn):
+        if answer is not None:
+            conn.recv(65536)
+            conn.sendall(answer)
+            conn.close()
+
+    listener, held = _loopback_server(respond)
+    try:
+        url = f"rtsp://127.0.0.1:{listener.getsockname()[1]}/x"
+        records = list(stream_windows(engine, url, timeout_s=timeout_s))
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert [r.error["code"] for r in records] == [code], records
+    assert ("timed out" in records[0].error["message"]) == (code == "unreachable")

@@ -1,7 +1,10 @@
 """The pure windower (``qclip_engine.stream.windowing``): bounds, memory cap, clock jumps, gaps and
 the end of media — fast, no decoding, no model. Each test states one rule of the stream docstring."""
 
+import re
+
 import numpy as np
+import pytest
 
 from qclip_engine.stream.windowing import Windower
 
@@ -59,6 +62,41 @@ def test_a_backwards_clock_jump_rebases_the_timeline():
     jitter = run([0.0, 0.1, 0.2, 0.15, 0.3, 1.0, 1.1])
     assert [w.start_s for w in jitter] == [0.0, 1.0]
     assert jitter[0].numbers.tolist() == [0, 1, 2, 4]  # 0.15 lies behind the last grid slot
+
+
+@pytest.mark.parametrize("loop_s", [1.0, 2.0])
+def test_a_looping_clock_rebases_on_every_loop_and_says_so(loop_s):
+    # An endless HTTP MPEG-TS repeating a short clip: 25 fps timestamps 1.4 … 1.4 + loop_s − 0.04,
+    # then back to 1.4 — a jump back shorter than the 2 s window.
+    fps, loops = 25, 5
+    per_loop = round(loop_s * fps)
+    times = [1.4 + (i % per_loop) / fps for i in range(loops * per_loop)]
+    windows = run(times, window_s=2.0, hop_s=1.0)
+    # The timeline is the frames' own rate, end to end: window k holds frames 25k … 25k + 49.
+    assert [w.start_s for w in windows] == [float(k) for k in range(len(windows))]
+    assert len(windows) == loops * loop_s - 1 and windows[-1].end_s == loops * loop_s
+    for w in windows:
+        assert w.numbers.tolist() == list(range(w.index * fps, w.index * fps + 2 * fps))
+        np.testing.assert_allclose(w.times, w.numbers / fps, atol=1e-9)
+    # Each jump is told once, on the first window closed after it, with the frame it happened at.
+    jumps = [n for n in range(per_loop, loops * per_loop, per_loop)]
+    told = [w for w in windows if w.warnings]
+    assert all(len(w.warnings) == 1 and w.warnings[0]["code"] == "clock_jump" for w in told)
+    assert [int(m) for w in told for m in re.findall(r"frame (\d+)", w.warnings[0]["message"])] == jumps
+    assert f"back {loop_s - 1 / fps:.3f} s" in told[0].warnings[0]["message"]
+
+
+def test_late_frames_within_two_steps_are_not_clock_jumps():
+    # A frame one or two steps late (reordered) is not a jump; a frame 3 steps back is one.
+    late = run([0.0, 0.1, 0.2, 0.3, 0.4, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1])
+    assert not any(w.warnings for w in late) and late[0].end_s == 1.0
+    assert late[0].numbers.tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]  # 0.25 lies behind the last grid slot
+    jumped = run([0.0, 0.1, 0.2, 0.3, 0.4, 0.05, 0.5])
+    np.testing.assert_allclose(jumped[0].times, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.95])
+    assert jumped[0].warnings[0]["code"] == "clock_jump" and "frame 5" in jumped[0].warnings[0]["message"]
+    # Steps are a median of the latest: one near-duplicate timestamp does not make the next late frame a jump.
+    jitter = run([0.0, 0.1, 0.2, 0.2001, 0.3, 0.25, 0.4])
+    assert not any(w.warnings for w in jitter)
 
 
 def test_a_forward_gap_skips_empty_windows_without_reusing_indices():

@@ -27,7 +27,10 @@ choice is measured:
    reason logged. The choice is
    cached per CPU model and flags, model (config, adapters, backbone fingerprint), input shape,
    threads and library versions in ``$QCLIP_CACHE/cpu_choice/`` so it is measured once per
-   machine (a cache that cannot be written only costs the measurement next time).
+   machine (a cache that cannot be written only costs the measurement next time). One process
+   measures at a time: processes started together wait for the first one's choice and use it
+   (a measurement beside another would time both wrong), and the choice file is written whole
+   (``runtime/cache_files.py``).
 
 When it measures, one log line (WARNING, so a CLI shows it) says what was chosen and the
 frames/s of each candidate; a cached or only choice is logged at INFO. Every result names its
@@ -54,6 +57,7 @@ import torch
 
 from .. import defaults
 from .base import cache_root, export_cache_dir
+from .cache_files import atomic_write, entry_lock
 from .cpu_features import CpuIdentity, cpu_identity
 
 log = logging.getLogger("qclip_engine.runtime")
@@ -227,12 +231,20 @@ def choose_cpu_backend(model: torch.nn.Module, build: Callable[[Candidate], obje
     shape = (cap, frames_per_video, h, w, 3)
     key = cache_key(model, cpu, [c.label for c in eligible], shape, decode_workers)
     cache = cache_root() / "cpu_choice" / f"{key}.json"
-    chosen = _cached_choice(cache, eligible)
-    if chosen is not None:
-        log.info("CPU backend: %s (measured earlier on this %s; %s)", chosen.label, cpu.model, cache)
-        return build(chosen)
+    with entry_lock(cache):  # one process measures; those started beside it wait, then read its choice
+        chosen = _cached_choice(cache, eligible)
+        if chosen is None:
+            return _measure(build, eligible, out, shape, decode_workers, cpu, cache, timer)
+    log.info("CPU backend: %s (measured earlier on this %s; %s)", chosen.label, cpu.model, cache)
+    return build(chosen)
 
-    video = np.random.default_rng(0).integers(0, 256, (cap, *shape[1:]), dtype=np.uint8)
+
+def _measure(build: Callable[[Candidate], object], eligible: list[Candidate], out: dict[str, str],
+             shape: tuple[int, ...], decode_workers: int, cpu: CpuIdentity, cache: Path, timer):
+    """Build and time ``eligible`` on videos of ``shape`` (module docstring), cache the choice in
+    ``cache``; the fastest candidate's backend."""
+    cap, frames_per_video = shape[0], shape[1]
+    video = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     built, first = {}, {}
     for c in eligible:
         try:
@@ -256,12 +268,10 @@ def choose_cpu_backend(model: torch.nn.Module, build: Callable[[Candidate], obje
                     rates[label] = max(rates[label], rate)
     chosen, backend = built[max(rates, key=rates.get)]
     built.clear()  # the others are dropped
-    shape = frames.shape
+    record = {"choice": chosen.label, "frames_per_s": rates, "cpu": cpu.to_dict(), "shape": list(frames.shape),
+              "decode_workers": decode_workers, "left_out": out}
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"choice": chosen.label, "frames_per_s": rates, "cpu": cpu.to_dict(),
-                                     "shape": list(shape), "decode_workers": decode_workers, "left_out": out},
-                                    indent=2) + "\n")
+        atomic_write(cache, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
     except OSError as exc:  # a read-only cache: measured again next time, nothing worse
         log.warning("the CPU choice could not be cached (%s)", exc)
         cache = "not cached"

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..contract import GRAPH_INPUT, GRAPH_OUTPUTS
 from ..video.frames import to_host
+from .cache_files import build_once
 
 if TYPE_CHECKING:
     from torch import nn
@@ -95,23 +96,22 @@ class OnnxRuntimeBackend:
         from .onnx_graph import export_onnx
 
         path = export_cache_dir(model) / filename
-        if precision == "int8" and not path.is_file():
+
+        def quantize(tmp: Path) -> None:
             from .quantize import quantize_int8
 
             fp32 = cls._graph(model, artifact_dir, "fp32")
             log.warning("quantizing the ONNX graph to INT8 once; it is cached in %s", path.parent)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".partial.onnx")
             quantize_int8(fp32, tmp)
-            tmp.replace(path)
-        if not path.is_file():
+
+        def export(tmp: Path) -> None:
             # Once per model and machine; tens of seconds on a small CPU, so say what is happening.
             log.warning("exporting the model to ONNX once (%s); it is cached in %s", precision, path.parent)
-            module = deployable(model, torch.float16 if precision == "fp16" else torch.float32)
-            tmp = path.with_suffix(".partial.onnx")
-            export_onnx(module, tmp)
-            tmp.replace(path)  # atomic: a crashed export never leaves a half graph behind
-        return path
+            export_onnx(deployable(model, torch.float16 if precision == "fp16" else torch.float32), tmp)
+
+        # One process builds it, under names of its own, renamed into place whole; others started
+        # beside it wait and use its graph (runtime/cache_files.py).
+        return build_once(path, quantize if precision == "int8" else export)
 
     def run(self, frames) -> tuple[np.ndarray, np.ndarray]:
         if self._bindable(frames):

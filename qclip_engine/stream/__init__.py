@@ -21,11 +21,16 @@ Sources
       engine's preprocessing resizes (``container.resize_rgb``: swscale or PIL bilinear).
 
 Time. For PyAV sources a frame's time is its own pts (``frame.time``) minus the first
-frame's, so variable-frame-rate media are windowed by real time, not by frame count. A
-timestamp that jumps backwards by more than a window (a live source restarting its clock)
-re-bases the timeline so that windows keep moving forward; a forward jump leaves the
-windows in between empty, and empty windows are skipped (their index is not reused:
-``start_s = index · hop_s`` always holds).
+frame's, so variable-frame-rate media are windowed by real time, not by frame count. A frame
+at most two frame steps behind the latest one (``windowing.REORDER_STEPS``; the step is the
+median of the latest 8 steps forward) is a late frame: kept only if it lies in the open window
+on a grid step after the last one kept, else dropped. A frame further back is a clock jump — a
+source looping a clip (an endless HTTP MPEG-TS repeating 1 s), restarting or wrapping its
+clock: the timeline is re-based so that the frame comes one step after the latest, windows keep
+moving forward, and the first window closed after the jump carries a ``clock_jump`` warning
+(one per window, however many jumps it saw). A forward jump leaves the windows in between
+empty, and empty windows are skipped (their index is not reused: ``start_s = index · hop_s``
+always holds).
 
 Memory. Only the frames of the current window are held, at model size, and at most
 ``max_window_frames`` of them: frames are kept on a time grid of ``window_s /
@@ -37,14 +42,25 @@ End of stream. The windows still open are emitted up to the first one that reach
 end of the media (the last frame's time plus one frame); one that reaches past it is
 marked ``partial``. So windows cover the whole stream.
 
+Cut short. A file stream that ends before the frames or the duration it declares (the file
+rules of ``video/scan.py`` as one pass sees them: an MP4/AVI's frame count, a Matroska/WebM
+duration, a read error, an MP4 box running past the end; a URL: its declared frame count) is
+scored up to the cut and its last window record carries a ``truncated`` warning. Under the
+engine's ``strict`` (``qclip-score --strict``) the windows closed before the end are scored and
+the stream ends with a ``truncated`` error record in place of the windows still open.
+
 Errors never escape for bad media: a source that cannot be opened gives one error
 record (index 0), a decode failure in the middle gives an error record for the window
 being filled and ends the stream; the windows already closed are still scored and come
 first. Codes are the decode codes (``not_found``, ``empty_file``, ``not_a_video``,
 ``audio_only``, ``unsupported_codec``, ``truncated``, ``decode_failed``) plus
-``unreachable`` (a URL that refused, timed out or failed at the network level),
-``invalid_frame`` (an iterator item that is not an RGB uint8 frame) and
-``internal_error`` (anything else, e.g. the backend or the iterator itself raising).
+``unreachable`` (a URL that refused, timed out or failed at the network level — an open that
+ran out ``timeout_s`` is ``unreachable`` whatever FFmpeg calls it: its RTSP client reports a
+server that never answers as invalid data; a server that answers something else than RTSP stays
+``not_a_video``), ``invalid_frame`` (an iterator item that is not an RGB uint8 frame) and
+``internal_error`` (anything else, e.g. the backend or the iterator itself raising). An error
+the engine gives one window (its ``VideoResult.error``, e.g. ``non_finite_output``) is that
+window's error record, and the stream goes on.
 
 Batching. Ready windows are batched by the engine's batching primitive
 (:func:`qclip_engine.batching.next_batch`): a batch closes when it holds ``engine.batch``

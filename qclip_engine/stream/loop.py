@@ -13,9 +13,9 @@ from pathlib import Path
 
 from .. import defaults
 from ..batching import Closed, next_batch
-from ..errors import DecodeFailedError
+from ..errors import DecodeFailedError, TruncatedVideoError
 from .records import WindowResult, error_window
-from .sources import END_OF_MEDIA, open_source
+from .sources import END_OF_MEDIA, MediaEnd, open_source
 from .windowing import Window, Windower
 
 LIVE_FPS_CAP = 60  # default frames kept per second of window (memory bound): 2 × 30 fps
@@ -89,20 +89,26 @@ def _produce(engine, opener, name, windower: Windower, out: queue.Queue, stop: t
         return True
 
     frames = None
+    display_name = Path(name).name if "://" not in name else name
     try:
         frames = opener()
-        nominal_dt = None
+        end = MediaEnd(None)
         for raw, convert in frames:
             if stop.is_set():
                 return
             if raw is END_OF_MEDIA:
-                nominal_dt = float(convert) if convert else None  # for a one-frame stream's end
+                end = convert
                 break
             if not emit(windower.add(raw, convert)):
                 return
         if windower.last_t is None:
-            raise DecodeFailedError(f"{Path(name).name if '://' not in name else name}: no frames", path=name)
-        emit(windower.finish(nominal_dt))
+            raise DecodeFailedError(f"{display_name}: no frames", path=name)
+        if end.truncation and engine.strict:  # the strict policy: the open windows give way to the error
+            raise TruncatedVideoError(f"{display_name}: {end.truncation}", path=name)
+        last = windower.finish(end.frame_s)
+        if end.truncation and last:  # scored on what is there, as a file cut short is
+            last[-1].warnings = (last[-1].warnings or []) + [{"code": "truncated", "message": end.truncation}]
+        emit(last)
     except Exception as exc:  # bad media (or a failing iterator) ends the stream with a record
         k, start, end, n = windower.current()
         put(error_window(k, start, end, n, exc))
@@ -121,6 +127,10 @@ def _score(engine, batch: list[_Sampled], threshold: float | None) -> list[Windo
     now = time.perf_counter()
     for s, r in zip(batch, results):
         w = s.window
+        if not r.ok:  # the engine's error for this window alone (e.g. non_finite_output): the stream goes on
+            scored.append(WindowResult(index=w.index, start_s=w.start_s, end_s=w.end_s, frames_in_window=len(w.frames),
+                                       partial=w.partial, error=r.error, warnings=w.warnings, timing_ms=r.timing_ms))
+            continue
         scored.append(WindowResult(
             index=w.index,
             start_s=w.start_s,
@@ -134,6 +144,7 @@ def _score(engine, batch: list[_Sampled], threshold: float | None) -> list[Windo
             frames=[int(w.numbers[i]) for i in s.video.indices],
             frame_times=[round(float(t), 6) for t in s.video.times],
             backend=r.backend,
+            warnings=w.warnings,
             timing_ms=r.timing_ms | {"latency": (now - w.closed_at) * 1e3},
         ))
     return scored

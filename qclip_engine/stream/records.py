@@ -24,6 +24,9 @@ class WindowResult:
     frames: list[int] | None = None  # source frame numbers (from 0) the model saw
     frame_times: list[float] | None = None  # their times, seconds from the first frame
     backend: str | None = None  # what scored it (engine-precision, as in VideoResult)
+    # {"code", "message"}: clock_jump (the source's clock jumped back inside it), truncated (the last
+    # window of a source cut short); kept on an error record too
+    warnings: list[dict] | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -40,8 +43,9 @@ class WindowResult:
             "alert": self.alert,
         }
         if not self.ok:
-            return record | {"error": self.error, "timing_ms": self.timing_ms}
-        for key in ("score", "mos", "levels", "frames", "frame_times", "backend"):
+            warned = {"warnings": self.warnings} if self.warnings else {}
+            return record | warned | {"error": self.error, "timing_ms": self.timing_ms}
+        for key in ("score", "mos", "levels", "frames", "frame_times", "backend", "warnings"):
             value = getattr(self, key)
             if value is not None:
                 record[key] = value

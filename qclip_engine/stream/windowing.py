@@ -2,9 +2,11 @@
 
 Window ``k`` covers ``[k·hop_s, k·hop_s + window_s)`` seconds of the window timeline, whose
 0 is the first frame. :class:`Windower` holds the frames of the open window (at most
-``max_frames``, on a time grid), re-bases the timeline when the clock jumps backwards, skips
-the empty windows of a forward gap and, at the end of the media, closes the windows still
-open. The rules are stated in :mod:`qclip_engine.stream`'s docstring.
+``max_frames``, on a time grid), re-bases the timeline when the clock jumps backwards (more
+than ``REORDER_STEPS`` frame steps: a looping or restarted source, noted on the next window as
+a ``clock_jump`` warning), skips the empty windows of a forward gap and, at the end of the
+media, closes the windows still open. The rules are stated in :mod:`qclip_engine.stream`'s
+docstring.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ import numpy as np
 from ..video.sampling import candidate_indices
 
 _EPS = 1e-9  # seconds: window bounds are computed, not accumulated, but k·hop is still a float
+# A frame more than this many frame steps behind the latest one is a clock jump (the source
+# looped or restarted), not a frame or two delivered out of order: the timeline is re-based.
+REORDER_STEPS = 2
+_RECENT_STEPS = 8  # the frame step is the median of this many latest steps forward (jitter-proof)
+CLOCK_JUMP = "clock_jump"  # the warning code on the window after a re-base
 
 
 @dataclass
@@ -37,6 +44,8 @@ class Window:
     times: np.ndarray  # seconds on the window timeline
     partial: bool  # the media ended before end_s
     closed_at: float  # perf_counter when the window closed (for the latency timing)
+    # {"code", "message"}: clock_jump (re-based before its end; stream/loop.py adds truncated to the last)
+    warnings: list[dict] | None = None
 
 
 class Windower:
@@ -53,6 +62,8 @@ class Windower:
         self.offset = 0.0  # added after a backwards clock jump
         self.last_t = None
         self.dt = None  # the last positive frame-to-frame step
+        self.steps: deque = deque(maxlen=_RECENT_STEPS)  # the latest positive steps
+        self.jumps: list[tuple[float, float, int]] = []  # (timeline t, seconds back, frame number), not yet reported
 
     def add(self, raw: float | None, convert: Callable[[], np.ndarray]) -> list[Window]:
         """One frame at raw time ``raw`` (None: unknown): the windows it closes.
@@ -78,15 +89,24 @@ class Windower:
         if self.origin is None:
             self.origin = raw
         t = raw - self.origin + self.offset
-        if self.last_t is not None and t < self.last_t - max(self.window_s, self.hop_s, 1.0):
-            # The clock restarted (a live source reconnecting, a wrapped pts): continue from here.
+        if self.last_t is not None and self.last_t - t > self.reorder_tolerance():
+            # The clock jumped back (a looping clip, a live source reconnecting, a wrapped pts):
+            # the timeline goes on one step after the latest frame, so windows keep closing.
+            self.jumps.append((self.last_t + (self.dt or 0.0), self.last_t - t, self.count))
             self.offset += self.last_t + (self.dt or 0.0) - t
             t = self.last_t + (self.dt or 0.0)
         return t
 
+    def reorder_tolerance(self) -> float:
+        """How far behind the latest frame a frame may lie and still be a late frame (``wants``
+        keeps it or drops it), not a clock jump: ``REORDER_STEPS`` frame steps (the median of the
+        latest steps); before any step is known, no distance at all."""
+        return REORDER_STEPS * float(np.median(self.steps)) + _EPS if self.steps else _EPS
+
     def observe(self, t: float) -> None:
         if self.last_t is not None and t > self.last_t + _EPS:
             self.dt = t - self.last_t
+            self.steps.append(self.dt)
         self.last_t = t if self.last_t is None else max(self.last_t, t)
 
     def close_before(self, t: float) -> list[Window]:
@@ -158,7 +178,23 @@ class Windower:
             times=np.array([t for _, t, _ in inside], dtype=np.float64),
             partial=partial,
             closed_at=time.perf_counter(),
+            warnings=self._jump_warnings(end),
         )
+
+    def _jump_warnings(self, end: float) -> list[dict] | None:
+        """The ``clock_jump`` warning of the jumps re-based before ``end`` not yet reported (the
+        first window closed after a jump carries it), or None."""
+        jumps = [j for j in self.jumps if j[0] < end - _EPS]
+        if not jumps:
+            return None
+        self.jumps = self.jumps[len(jumps):]
+        t, back, number = jumps[0]
+        if len(jumps) == 1:
+            message = f"the source's clock jumped back {back:.3f} s at frame {number} ({t:.3f} s)"
+        else:
+            message = (f"the source's clock jumped back {len(jumps)} times (first {back:.3f} s at frame {number}, "
+                       f"{t:.3f} s): a looping or restarting source")
+        return [{"code": CLOCK_JUMP, "message": message + "; the frames after it are timed on from the frame before"}]
 
     def _advance(self, k: int) -> None:
         self.k = k
