@@ -44,6 +44,9 @@ Fallback to PyAV (decode on the CPU, then ``.to(device)``), recorded in
       is one swscale and the correction above do not share (YCgCo, RGB, …);
     - the file is VFR (``info.vfr``) or has dropped frames (``info.dropped_frames``): DALI
       documents its video readers as CFR-only;
+    - an edit list hides frames (``FrameTable.hidden``: an MP4 cut by stream copy): the frame
+      table holds only the frames FFmpeg presents, and DALI's output order would count the
+      hidden pre-roll too (``video/scan.py``);
     - DALI raises, or its frame count disagrees with the frame table.
 ``backend="dali"`` turns every fallback into a :class:`DaliDecodeError` (tests,
 debugging); ``backend="pyav"`` always uses PyAV.
@@ -448,13 +451,22 @@ def _cuda_device(device_id: int) -> torch.device:
     return torch.device("cuda", int(device_id))
 
 
-def _choose(path, info: VideoInfo, backend: str) -> tuple[_FrameFormat | None, str | None]:
+def _hidden_frames_reason(table: decode.FrameTable) -> str | None:
+    """Why frame-table indices cannot be DALI output positions: frames an edit list hides are
+    demuxed and decoded but never presented, so they are not in the table (``video/scan.py``)."""
+    if table.hidden:
+        return f"an edit list hides {table.hidden} frames (DALI's frame numbering would count them)"
+    return None
+
+
+def _choose(path, info: VideoInfo, table: decode.FrameTable,
+            backend: str) -> tuple[_FrameFormat | None, str | None]:
     """``(frame format, reason to use PyAV)``; raises ``DaliDecodeError`` for backend="dali"."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "pyav":
         return None, "backend='pyav' was asked for"
-    reason = why_unavailable() or gpu_unsupported_reason(info)
+    reason = why_unavailable() or gpu_unsupported_reason(info) or _hidden_frames_reason(table)
     fmt = None
     if reason is None:
         fmt = _frame_format(path)
@@ -506,7 +518,7 @@ def decode_candidates_gpu(
     size = _check_size(size)
     device = _cuda_device(device_id)
     info, table = decode.scan(path)  # typed errors for bad files, before any GPU work
-    fmt, reason = _choose(path, info, backend)
+    fmt, reason = _choose(path, info, table, backend)
     if reason is None:
         wanted = decode.candidate_indices(info.frame_count, max_frames)
         frames, reason = _decode_or_fallback(path, info, size, wanted, fmt, device, backend)
@@ -533,10 +545,10 @@ def decode_frames_gpu_detailed(
     order = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64)
     if order.ndim != 1 or order.size == 0:
         raise ValueError("indices must be a non-empty 1-D sequence of frame indices")
-    info, _ = decode.scan(path)
+    info, table = decode.scan(path)
     if order.min() < 0 or order.max() >= info.frame_count:
         raise IndexError(f"frame indices must lie in [0, {info.frame_count - 1}], got {order.min()}..{order.max()}")
-    fmt, reason = _choose(path, info, backend)
+    fmt, reason = _choose(path, info, table, backend)
     if reason is None:
         targets = np.unique(order)
         frames, reason = _decode_or_fallback(path, info, size, targets, fmt, device, backend)

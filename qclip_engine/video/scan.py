@@ -6,6 +6,14 @@ and decoded frames are matched to it by their timestamp, never by counting — s
 reorder, a dropped corrupt packet or a variable frame rate (VFR) cannot shift indices. A
 frame's time is its own pts, not ``i / fps``; ``VideoInfo.vfr`` flags VFR files.
 
+Frames an edit list hides are not frames. An MP4 cut by stream copy (``ffmpeg -ss T -i in.mp4
+-c copy``) keeps the GOP's pre-roll packets before the cut and an edit list that hides them:
+FFmpeg's demuxer flags those packets discard (``Packet.is_discard``) and its decoder drops
+their frames, so ffmpeg presents fewer frames than the file holds. The table holds only the
+presented frames; hidden keyframes stay seek points (``keyframe_pts``: the frames after them
+need them), and hidden packets still count as the file's samples for truncation (an MP4
+declares every sample it holds, hidden or not). ``FrameTable.hidden`` counts them.
+
 Frames without timestamps (raw elementary streams: ``.h264``, ``.hevc``) are counted
 instead: the scan numbers the packets, the decoder's output is numbered the same way
 (``FrameTable.counted``). The file is reopened after the scan rather than seeked back: such
@@ -95,6 +103,7 @@ class FrameTable:
     keyframe_pts: np.ndarray  # int64 [K], sorted
     time_base: Fraction
     counted: bool = False  # no timestamps in the file: pts are frame numbers (decode order = display order)
+    hidden: int = 0  # packets an edit list hides (demuxed and decoded, never presented)
 
     def times(self, indices: Iterable[int] | np.ndarray | None = None) -> np.ndarray:
         pts = self.pts if indices is None else self.pts[np.asarray(indices, dtype=np.int64)]
@@ -108,6 +117,7 @@ def _scan(container: av.container.InputContainer, where: str, work: Work) -> tup
     stream = video_stream(container)
     work.new_pass()
     pts, keys = [], []
+    samples = 0  # every non-empty packet, hidden ones too: what the container declares
     demux_error = None
     stamped = False
     orientation = None
@@ -120,18 +130,22 @@ def _scan(container: av.container.InputContainer, where: str, work: Work) -> tup
                 continue
             work.packet()
             last = packet
+            samples += 1
             stamp = packet.pts if packet.pts is not None else packet.dts
             stamped = stamped or stamp is not None
             if stamp is None:
                 stamp = pts[-1] + 1 if pts else 0
-            pts.append(stamp)
             if packet.is_keyframe:
                 keys.append(stamp)
+            if not packet.is_discard:  # hidden by an edit list: the decoder drops its frame
+                pts.append(stamp)
     except av.error.FFmpegError as exc:
         demux_error = exc
     name = Path(where).name
     declared_frames = stream.frames or None
     declared_duration = declared_duration_s(container, stream)
+    if not pts and samples and demux_error is None:
+        raise DecodeFailedError(f"{name}: no frame is presented (an edit list hides all {samples})", path=where)
     if not pts:
         cut = iso_bmff_cut(Path(where)) if container.format.name.startswith("mov") else None
         if declared_frames or declared_duration or demux_error is not None or cut:
@@ -148,7 +162,7 @@ def _scan(container: av.container.InputContainer, where: str, work: Work) -> tup
     frame_step, vfr, dropped = _frame_rate(table_pts, stream, time_base)
     duration = float((table_pts[-1] - table_pts[0] + frame_step) * time_base)
     truncation = truncation_signs(
-        container, stream, where, last, demux_error, len(pts), declared_frames, declared_duration,
+        container, stream, where, last, demux_error, samples, declared_frames, declared_duration,
         decoded_end=float((table_pts[-1] + frame_step) * time_base), frame_s=float(frame_step * time_base),
     )
     if orientation is None:
@@ -176,7 +190,7 @@ def _scan(container: av.container.InputContainer, where: str, work: Work) -> tup
         declared_duration=declared_duration,
         truncation=truncation,
     )
-    return info, FrameTable(table_pts, key_pts, time_base, counted)
+    return info, FrameTable(table_pts, key_pts, time_base, counted, hidden=samples - len(pts))
 
 
 def _frame_rate(table_pts: np.ndarray, stream, time_base: Fraction) -> tuple[float, bool, int]:
