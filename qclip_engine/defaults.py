@@ -31,11 +31,14 @@ ROPE = "pe"
 # resizes in one swscale step; "reference" decodes RGB at native size, then resizes with PIL bilinear
 # as the official Q-CLIP transform does; "short_side_crop" decodes RGB at native size, resizes its
 # short side to short_side_for_crop(model size) with PIL bilinear and takes the centre crop (the
-# CLIPVQA transform: 256 then 224). An artifact records its own; new Q-CLIP models: fast.
-PREPROCESSINGS = ("fast", "reference", "short_side_crop")
+# CLIPVQA transform: 256 then 224; torchvision's rounding); "mmcv_short_side_crop" does the same
+# with the released CLIPVQA evaluation transform's rounding (long side to nearest, crop offsets
+# down) and non-antialiased bilinear. An artifact records its own; new Q-CLIP models: fast, new
+# CLIPVQA models: mmcv_short_side_crop.
+PREPROCESSINGS = ("fast", "reference", "short_side_crop", "mmcv_short_side_crop")
 PREPROCESSING = "fast"
-# short_side_crop: the short side before the crop is CROP_SHORT_SIDE / CROP_SIDE of the crop's
-# (256 for 224, the ratio CLIPVQA's and most ImageNet-style pipelines use).
+# short_side_crop, mmcv_short_side_crop: the short side before the crop is CROP_SHORT_SIDE /
+# CROP_SIDE of the crop's (256 for 224, the ratio CLIPVQA's and most ImageNet-style pipelines use).
 CROP_SHORT_SIDE, CROP_SIDE = 256, 224
 BACKBONE = "PE-Core-L-14-336"  # QCLIPConfig's default; qclip-score's zero-shot model without --artifact
 

@@ -154,7 +154,8 @@ class QualityEngine:
     ``sampler``: defaults to the artifact's; ``backbone``/``pretrained``: the zero-shot
     model's backbone when no artifact is given. ``strict``: a file that looks cut short is the
     ``truncated`` error instead of a score with a ``truncated`` warning (``video/scan.py``).
-    ``preprocessing``: ``fast`` | ``reference`` | ``short_side_crop`` (``video/container.py``);
+    ``preprocessing``: ``fast`` | ``reference`` | ``short_side_crop`` | ``mmcv_short_side_crop``
+    (``video/container.py``);
     defaults to the model's ``config.preprocessing``, so an artifact is scored on frames made as
     in its training; all but ``fast`` run on the host decoder only (``auto`` says why in
     ``decoder_reason``). ``limits``: what one input may cost to decode (``video/limits.py``:

@@ -3,7 +3,7 @@
 A source opens to an iterator of ``(t, convert)``: the frame's time in seconds (None if
 unknown) and a zero-argument callable giving its uint8 RGB pixels at model size, made by the
 engine's preprocessing (``container.to_rgb``: swscale for ``fast``, PIL bilinear for ``reference``, PIL bilinear and a
-centre crop for ``short_side_crop``).
+centre crop for ``short_side_crop``, the released CLIPVQA transform for ``mmcv_short_side_crop``).
 Conversion is deferred so frames the memory cap drops are never converted. The last item
 is ``(END_OF_MEDIA, MediaEnd)``: the nominal frame duration, and whether the source was cut
 short. Opening or iterating may raise ``VideoError``.

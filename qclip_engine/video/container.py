@@ -7,7 +7,8 @@ Files (``video.decode``) and streams (``qclip_engine.stream``) both open through
 (the one ffmpeg would pick; cover art is not video), read packets through :class:`FrameReader`
 (a corrupt packet is skipped, as ffmpeg does) and convert frames with :func:`to_rgb` (swscale, or
 RGB at native size then PIL's bilinear resize for the ``reference`` preprocessing, or that resize
-of the short side and a centre crop for ``short_side_crop``; the whole display matrix applied:
+of the short side and a centre crop for ``short_side_crop``, or the released CLIPVQA transform's
+for ``mmcv_short_side_crop``; the whole display matrix applied:
 rotation and mirror), so a stream window sees exactly the pixels a file decode gives.
 
 A file is one file. FFmpeg demuxes a file only with the formats of :data:`SINGLE_FILE_FORMATS`
@@ -339,7 +340,9 @@ def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int, hf
     * ``reference``: RGB at the coded size, turned upright, then PIL's bilinear resize
       (:func:`pil_resize`) — what the official Q-CLIP transform does to a decoded frame;
     * ``short_side_crop``: RGB at the coded size, turned upright, then :func:`short_side_crop`
-      (the upright frame's geometry decides what is cropped, as in CLIPVQA's transform).
+      (the upright frame's geometry decides what is cropped, as in CLIPVQA's transform);
+    * ``mmcv_short_side_crop``: the same, then :func:`mmcv_short_side_crop` (the released CLIPVQA
+      evaluation transform's rounding and non-antialiased bilinear).
     """
     if preprocessing not in PREPROCESSINGS:
         raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
@@ -390,16 +393,72 @@ def short_side_crop(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(resized[top : top + c, left : left + c])
 
 
+def mmcv_short_side_crop(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 RGB ``[H, W, 3]`` → square ``size`` (H, W) as the released CLIPVQA evaluation
+    transform makes it: the short side scaled to ``defaults.short_side_for_crop(size)`` with the
+    long side in proportion, rounded to nearest; then the centre ``size`` crop, offsets rounded
+    down; the resize by :func:`linear_resize_window` (bilinear without antialiasing). Only the
+    crop's pixels are computed: each resized pixel depends on its own coordinate alone."""
+    if size[0] != size[1]:  # the short side alone decides the scale: a square crop always fits
+        raise ValueError(f"mmcv_short_side_crop takes a square model size, got {tuple(size)}")
+    h, w = frame.shape[:2]
+    scale = short_side_for_crop(size) / min(h, w)
+    scaled_h, scaled_w = int(h * scale + 0.5), int(w * scale + 0.5)
+    c = size[0]
+    top, left = (scaled_h - c) // 2, (scaled_w - c) // 2
+    return linear_resize_window(frame, (scaled_h, scaled_w), (top, left), (c, c))
+
+
+# Fixed-point bilinear, as OpenCV's 8-bit INTER_LINEAR computes it: each tap weight in
+# LINEAR_WEIGHT_BITS bits, the two passes' product rounded once at the end.
+LINEAR_WEIGHT_BITS = 11
+
+
+def linear_taps(n_in: int, n_out: int, first: int, count: int) -> tuple[np.ndarray, ...]:
+    """Source indices and fixed-point weights ``(i0, i1, w0, w1)`` of outputs ``first`` …
+    ``first + count - 1`` when ``n_in`` samples are resized to ``n_out`` by non-antialiased linear
+    interpolation with half-pixel centres: output ``d`` reads source position
+    ``(d + 0.5) · n_in / n_out − 0.5``, clamped to the edge samples (no filter widening when
+    shrinking). Positions in float32 and weights rounded half to even, as OpenCV does."""
+    d = np.arange(first, first + count, dtype=np.float64)
+    position = ((d + 0.5) * (1 / (n_out / n_in)) - 0.5).astype(np.float32)
+    i0 = np.floor(position).astype(np.int64)
+    frac = position - i0.astype(np.float32)
+    frac[i0 < 0] = 0  # before the first centre: the first sample alone
+    frac[i0 >= n_in - 1] = 0  # past the last centre: the last sample alone
+    i0 = np.clip(i0, 0, n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    one = 1 << LINEAR_WEIGHT_BITS
+    w0 = np.rint((np.float32(1) - frac) * one).astype(np.int32)
+    w1 = np.rint(frac * one).astype(np.int32)
+    return i0, i1, w0, w1
+
+
+def linear_resize_window(frame: np.ndarray, scaled: tuple[int, int], origin: tuple[int, int],
+                         size: tuple[int, int]) -> np.ndarray:
+    """The ``size`` (H, W) window at ``origin`` (top, left) of uint8 RGB ``frame`` resized to
+    ``scaled`` (H, W) by :func:`linear_taps` in both directions; integer arithmetic throughout
+    (int32 cannot overflow: 255 · 2049² < 2³¹), so the result does not depend on the pass order."""
+    y0, y1, b0, b1 = linear_taps(frame.shape[0], scaled[0], origin[0], size[0])
+    x0, x1, a0, a1 = linear_taps(frame.shape[1], scaled[1], origin[1], size[1])
+    rows = frame[y0].astype(np.int32) * b0[:, None, None] + frame[y1].astype(np.int32) * b1[:, None, None]
+    both = rows[:, x0] * a0[None, :, None] + rows[:, x1] * a1[None, :, None]
+    shift = 2 * LINEAR_WEIGHT_BITS
+    return ((both + (1 << (shift - 1))) >> shift).astype(np.uint8)
+
+
 def resize_rgb(frame: np.ndarray, size: tuple[int, int], preprocessing: str = PREPROCESSING) -> np.ndarray:
     """uint8 RGB ``[H, W, 3]`` → ``size`` (H, W): swscale with the decoder's interpolation (``fast``),
-    PIL's bilinear resize (``reference``) or resize and centre crop (``short_side_crop``), as
-    :func:`to_rgb` makes a decoded frame model-size."""
+    PIL's bilinear resize (``reference``) or resize and centre crop (``short_side_crop``,
+    ``mmcv_short_side_crop``), as :func:`to_rgb` makes a decoded frame model-size."""
     if preprocessing not in PREPROCESSINGS:
         raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
     if preprocessing == "reference":
         return pil_resize(frame, size)
     if preprocessing == "short_side_crop":
         return short_side_crop(frame, size)
+    if preprocessing == "mmcv_short_side_crop":
+        return mmcv_short_side_crop(frame, size)
     h, w = size
     av_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
     return av_frame.reformat(width=w, height=h, format="rgb24", interpolation=INTERPOLATION).to_ndarray()

@@ -6,7 +6,9 @@ by :func:`~qclip_engine.video.container.to_rgb` as ``preprocessing`` says
 decoder's pixel format (one C call per frame, no Python pixel work); ``reference`` converts to
 RGB at the native size, then resizes with PIL's bilinear filter, as the official Q-CLIP
 transform does (measured effect: ``benchmarks/preprocess.py``); ``short_side_crop`` resizes the
-short side that way and takes the centre crop (CLIPVQA's transform). Every function here takes
+short side that way and takes the centre crop (torchvision's Resize + CenterCrop), and
+``mmcv_short_side_crop`` does so as the released CLIPVQA transform does (its rounding, bilinear
+without antialiasing). Every function here takes
 ``preprocessing`` (default ``fast``); the engine, streams and training pass the model's.
 Opening a file and reading its packets is :mod:`~qclip_engine.video.container`'s job.
 

@@ -58,6 +58,12 @@ Unusual points of the released code, reproduced so its checkpoints load and scor
 * **Activations**: QuickGELU everywhere (the towers too: ``quick_gelu=True`` swaps open_clip's
   GELU, which ``ViT-B-16`` builds by default, for the QuickGELU the OpenAI weights were trained
   with); LayerNorm eps 1e-5; SAT and VAT heads ``D // 64``, message heads those of the tower.
+* **Frames are resized without antialiasing.** The evaluation transform scales the short side to
+  256 with the long side rounded to nearest (176 × 144 → 313 × 256), takes the centre 224 crop
+  with offsets rounded down, and resizes by bilinear with half-pixel centres and no filter
+  widening when shrinking (OpenCV's, not PIL's): ``preprocessing="mmcv_short_side_crop"``
+  (``video/container.py``), the default; ``short_side_crop`` is torchvision's rounding and PIL's
+  antialiased bilinear.
 * **Normalisation** is ImageNet's mean/std (``123.675, 116.28, 103.53`` / ``58.395, 57.12,
   57.375`` on 0–255), not CLIP's, although the tower is OpenAI CLIP.
 

@@ -34,8 +34,10 @@ class CLIPVQAConfig:
 
     The input spec, as the released data pipeline has it: ``num_frames`` frames chosen by
     ``sampler`` (``segment_middle``: one frame per equal segment, the middle one at test), made
-    by ``preprocessing`` (``short_side_crop``: the short side to 256, then the centre 224 crop;
+    by ``preprocessing`` (``mmcv_short_side_crop``: the short side to 256, then the centre 224
+    crop, with the released transform's rounding and non-antialiased bilinear;
     ``defaults.short_side_for_crop`` at other sizes) and normalised with ImageNet's mean/std.
+    Artifacts made before it record ``short_side_crop`` (PIL's antialiased bilinear) and keep it.
 
     ``mos_scale``: training targets are ``label_distribution(MOS / mos_scale)`` on 0 … 5 (the
     released code: 1 for datasets scored 1–5, 20 for 0–100 ones).
@@ -53,7 +55,7 @@ class CLIPVQAConfig:
     level_words: tuple[str, ...] = LEVEL_WORDS
     init_seed: int = 0
     sampler: str = "segment_middle"
-    preprocessing: str = "short_side_crop"
+    preprocessing: str = "mmcv_short_side_crop"
     mos_scale: float = 1.0
 
     def __post_init__(self):
