@@ -37,7 +37,7 @@ def _done(started: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qclip-export", description="Export a trained artifact (Q-CLIP folded, or another family) and check it.")
-    parser.add_argument("artifact", type=Path, help="artifact directory (config.json + adapters.safetensors)")
+    parser.add_argument("artifact", type=Path, help="artifact directory (config.json and its tensors file)")
     parser.add_argument("--engine", choices=("onnx", "trt"), required=True)
     parser.add_argument("--fp16", action="store_true", help="also an FP16 graph (FP32 LayerNorms and head); the TensorRT engine is built from it")
     parser.add_argument("--int8", action="store_true",

@@ -2,9 +2,10 @@
 
 An artifact is ``config.json`` (the family and everything needed to rebuild the model:
 for Q-CLIP the backbone name and weights source, widths, K, r, prompts, frames, sampler,
-preprocessing; calibration, versions) and ``adapters.safetensors`` (what the family's
-``artifact_tensors`` gives: for Q-CLIP the trainable tensors only, the frozen backbone
-being rebuilt from its name or file; for CLIPVQA every tensor). A fingerprint of the backbone's
+preprocessing; calibration, versions) and the family's tensors file (``Family.stored_file``:
+what its ``artifact_tensors`` gives; for Q-CLIP ``adapters.safetensors``, the trainable tensors only,
+the frozen backbone being rebuilt from its name or file; for CLIPVQA ``model.safetensors``, every
+tensor; an artifact written before families named their files has ``adapters.safetensors``). A fingerprint of the backbone's
 weights is stored too, so an artifact refuses to run on a backbone other than the one
 it was trained on.
 
@@ -16,14 +17,16 @@ otherwise); a non-finite number the model still computes is ``engine.run_batch``
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import numbers
 import os
 import secrets
+import shutil
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Iterator, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -33,12 +36,12 @@ from torch import nn
 from .artifact_schema import check_config
 from .environment import versions
 from .errors import ArtifactContentError, ArtifactError
-from .model.families import DEFAULT_FAMILY, Family, family_of, get_family
+from .model.backbone import weights_loaded_after
+from .model.families import ADAPTERS_FILE, DEFAULT_FAMILY, FAMILIES, Family, family_of, get_family
 
 FORMAT = "qclip-artifact"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
-ADAPTERS_FILE = "adapters.safetensors"
 # A calibration must map the scores it was fitted on, pred_mean ± this many pred_std, to finite MOS.
 CALIBRATION_PROBE_SPREADS = (-4.0, 0.0, 4.0)
 _FINGERPRINT_ELEMENTS = 4096
@@ -108,7 +111,7 @@ def _check_finite(tensors: Mapping[str, torch.Tensor], where: str) -> None:
                                        f"value(s) of {tensor.numel()}")
 
 
-def _atomic_write(path: Path, write) -> None:
+def write_artifact_file(path: Path, write) -> None:
     """``write(tmp)`` then rename over ``path``: a crash never leaves half a file. The temp file is
     created with mode 0666 less the umask, like any file (``mkstemp``'s 0600 would keep a service
     running as another user from loading the artifact)."""
@@ -122,6 +125,37 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def staged_directory(out: str | os.PathLike) -> Iterator[Path]:
+    """A new folder beside ``out`` to write an artifact into, put in place once the block is done: a
+    refused or interrupted conversion leaves no file and no folder (nor the parents it created).
+    ``out`` absent or an empty directory: the folder becomes ``out`` (renamed over the empty one); a
+    directory holding files: the new files are moved into it, replacing those of the same names."""
+    out = Path(out)
+    created = [p for p in (out.parent, *out.parent.parents) if not os.path.exists(p)]  # deepest first
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.{secrets.token_hex(8)}.tmp"
+    os.mkdir(stage, 0o777)  # 0777 less the umask, like any folder (mkdtemp's 0700 is not)
+    try:
+        yield stage
+        _put_in_place(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for parent in created:
+            with contextlib.suppress(OSError):  # one that something else wrote into stays
+                parent.rmdir()
+        raise
+
+
+def _put_in_place(stage: Path, out: Path) -> None:
+    if not os.path.isdir(out) or not any(out.iterdir()):
+        os.replace(stage, out)  # rename(2) replaces an empty directory
+        return
+    for entry in stage.iterdir():
+        os.replace(entry, out / entry.name)
+    stage.rmdir()
 
 
 def save_artifact(model: nn.Module, directory: str | os.PathLike, calibration: dict[str, Any] | None = None) -> Path:
@@ -160,8 +194,8 @@ def save_artifact(model: nn.Module, directory: str | os.PathLike, calibration: d
     _check_finite(tensors, refused)
     _check_finite(model.rebuilt_state(), f"{refused}: the backbone (rebuilt on load)")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / ADAPTERS_FILE, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
-    _atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    write_artifact_file(out / family.stored_file, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
+    write_artifact_file(out / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
     return out
 
 
@@ -170,9 +204,8 @@ def read_artifact_config(directory: str | os.PathLike) -> dict[str, Any]:
     root = Path(directory)
     if not root.is_dir():
         raise ArtifactError(f"artifact directory not found: {root}", code="not_found")
-    for name in (CONFIG_FILE, ADAPTERS_FILE):
-        if not (root / name).is_file():
-            raise ArtifactError(f"artifact {root} lacks {name}")
+    if not (root / CONFIG_FILE).is_file():
+        raise ArtifactError(f"artifact {root} lacks {CONFIG_FILE}")
     try:
         config = json.loads((root / CONFIG_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -185,7 +218,18 @@ def read_artifact_config(directory: str | os.PathLike) -> dict[str, Any]:
         )
     check_config(config, str(root / CONFIG_FILE))
     _check_calibrated_range(config.get("calibration"), str(root / CONFIG_FILE))
+    if not tensors_file(root, config).is_file():
+        raise ArtifactError(f"artifact {root} lacks {tensors_file(root, config).name}")
     return config
+
+
+def tensors_file(directory: str | os.PathLike, config: dict[str, Any]) -> Path:
+    """The file an artifact keeps its tensors in: its family's ``stored_file``, or
+    ``adapters.safetensors``, where every family kept them before (an older CLIPVQA artifact)."""
+    root = Path(directory)
+    family = FAMILIES.get(config.get("family", DEFAULT_FAMILY))
+    named = root / (family.stored_file if family is not None else ADAPTERS_FILE)
+    return root / ADAPTERS_FILE if not named.is_file() and (root / ADAPTERS_FILE).is_file() else named
 
 
 def artifact_family(directory: str | os.PathLike) -> str:
@@ -244,17 +288,19 @@ def load_artifact(
     root = Path(directory)
     config = read_artifact_config(root)
     family, model_cfg = _stored_settings(root, config)
+    stored = tensors_file(root, config)
     try:  # before the model is built: a damaged file fails in a second
-        tensors = load_file(str(root / ADAPTERS_FILE))
+        tensors = load_file(str(stored))
     except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise ArtifactError(f"{root / ADAPTERS_FILE} is unreadable: {exc}") from exc
-    _check_finite(tensors, str(root / ADAPTERS_FILE))
+        raise ArtifactError(f"{stored} is unreadable: {exc}") from exc
+    _check_finite(tensors, str(stored))
     if pretrained is not _FROM_ARTIFACT:
         model_cfg["pretrained"] = pretrained
     elif model_cfg.get("pretrained") and (root / model_cfg["pretrained"]).is_file():
         model_cfg["pretrained"] = str((root / model_cfg["pretrained"]).resolve())  # a file the artifact carries
     try:
-        model = family.create(**family.loading_config(model_cfg))
+        with weights_loaded_after() if family.stores_every_tensor else contextlib.nullcontext():
+            model = family.create(**family.loading_config(model_cfg))
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{root / CONFIG_FILE}: invalid model settings: {exc}") from exc
 
@@ -273,7 +319,7 @@ def load_artifact(
     try:
         model.load_artifact_tensors(tensors)
     except ValueError as exc:
-        raise ArtifactError(f"{root / ADAPTERS_FILE}: {exc}") from exc
+        raise ArtifactError(f"{stored}: {exc}") from exc
     if config.get("mode") == "zero_shot":
         model.zero_shot = True
     model.calibration = config.get("calibration")

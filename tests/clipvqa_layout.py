@@ -126,11 +126,11 @@ def yacs_importable():
                 sys.modules[key] = module
 
 
-def released_config(frames: int, arch: str = "ViT-B/16") -> CfgNode:
+def released_config(frames: int, arch: str = "ViT-B/16", label_list: str = "labels/labels.csv") -> CfgNode:
     """Part of the released config (its defaults), as it is saved: frozen."""
     return CfgNode({
         "BASE": [""],
-        "DATA": {"ROOT": "", "NUM_FRAMES": frames, "INPUT_SIZE": 224, "NUM_CLASSES": 400, "LABEL_LIST": "labels/labels.csv"},
+        "DATA": {"ROOT": "", "NUM_FRAMES": frames, "INPUT_SIZE": 224, "NUM_CLASSES": 400, "LABEL_LIST": label_list},
         "MODEL": {"ARCH": arch, "DROP_PATH_RATE": 0.0, "PRETRAINED": None, "RESUME": None, "FIX_TEXT": True},
         "TRAIN": {"EPOCHS": 40, "WARMUP_EPOCHS": 5, "LR": 8e-6, "BATCH_SIZE": 2, "ACCUMULATION_STEPS": 8,
                   "OPTIMIZER": "adamw", "OPT_LEVEL": "O1", "AUTO_RESUME": False},
@@ -139,7 +139,7 @@ def released_config(frames: int, arch: str = "ViT-B/16") -> CfgNode:
     }).freeze()
 
 
-def released_checkpoint(model, epoch: int = 3, max_accuracy: float = 1.7) -> dict:
+def released_checkpoint(model, epoch: int = 3, max_accuracy: float = 1.7, label_list: str = "labels/labels.csv") -> dict:
     """``main.py``'s ``epoch_saving`` dict around the model's released state dict."""
     param = torch.nn.Parameter(torch.ones(2))
     optimizer = torch.optim.AdamW([param], lr=8e-6, betas=(0.9, 0.98), eps=1e-8, weight_decay=1e-3)
@@ -149,7 +149,7 @@ def released_checkpoint(model, epoch: int = 3, max_accuracy: float = 1.7) -> dic
                  "noise_range_t": None, "noise_pct": 0.67, "noise_std": 1.0, "noise_seed": 42, "t_initial": 40,
                  "lr_min": 8e-8, "warmup_t": 5, "warmup_lr_init": 0, "warmup_steps": [1.6e-6], "cycle_limit": 1}
     return {"model": released_state_dict(model), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler,
-            "max_accuracy": max_accuracy, "epoch": epoch, "config": released_config(model.config.num_frames)}
+            "max_accuracy": max_accuracy, "epoch": epoch, "config": released_config(model.config.num_frames, label_list=label_list)}
 
 
 def save_released(checkpoint: dict, path) -> None:

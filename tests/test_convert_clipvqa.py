@@ -234,11 +234,15 @@ def test_unreadable_file_cli_message_is_exactly_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("qclip-convert: [checkpoint_invalid] "), err
 
 
-def test_convert_then_load_artifact_round_trips_every_tensor(source, tmp_path):
+RANDOM_INIT = "Model initialized randomly"  # open_clip's warning for a pretrained=None build
+
+
+def test_convert_then_load_artifact_round_trips_every_tensor(source, tmp_path, caplog):
     from qclip_engine import load_artifact
 
     model, _, path = source
     out = convert_clipvqa(path, tmp_path / "artifact", sat_attention="batch")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # every tensor: the model
     saved = json.loads((out / "config.json").read_text())
     assert saved["family"] == "clipvqa" and saved["model"]["sat_attention"] == "batch"
     assert saved["model"]["pretrained"] is None
@@ -247,6 +251,25 @@ def test_convert_then_load_artifact_round_trips_every_tensor(source, tmp_path):
     released = copy.deepcopy(model)
     released.sat.across = "batch"  # the source model, scoring as the released code does
     assert_same_model(loaded, released)
+    assert RANDOM_INIT not in caplog.text  # converting and loading fill every tensor: no random model
+    (out / "model.safetensors").rename(out / "adapters.safetensors")  # as artifacts were named before
+    assert_same_model(load_artifact(out), released)
+
+
+def test_a_model_built_without_weights_still_says_it_is_random(source, caplog):
+    CLIPVQA(CLIPVQAConfig(**(source[0].config.to_dict() | {"pretrained": None})))
+    assert RANDOM_INIT in caplog.text
+
+
+def test_an_empty_out_directory_becomes_the_artifact_and_a_full_one_keeps_its_files(source, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    for name in ("empty", "full"):
+        convert_clipvqa(source[1], tmp_path / name)
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "full"]  # no staging folder left
 
 
 def test_every_cli_option_states_its_default():
@@ -276,9 +299,9 @@ def test_a_converted_checkpoint_is_scored_exported_and_planned_for_ray_by_its_in
     model = source[0]
     out = convert_clipvqa(source[2], tmp_path / "artifact")
     spec = artifact_spec(out)  # off config.json, no model built
-    assert (spec.config.sampler, spec.config.preprocessing, spec.levels) == ("segment_middle", "short_side_crop", LEVEL_WORDS)
+    assert (spec.config.sampler, spec.config.preprocessing, spec.levels) == ("segment_middle", "mmcv_short_side_crop", LEVEL_WORDS)
     assert _model_settings(str(out), RayOptions()) | {"strict": None} == {
-        "image_size": (32, 32), "num_frames": FRAMES, "preprocessing": "short_side_crop", "sampler": "segment_middle",
+        "image_size": (32, 32), "num_frames": FRAMES, "preprocessing": "mmcv_short_side_crop", "sampler": "segment_middle",
         "strict": None, "max_analysis_frames": 512, "limits": DecodeLimits()}
 
     engine = QualityEngine(out, engine="torch", precision="fp32", device="cpu")
@@ -287,7 +310,7 @@ def test_a_converted_checkpoint_is_scored_exported_and_planned_for_ray_by_its_in
     n = decode.probe(clip).frame_count
     assert list(sampled.indices) == list(frame_indices(n, "segment_middle", FRAMES))
     assert np.array_equal(sampled.frames, decode.decode_frames(clip, (32, 32), indices=sampled.indices,
-                                                               preprocessing="short_side_crop"))
+                                                               preprocessing="mmcv_short_side_crop"))
     result = engine.run_batch([sampled])[0]
     with torch.no_grad():
         sims = model.level_sims(model.normalize(torch.from_numpy(sampled.frames[None])))
@@ -310,3 +333,55 @@ def test_keys_that_are_not_strings_are_refused_in_the_state_dict_and_listed_at_t
     save_released({**checkpoint, 5: "x"}, path)
     assert convert_main(["clipvqa", str(path), "--out", str(tmp_path / "artifact")]) == 0
     assert "left out (training state): 5, lr_scheduler, optimizer" in capsys.readouterr().out
+
+
+LABELS_1 = ("very bad", "poor", "normal", "good", "great", "perfect")  # the released labels/labels_1.csv
+
+
+@pytest.fixture(scope="module")
+def trained_on_labels_1(source, tmp_path_factory):
+    """The source model's checkpoint, its config naming the released labels_1.csv, and that file."""
+    model = source[0]
+    folder = tmp_path_factory.mktemp("labels_1")
+    path = folder / "best.pth"
+    save_released(released_checkpoint(model, label_list="labels/labels_1.csv"), path)
+    labels = folder / "labels_1.csv"
+    labels.write_text("id,name\n0,very bad \n1,poor\n2,normal\n3,good\n4,great\n5,perfect\n")  # as released
+    return path, labels
+
+
+def test_a_checkpoint_naming_another_label_list_is_refused_without_its_words(trained_on_labels_1, tmp_path, capsys):
+    path, _ = trained_on_labels_1
+    assert convert_main(["clipvqa", str(path), "--out", str(tmp_path / "artifact")]) == 2
+    captured = capsys.readouterr()
+    assert "its label list (DATA.LABEL_LIST): labels/labels_1.csv" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qclip-convert: [checkpoint_invalid] "), err
+    assert "labels/labels_1.csv" in err[0] and "--labels FILE" in err[0] and "--level-words" in err[0]
+    assert not (tmp_path / "artifact").exists()
+
+
+@pytest.mark.parametrize("given", ["labels", "words"])
+def test_the_words_given_go_into_the_artifact_and_score(trained_on_labels_1, source, tmp_path, capsys, given):
+    from qclip_engine import load_artifact
+    from qclip_engine.artifact import artifact_spec
+
+    path, labels = trained_on_labels_1
+    words = ["--labels", str(labels)] if given == "labels" else ["--level-words", ",".join(LABELS_1)]
+    assert convert_main(["clipvqa", str(path), "--out", str(tmp_path / "artifact"), *words]) == 0
+    assert f"level words ({f'from {labels}' if given == 'labels' else 'as given'}), worst first: very bad, poor" in (
+        capsys.readouterr().out)
+    assert artifact_spec(tmp_path / "artifact").levels == LABELS_1
+    model = source[0]
+    expected = CLIPVQA(CLIPVQAConfig(**(model.config.to_dict() | {"level_words": LABELS_1})))
+    expected.load_state_dict(model.state_dict())
+    expected.refresh_text_features()
+    assert_same_model(load_artifact(tmp_path / "artifact"), expected.eval())
+
+
+def test_the_default_label_list_needs_no_words_and_gets_the_default_ones(source):
+    from qclip_engine.convert.clipvqa import level_words_for
+    from qclip_engine.model.clipvqa import LEVEL_WORDS
+
+    assert level_words_for(source[1]) == LEVEL_WORDS  # labels/labels.csv
+    assert level_words_for(dict(source[1]["model"])) == LEVEL_WORDS  # a bare state dict names none

@@ -52,7 +52,14 @@ def test_every_tensor_lands_where_the_model_uses_it(source, tmp_path):
     model, checkpoint = source
     path = tmp_path / "qclip_lsvq_val-ltest_best.pth"
     torch.save(checkpoint, path)
-    out, ckpt = convert_official(path, tmp_path / "artifact", num_frames=2)
+    umask = os.umask(0o027)  # the files are the umask's, not safetensors' 0600: another user may read them
+    try:
+        out, ckpt = convert_official(path, tmp_path / "artifact", num_frames=2)
+    finally:
+        os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
+        "backbone.safetensors": 0o640, "adapters.safetensors": 0o640, "config.json": 0o640}
+    assert out.stat().st_mode & 0o777 == 0o750 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert ckpt.adapter_start_layer == START and ckpt.backbone == SHARED  # both read off the checkpoint
     assert ckpt.unused == [f"encoder_adapters.{i}.*" for i in range(START)]
     assert ckpt.validation_results == {"srocc": 0.9, "plcc": 0.91}
@@ -73,13 +80,16 @@ def test_every_tensor_lands_where_the_model_uses_it(source, tmp_path):
     assert torch.equal(load_artifact(moved).level_weights, model.level_weights)
 
 
-def test_a_backbone_weights_file_is_referred_to_when_it_holds_the_same_tensors(source, tmp_path):
+def test_a_backbone_weights_file_is_referred_to_when_it_holds_the_same_tensors(source, tmp_path, caplog):
     from official_layout import meta_pe_layout
 
     model, checkpoint = source
     meta_file = tmp_path / "PE-Core-T16-384-shared.pt"
     torch.save(meta_pe_layout(model.backbone.state_dict()), meta_file)
     out, _ = convert_official(checkpoint, tmp_path / "a", backbone_weights=str(meta_file), num_frames=2)
+    load_artifact(out)
+    # the backbone is matched by shapes and built from a Meta .pt: every tensor loaded, no random model
+    assert "Model initialized randomly" not in caplog.text
     assert not (out / "backbone.safetensors").exists()
     assert json.loads((out / "config.json").read_text())["model"]["pretrained"] == str(meta_file.resolve())
     other = meta_pe_layout(model.backbone.state_dict())
@@ -87,6 +97,7 @@ def test_a_backbone_weights_file_is_referred_to_when_it_holds_the_same_tensors(s
     torch.save(other, tmp_path / "other.pt")
     with pytest.raises(ConversionError, match="other backbone weights"):
         convert_official(checkpoint, tmp_path / "b", backbone_weights=str(tmp_path / "other.pt"), num_frames=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["PE-Core-T16-384-shared.pt", "a", "other.pt"]  # no "b"
 
 
 def _broken(checkpoint, change):
@@ -97,18 +108,25 @@ def _broken(checkpoint, change):
 
 @pytest.mark.parametrize("change,listed", [
     (lambda sd: sd.update({"module.extra_head.weight": torch.zeros(3)}), "module.extra_head.weight|extra_head.weight"),
-    (lambda sd: sd.pop("module.score_proj"), "level_weights: not in the checkpoint"),
-    (lambda sd: sd.update({"module.shared_core.0.weight": torch.zeros(128, 64)}), r"escma.core.0.weight: \(128, 64\)"),
+    (lambda sd: sd.pop("module.score_proj"), r"\n  score_proj: not in the checkpoint"),
+    (lambda sd: sd.update({"module.shared_core.0.weight": torch.zeros(128, 64)}), r"shared_core\.0\.weight: \(128, 64\)"),
+    (lambda sd: sd.update({"module.encoder_adapters.10.down_proj.weight": torch.zeros(7, 192)}),
+     r"\n  encoder_adapters\.10\.down_proj\.weight: \(7, 192\), expected \(128, 192\)$"),
     (lambda sd: sd.pop("module.encoder_adapters.4.ln.bias"), "encoder_adapters: expected blocks"),
-    (lambda sd: sd.update({"module.prompt_suffix": sd["module.prompt_suffix"] + 1}), "prompt embeddings differ"),
+    (lambda sd: sd.update({"module.image_adapter_weight": torch.zeros(3)}), r"image_adapter_weight: \(3,\), expected one number"),
+    (lambda sd: sd.update({"module.prompt_suffix": sd["module.prompt_suffix"] + 1}),
+     r"\n  prompt_suffix: the checkpoint's prompt embeddings differ"),
     (lambda sd: sd.update({"module.vit.conv1.weight": sd["module.vit.conv1.weight"] + 1}), "vit.conv1.weight: should repeat"),
     (lambda sd: sd.update({"module.clip_model.visual.transformer.resblocks.0.ln_1.weight": torch.ones(7)}),
      "fits no open_clip PE-Core model"),
 ])
-def test_keys_or_shapes_that_do_not_fit_are_listed(source, tmp_path, change, listed):
+def test_keys_or_shapes_that_do_not_fit_are_listed_by_the_checkpoints_names_leaving_nothing(source, tmp_path,
+                                                                                           change, listed):
     _, checkpoint = source
-    with pytest.raises(ConversionError, match=listed):
-        convert_official(_broken(checkpoint, change), tmp_path / "out", num_frames=2)
+    with pytest.raises(ConversionError, match=listed) as raised:
+        convert_official(_broken(checkpoint, change), tmp_path / "new" / "out", num_frames=2)
+    assert not any(ours in str(raised.value) for ours in ("escma", "pscma", "level_weights", "prompts."))
+    assert list(tmp_path.iterdir()) == []  # no backbone.safetensors, no folder, no parent
 
 
 def test_pe_core_l_14_336_shapes_map_onto_the_models_on_the_meta_device():

@@ -8,7 +8,11 @@ exports, scores, serves and trains further like any other; a ``clipvqa`` one loa
 Exit codes: 0 done; 2 the checkpoint (or the backbone weights named) does not fit or cannot be
 read — the message lists the keys and shapes that do not fit — or ``--out`` cannot be written (an
 existing file, a path under a file, a place where nothing can be created: checked before the
-checkpoint is read, as the artifact is written only once the conversion is done).
+checkpoint is read, as the artifact is written only once the conversion is done). The artifact is
+written into a folder beside ``--out`` and put in place at the end (``artifact.staged_directory``): a
+refusal leaves no file and no folder. ``clipvqa`` prints the label list the checkpoint names
+(``DATA.LABEL_LIST``) and refuses one other than the released ``labels.csv`` unless ``--labels`` or
+``--level-words`` gives its words.
 """
 
 from __future__ import annotations
@@ -60,7 +64,21 @@ def _parser() -> argparse.ArgumentParser:
                          help="alone: a video's score depends on that video only (the engine batches videos as they "
                               "come); batch: the released attention across the videos of a batch, to reproduce the "
                               f"released training and validation (default: {SAT_ATTENTIONS[0]})")
+    words = clipvqa.add_mutually_exclusive_group()
+    words.add_argument("--labels", type=Path, metavar="FILE",
+                       help="the label file the checkpoint was trained with (its config's DATA.LABEL_LIST, e.g. the "
+                            "released labels/labels_1.csv: 'id,name' rows, worst level first) (default: the words of "
+                            "the released labels/labels.csv; refused when the checkpoint names another file)")
+    words.add_argument("--level-words", type=_words, metavar="W1,W2,…",
+                       help="the level words, worst first, comma-separated, instead of --labels (default: as --labels)")
     return parser
+
+
+def _words(text: str) -> tuple[str, ...]:
+    words = tuple(w.strip() for w in text.split(","))
+    if len(words) < 2 or not all(words):
+        raise argparse.ArgumentTypeError(f"{text!r}: at least two comma-separated words, none empty")
+    return words
 
 
 def _unwritable_dir(path: Path) -> str | None:
@@ -115,11 +133,25 @@ def _official(args: argparse.Namespace) -> Path:
 
 
 def _clipvqa(args: argparse.Namespace) -> Path:
-    from ..convert.clipvqa import clipvqa_config, convert_clipvqa, mapping_summary, read_checkpoint, read_clipvqa
+    from ..convert.clipvqa import (
+        clipvqa_config,
+        convert_clipvqa,
+        label_list,
+        level_words_for,
+        mapping_summary,
+        read_checkpoint,
+        read_clipvqa,
+        read_label_file,
+    )
 
     checkpoint = read_checkpoint(args.checkpoint)
     state = read_clipvqa(checkpoint)
-    overrides = {"sat_attention": args.sat_attention}
+    given = read_label_file(args.labels) if args.labels is not None else args.level_words
+    print(f"its label list (DATA.LABEL_LIST): {label_list(checkpoint) or 'not named'}", flush=True)
+    words = level_words_for(checkpoint, given)
+    source = f"from {args.labels}" if args.labels is not None else "as given" if given else "the default"
+    print(f"level words ({source}), worst first: {', '.join(words)}")
+    overrides = {"sat_attention": args.sat_attention, "level_words": words}
     if args.num_frames is not None:
         overrides["num_frames"] = args.num_frames
     config = clipvqa_config(state, **overrides)

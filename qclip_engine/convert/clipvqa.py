@@ -18,10 +18,16 @@ The config is read off the shapes (:func:`clipvqa_config`): ``num_frames`` from
 the open_clip model whose towers have the checkpoint's widths, depths, patch, context and vocabulary
 (ViT-B/16, ViT-B/32, ViT-L/14 for the released configs). The checkpoint holds every tensor of the
 model, so nothing is downloaded (``pretrained=None``), and the artifact stores them all.
+
+The level words are not tensors: the released code tokenizes the names of the label file its config
+names (``DATA.LABEL_LIST``: ``id,name`` CSV rows, a name per level, worst first), and the repository
+ships several lists. ``labels.csv`` holds this engine's ``LEVEL_WORDS``; a checkpoint naming another
+file converts only with its words given (:func:`level_words_for`), as other words score otherwise.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import pickle
@@ -34,12 +40,14 @@ from typing import Any
 import open_clip
 import torch
 
-from ..artifact import save_artifact
+from ..artifact import save_artifact, staged_directory
 from ..errors import ConversionError
-from ..model.clipvqa import CLIPVQA, CLIPVQAConfig
+from ..model.backbone import weights_loaded_after
+from ..model.clipvqa import CLIPVQA, LEVEL_WORDS, CLIPVQAConfig
 from ..model.pe_weights import load_torch_file
 
 RELEASED_CONFIG_CLASS = "yacs.config.CfgNode"
+DEFAULT_LABEL_FILE = "labels.csv"  # the released label file holding LEVEL_WORDS
 PREFERRED_BACKBONES = ("ViT-B-16", "ViT-B-32", "ViT-L-14", "ViT-L-14-336")
 READ_OFF_SHAPES = ("backbone", "num_frames", "image_size", "sat_layers", "vat_layers")
 
@@ -302,10 +310,15 @@ def clipvqa_config(state: dict[str, torch.Tensor], **overrides) -> CLIPVQAConfig
 def load_clipvqa(checkpoint: str | os.PathLike | dict, **overrides) -> CLIPVQA:
     """The CLIPVQA model holding a released checkpoint's tensors (a path, the loaded checkpoint or
     its state dict). Strict: ConversionError listing every unknown, missing or unexpected tensor
-    and every shape that differs, by both names."""
+    and every shape that differs, by both names. The level words are ``overrides["level_words"]``, or
+    :func:`level_words_for`'s."""
+    if not isinstance(checkpoint, dict):
+        checkpoint = read_checkpoint(checkpoint)
+    overrides["level_words"] = level_words_for(checkpoint, overrides.get("level_words"))
     state = read_clipvqa(checkpoint)
     config = clipvqa_config(state, **overrides)
-    model = CLIPVQA(replace(config, pretrained=None))
+    with weights_loaded_after():  # every tensor is loaded below
+        model = CLIPVQA(replace(config, pretrained=None))
     expected = model.state_dict()
     mapped, source = {}, {}
     problems = []
@@ -327,7 +340,48 @@ def load_clipvqa(checkpoint: str | os.PathLike | dict, **overrides) -> CLIPVQA:
     return model.eval()
 
 
+def label_list(checkpoint: dict) -> str | None:
+    """The label file a released checkpoint's config names (``DATA.LABEL_LIST``), or None (no config)."""
+    data = checkpoint.get("config", {}).get("DATA") if isinstance(checkpoint.get("config"), dict) else None
+    named = data.get("LABEL_LIST") if isinstance(data, dict) else None
+    return named if isinstance(named, str) else None
+
+
+def read_label_file(path: str | os.PathLike) -> tuple[str, ...]:
+    """The level words of a label file in the released format: a header row, then ``id,name`` rows,
+    worst level first. Names are whitespace-trimmed, as the tokenizer trims them (``labels_1.csv``'s
+    ``very bad `` is ``very bad``)."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [row for row in csv.reader(f) if row]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConversionError(f"cannot read the label file {path}: {exc}",
+                              code="not_found" if isinstance(exc, FileNotFoundError) else "checkpoint_invalid") from exc
+    bad = [i + 2 for i, row in enumerate(rows[1:]) if len(row) < 2 or not row[1].strip()]
+    if len(rows) < 3 or bad:
+        raise ConversionError(f"{path} is not a released label file (a header row, then one 'id,name' row per level, "
+                              f"at least two){f': rows {bad[:6]} name nothing' if bad else ''}")
+    return tuple(" ".join(row[1].split()) for row in rows[1:])
+
+
+def level_words_for(checkpoint: dict, level_words: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The level words to convert ``checkpoint`` with: those given, else ``LEVEL_WORDS`` when its
+    config names the default label file (or nothing); ConversionError (one line) when it names
+    another file and no words are given."""
+    if level_words is not None:
+        return tuple(level_words)
+    named = label_list(checkpoint)
+    if named is None or Path(named).name == DEFAULT_LABEL_FILE:
+        return LEVEL_WORDS
+    raise ConversionError(f"the checkpoint was trained with the level words of {named} (its config's DATA.LABEL_LIST), "
+                          f"not {DEFAULT_LABEL_FILE}'s ({', '.join(LEVEL_WORDS)}): pass that file with --labels FILE "
+                          "or its words, worst first, with --level-words w1,w2,…")
+
+
 def convert_clipvqa(checkpoint: str | os.PathLike | dict, out: str | os.PathLike, **overrides) -> Path:
     """Convert a released checkpoint into the artifact directory ``out`` (every tensor stored)."""
     model = load_clipvqa(checkpoint, **overrides)
-    return Path(save_artifact(model, out))
+    with staged_directory(out) as stage:
+        save_artifact(model, stage)
+    return Path(out)

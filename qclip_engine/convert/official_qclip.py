@@ -39,8 +39,9 @@ from typing import Any
 import open_clip
 import torch
 
-from ..artifact import save_artifact
+from ..artifact import save_artifact, staged_directory, write_artifact_file
 from ..errors import ConversionError
+from ..model.backbone import weights_loaded_after
 from ..model.pe_weights import WRAPPERS, load_torch_file, meta_pe_to_open_clip, unwrap_state_dict
 from ..model.qclip import QCLIP, QCLIPConfig
 
@@ -117,7 +118,8 @@ def match_backbone(backbone_state: dict[str, torch.Tensor], name: str | None = N
     for candidate in names:
         if candidate not in open_clip.list_models():
             raise ConversionError(f"unknown open_clip model {candidate!r}")
-        have = _shapes(open_clip.create_model(candidate, pretrained=None, device="meta").state_dict())
+        with weights_loaded_after():  # shapes only, compared below; no model of random weights is used
+            have = _shapes(open_clip.create_model(candidate, pretrained=None, device="meta").state_dict())
         diff = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
         if not diff:
             return candidate
@@ -205,6 +207,9 @@ def read_official(
             trained[target] = value
             mapped.append((key, target, tuple(value.shape)))
         elif key in SCALARS:
+            if value.numel() != 1:  # one number in the official model; listed with the other misfits
+                problems.append(f"{key}: {tuple(value.shape)}, expected one number")
+                continue
             trained[SCALARS[key]] = value.reshape(())
             mapped.append((key, SCALARS[key], tuple(value.shape)))
         elif key == "context_tokens":
@@ -264,25 +269,46 @@ def read_official(
     )
 
 
+def official_name(name: str, adapter_start_layer: int) -> str:
+    """The official checkpoint's key of this engine's tensor ``name`` (the table above, read backwards)."""
+    adapter = re.fullmatch(r"escma\.layers\.(\d+)\.(down|up|ln)\.(weight|bias)", name)
+    if adapter:
+        part = {ours: theirs for theirs, ours in ADAPTER_PARTS.items()}[adapter.group(2)]
+        return f"encoder_adapters.{int(adapter.group(1)) + adapter_start_layer}.{part}.{adapter.group(3)}"
+    module, _, leaf = name.rpartition(".")
+    linears = {ours: theirs for theirs, ours in LINEARS.items()}
+    if module in linears:
+        return f"{linears[module]}.{leaf}"
+    singles = {ours: theirs for theirs, ours in (*SCALARS.items(), *DERIVED.items())}
+    return singles.get(name) or {"prompts.context": "context_tokens", "level_weights": "score_proj"}.get(name, name)
+
+
+def official_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape the official checkpoint holds for this engine's tensor ``name`` of ``shape``."""
+    return {"level_weights": (*shape, 1), "prompts.context": (1, *shape)}.get(name, shape)
+
+
 def load_official(ckpt: OfficialCheckpoint, backbone_weights: str | None, **overrides) -> QCLIP:
     """The engine's model holding an official checkpoint's tensors, on the backbone from
     ``backbone_weights`` (a file with the checkpoint's own backbone weights, in either layout)."""
     model = QCLIP(ckpt.config(backbone_weights, **overrides))
     expected = dict(model.named_parameters())
+    source = {dst: (src, shape) for src, dst, shape in ckpt.mapped}  # messages name the checkpoint's keys
     problems = []
     for name, value in ckpt.trained.items():
+        key, shape = source.get(name, (name, tuple(value.shape)))
         if name not in expected or not expected[name].requires_grad:
-            problems.append(f"{name}: no such trained tensor in the model")
+            problems.append(f"{key}: no such trained tensor in the model")
         elif value.shape != expected[name].shape:
-            problems.append(f"{name}: {tuple(value.shape)}, the model has {tuple(expected[name].shape)}")
+            problems.append(f"{key}: {shape}, expected {official_shape(name, tuple(expected[name].shape))}")
     missing = sorted(set(model.trainable_state_dict()) - set(ckpt.trained))
-    problems += [f"{name}: not in the checkpoint" for name in missing]
+    problems += [f"{official_name(name, ckpt.adapter_start_layer)}: not in the checkpoint" for name in missing]
     buffers = dict(model.named_buffers())
     for name, value in ckpt.derived.items():
         mine = buffers[name]
         if value.shape != mine.shape or not torch.allclose(value.to(mine.dtype), mine, atol=1e-6):
-            problems.append(f"{name}: the checkpoint's prompt embeddings differ from the quality prompts here "
-                            "(other prompt texts or tokenizer)")
+            problems.append(f"{official_name(name, ckpt.adapter_start_layer)}: the checkpoint's prompt embeddings "
+                            "differ from the quality prompts here (other prompt texts or tokenizer)")
     if problems:
         raise ConversionError("the checkpoint does not fit the model:\n  " + "\n  ".join(problems))
     with torch.no_grad():
@@ -311,17 +337,18 @@ def convert_official(
 
     ckpt = read_official(checkpoint, adapter_start_layer=adapter_start_layer, backbone=backbone)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if backbone_weights is None:
-        weights_path = out / BACKBONE_FILE
-        save_file({k: v.contiguous() for k, v in ckpt.backbone_state.items()}, str(weights_path))
-        model = load_official(ckpt, str(weights_path), **overrides)
-        ckpt.notes.append(f"backbone weights written to {weights_path}")
-    else:
-        model = load_official(ckpt, backbone_weights, **overrides)
-        loaded = model.backbone.state_dict()
-        if any(not torch.equal(loaded[k], v.to(loaded[k].dtype)) for k, v in ckpt.backbone_state.items()):
-            raise ConversionError(f"{backbone_weights} holds other backbone weights than the checkpoint's clip_model.*")
-        ckpt.notes.append(f"backbone weights: {backbone_weights} (every tensor equal to the checkpoint's clip_model.*)")
-    save_artifact(model, out)
+    with staged_directory(out) as stage:  # a refusal below leaves nothing behind
+        if backbone_weights is None:
+            weights_path = stage / BACKBONE_FILE
+            backbone_state = {k: v.contiguous() for k, v in ckpt.backbone_state.items()}
+            write_artifact_file(weights_path, lambda p: save_file(backbone_state, str(p)))
+            model = load_official(ckpt, str(weights_path), **overrides)
+            ckpt.notes.append(f"backbone weights written to {out / BACKBONE_FILE}")
+        else:
+            model = load_official(ckpt, backbone_weights, **overrides)
+            loaded = model.backbone.state_dict()
+            if any(not torch.equal(loaded[k], v.to(loaded[k].dtype)) for k, v in ckpt.backbone_state.items()):
+                raise ConversionError(f"{backbone_weights} holds other backbone weights than the checkpoint's clip_model.*")
+            ckpt.notes.append(f"backbone weights: {backbone_weights} (every tensor equal to the checkpoint's clip_model.*)")
+        save_artifact(model, stage)
     return out, ckpt

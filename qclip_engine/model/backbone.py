@@ -15,11 +15,13 @@ parameters), and running its stages in order reproduces open_clip's ``encode_ima
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import open_clip
 import torch
@@ -273,6 +275,27 @@ def _meta_pe_weights(path: str) -> dict[str, torch.Tensor] | None:
     return tensors if is_meta_pe_layout(tensors) else None
 
 
+RANDOM_INIT_WARNING = "No pretrained weights loaded for model"  # open_clip's factory.create_model, pretrained=None
+
+
+def _not_random_init_warning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(RANDOM_INIT_WARNING)
+
+
+@contextlib.contextmanager
+def weights_loaded_after() -> Iterator[None]:
+    """Builds in this block get their weights right after (a Meta ``.pt``, a converted checkpoint, an
+    artifact storing every tensor): open_clip's "… Model initialized randomly." warning, which it logs
+    through the root logger for every ``pretrained=None`` build, would be false there and is dropped.
+    A model that stays random keeps it (``create_clip(backbone, None)``)."""
+    root = logging.getLogger()
+    root.addFilter(_not_random_init_warning)
+    try:
+        yield
+    finally:
+        root.removeFilter(_not_random_init_warning)
+
+
 def create_clip(
     backbone: str,
     pretrained: str | None,
@@ -313,7 +336,7 @@ def create_clip(
     if meta_pe is not None:
         # as open_clip loads its own files: at the weights' native size, then resized (set_input_size);
         # the throw-away init leaves the global RNG as it was (training seeds stay meaningful)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), weights_loaded_after():
             clip = open_clip.create_model(backbone, pretrained=None, device=device)
         try:
             load_meta_pe(clip, meta_pe, weights)

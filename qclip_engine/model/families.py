@@ -23,7 +23,9 @@ lowest first), its deployable module (``deployable(model, dtype)``: uint8 frames
 3]`` → ``(level_sims [B, L], score [B])``, with ``image_size``, ``num_frames``, ``levels`` and
 ``fixed_frames``: what every backend runs and every export writes) and how to turn a stored
 config into the one to build on load (``loading_config``: e.g. no pretrained weights to fetch
-when the artifact stores them all).
+when the artifact stores them all) and the name of the file an artifact stores its tensors in
+(``stored_file``: ``adapters.safetensors`` for Q-CLIP's trained tensors, ``model.safetensors`` for a
+family that stores every tensor).
 
 Adding a family: its own module under ``model/`` and one ``register_family`` line below.
 """
@@ -43,6 +45,8 @@ from .clipvqa import graph as clipvqa_graph
 from .qclip import QCLIP, QCLIPConfig
 
 DEFAULT_FAMILY = "qclip"  # what an artifact or a training config without "family" is
+ADAPTERS_FILE = "adapters.safetensors"  # what every family's artifact stored its tensors in before stored_file
+MODEL_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class Family:
     levels: tuple[str, ...]
     deployable: Callable[[nn.Module, torch.dtype], nn.Module]
     loading_config: Callable[[dict[str, Any]], dict[str, Any]] = lambda cfg: cfg
+    stored_file: str = ADAPTERS_FILE  # the artifact's tensors, named for what they are
+    stores_every_tensor: bool = False  # its models build with no weights on load and get every tensor from the file
 
     def config_fields(self) -> set[str]:
         return {f.name for f in fields(self.config)}
@@ -101,4 +107,5 @@ def deployable(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Modul
 
 register_family(Family("qclip", QCLIPConfig, QCLIP, tuple(QUALITY_LEVELS), folded.deployable))
 register_family(Family("clipvqa", CLIPVQAConfig, CLIPVQA, tuple(LEVEL_WORDS), clipvqa_graph.deployable,
-                       loading_config=lambda cfg: cfg | {"pretrained": None}))  # its artifacts store every tensor
+                       loading_config=lambda cfg: cfg | {"pretrained": None},  # its artifacts store every tensor
+                       stored_file=MODEL_FILE, stores_every_tensor=True))
