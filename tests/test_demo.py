@@ -22,7 +22,7 @@ def test_quick_demo_runs_offline_ships_its_artifact_and_labels_its_numbers_hones
     result_path = tmp_path / "results" / "demo.json"
     monkeypatch.setattr(demo, "RESULT", result_path)
     out_dir = tmp_path / "demo"
-    assert demo.main(["--out", str(out_dir), "--quick"]) == 0
+    assert demo.main(["--out", str(out_dir), "--quick", "--record-benchmark"]) == 0
     out = capsys.readouterr().out
     assert "RANDOM-BACKBONE" in out and "not a measurement" in out
     assert "untrained (same init)" in out and "trained, last epoch" in out
@@ -42,6 +42,7 @@ def test_quick_demo_runs_offline_ships_its_artifact_and_labels_its_numbers_hones
     assert f"{out_dir / 'scores.jsonl'}" in out and "videos/s" in out
 
     result = json.loads(result_path.read_text())
+    assert json.loads((out_dir / "demo.json").read_text()) == result  # the run's own record, in --out
     assert result["benchmark"] == "demo" and result["machine"]["cores"] and result["versions"]["onnxruntime"]
     assert result["scoring"]["records"] == "scores.jsonl" and result["scoring"]["videos"] == len(heldout)
     assert result["scoring"]["videos_per_s"] > 0 and result["export_s"] > 0
@@ -65,3 +66,9 @@ def test_without_the_export_extra_the_demo_says_what_to_install_before_any_work(
     err = capsys.readouterr().err
     assert err == "train.demo: exporting and scoring the demo's artifact needs onnxscript: pip install -e '.[demo,export]'\n"
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_demo_records_under_its_out_folder_and_the_checkout_only_for_a_benchmark_run(tmp_path):
+    assert demo.record_paths(tmp_path / "demo", record_benchmark=False) == [tmp_path / "demo" / "demo.json"]
+    assert demo.record_paths(tmp_path / "demo", record_benchmark=True) == [tmp_path / "demo" / "demo.json", demo.RESULT]
+    assert demo.RESULT == demo.ROOT / "benchmarks" / "results" / "demo.json"

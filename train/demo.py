@@ -12,8 +12,9 @@
 5. scores the held-out clips with the FP32 graph exactly as ``qclip-score --engine onnxruntime
    --precision fp32`` does (records in ``OUT/scores.jsonl``), timed;
 
-then prints the held-out metrics against VMAF and records them in
-``benchmarks/results/demo.json`` (paths in it relative to ``--out``).
+then prints the held-out metrics against VMAF and records them in ``OUT/demo.json`` (paths in it
+relative to ``--out``); ``--record-benchmark`` records them in the checkout's
+``benchmarks/results/demo.json`` too (a benchmark run: running the demo leaves the checkout as it was).
 
 It demonstrates the training machinery and the product path; a random backbone says
 nothing about Q-CLIP's accuracy with Perception Encoder weights.
@@ -52,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "demo.yaml"
 RESULT = ROOT / "benchmarks" / "results" / "demo.json"
 RECORDS = "scores.jsonl"
+RECORD = "demo.json"  # the run's record, in --out
 EXPORT_MODULES = ("onnx", "onnxscript", "onnxruntime")  # the export extra, needed by steps 4 and 5
 QUICK_OVERRIDES = ["train.epochs=1", "model.image_size=32", "model.num_frames=2", "model.adapter_layers=2"]
 
@@ -161,12 +163,19 @@ def recorded_config(config: dict, out: Path) -> dict:
     return recorded
 
 
-def write_result(payload: dict) -> Path:
-    """``benchmarks/results/demo.json`` of the checkout, with the machine and library versions."""
+def record_paths(out: Path, record_benchmark: bool) -> list[Path]:
+    """Where the run's record goes: ``OUT/demo.json``, and the checkout's tracked
+    ``benchmarks/results/demo.json`` only for a benchmark run (``--record-benchmark``)."""
+    return [out / RECORD, *([RESULT] if record_benchmark else [])]
+
+
+def write_result(payload: dict, paths: list[Path]) -> list[Path]:
+    """The record (``payload`` with the machine and library versions) written to each of ``paths``."""
     record = environment.result_record("demo", payload, "numpy", "onnx", "onnxruntime", "imageio-ffmpeg", "scikit-video")
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(record, indent=2) + "\n")
-    return RESULT
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2) + "\n")
+    return paths
 
 
 def _line(name: str, m: dict) -> str:
@@ -243,7 +252,7 @@ def _demo(args: argparse.Namespace) -> None:
     _report(results, config, out, total, built)
     if args.no_record:
         return
-    path = write_result({
+    paths = write_result({
         "what": "held-out SROCC/PLCC vs VMAF of the demo: random-init backbone, untrained vs trained adapters; "
                 "the best artifact exported to ONNX and the held-out clips scored through qclip-score",
         "command": " ".join(["python -m train.demo", *(["--quick"] if args.quick else []), *args.overrides]),
@@ -255,8 +264,8 @@ def _demo(args: argparse.Namespace) -> None:
         **results,
         "dataset_build_s": built,
         "total_s": total,
-    })
-    print(f"recorded in {path}")
+    }, record_paths(out, args.record_benchmark))
+    print(f"recorded in {', '.join(map(str, paths))}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_out", help="where the dataset, the run and the scores go")
     parser.add_argument("--quick", action="store_true", help="a tiny dataset and one short epoch (tests)")
-    parser.add_argument("--no-record", action="store_true", help="do not write benchmarks/results/demo.json")
+    parser.add_argument("--no-record", action="store_true", help=f"write no record (default: OUT/{RECORD})")
+    parser.add_argument("--record-benchmark", action="store_true",
+                        help="a benchmark run: record in the checkout's benchmarks/results/demo.json too "
+                             f"(default: only OUT/{RECORD})")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=2")
     args = parser.parse_args(argv)
     try:
