@@ -73,7 +73,8 @@ MAX_UPLOAD_MB = 256.0
 REQUEST_TIMEOUT_S = 60.0
 QUEUE_PER_BATCH = 4  # requests in flight before 503: this × batch, unless --queue says otherwise
 # Request bodies (uploads, JSON) are received before a scoring slot is taken, so receives are
-# bounded on their own: past MAX_UPLOADS at once, 503. After UPLOAD_GRACE_S a body whose average
+# bounded on their own: past MAX_UPLOADS multipart uploads at once, 503 (a JSON path request, a few
+# hundred bytes, takes no upload slot). After UPLOAD_GRACE_S a body whose average
 # rate since it began is under MIN_UPLOAD_KIBPS (KiB/s; 64 kbit/s, below any real link) is
 # dropped with 408: a slow client holds a socket and a temp file for seconds, not the deadline.
 MAX_UPLOADS = 128

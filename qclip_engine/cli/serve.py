@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout-s", type=positive_float, default=defaults.REQUEST_TIMEOUT_S,
                         help="per-request deadline, from its headers to its answer, upload included (504 past it)")
     parser.add_argument("--max-uploads", type=positive_int, default=defaults.MAX_UPLOADS,
-                        help="request bodies (uploads, JSON) received at once before new requests get 503; "
-                             "a body still arriving holds no --queue slot")
+                        help="multipart uploads received at once before new ones get 503 (JSON path requests "
+                             "take none of these slots); a body still arriving holds no --queue slot")
     parser.add_argument("--min-upload-kib-s", type=non_negative_float, default=defaults.MIN_UPLOAD_KIBPS,
                         help="KiB/s: after --upload-grace-s, a request body whose average rate since it began is "
                              "below this is dropped with 408 upload_too_slow (0: no minimum)")

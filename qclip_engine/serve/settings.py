@@ -31,7 +31,7 @@ class ServeSettings:
     timeout_s: float = defaults.REQUEST_TIMEOUT_S
     batch_wait_s: float = defaults.SERVE_BATCH_WAIT_S
     upload_dir: Path | None = None  # None: the system temp directory
-    max_uploads: int = defaults.MAX_UPLOADS  # bodies received at once before 503
+    max_uploads: int = defaults.MAX_UPLOADS  # multipart uploads received at once before 503 (JSON requests: none)
     min_upload_bytes_per_s: float = defaults.MIN_UPLOAD_KIBPS * 1024  # 0: no minimum rate
     upload_grace_s: float = defaults.UPLOAD_GRACE_S  # before the minimum rate applies
     strict: bool = False  # a file cut short is 422 truncated, not a score with a warning
