@@ -16,7 +16,10 @@ from conftest import tiny_model
 from qclip_engine import save_artifact
 from qclip_engine import defaults
 from qclip_engine.cli import score as score_cli
-from qclip_engine.cli.score import InputError, _parser, expand_inputs, main, printable
+from qclip_engine.cli import inputs as inputs_cli
+from qclip_engine.cli.inputs import InputError, expand_inputs
+from qclip_engine.cli.records import printable
+from qclip_engine.cli.score import _parser, main
 from qclip_engine.errors import QCLIPError
 
 @pytest.fixture(scope="module")
@@ -293,7 +296,7 @@ def test_a_list_naming_itself_or_no_list_at_all_is_one_invalid_input_record_each
 
 
 def test_list_files_are_read_in_pieces_and_refused_past_their_size(tmp_path, monkeypatch):
-    monkeypatch.setattr(score_cli, "LIST_READ_BYTES", 7)  # lines cross the pieces' edges
+    monkeypatch.setattr(inputs_cli, "LIST_READ_BYTES", 7)  # lines cross the pieces' edges
     entries = [f"clip{i}.mp4" for i in range(40)]
     listing = tmp_path / "list.txt"
     listing.write_text("\r\n".join(entries) + "\r\n# a note\n\n  last.mp4")
@@ -305,7 +308,7 @@ def test_list_files_are_read_in_pieces_and_refused_past_their_size(tmp_path, mon
         assert list(expand_inputs([f"@/dev/fd/{read}"])) == ["a.mp4", "b.mp4"]
     finally:
         os.close(read)
-    monkeypatch.setattr(score_cli, "MAX_LIST_BYTES", 100)
+    monkeypatch.setattr(inputs_cli, "MAX_LIST_BYTES", 100)
     [refused] = expand_inputs([f"@{listing}"])
     assert refused.error.code == "invalid_input" and "it holds more than" in refused.error.message
 
