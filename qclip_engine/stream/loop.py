@@ -54,7 +54,7 @@ def stream_windows(
     if not (hop_s > 0 and math.isfinite(hop_s)):
         raise ValueError(f"hop_s must be > 0, got {hop_s}")
     if max_window_frames is None:
-        max_window_frames = min(engine.max_analysis_frames, max(engine.num_frames, math.ceil(LIVE_FPS_CAP * window_s)))
+        max_window_frames = default_window_frames(engine, window_s)
     if max_window_frames < 1:
         raise ValueError(f"max_window_frames must be ≥ 1, got {max_window_frames}")
     if fps <= 0:
@@ -65,6 +65,46 @@ def stream_windows(
         live = is_live
     windower = Windower(window_s, hop_s, int(max_window_frames))
     return _run(engine, opener, name, windower, threshold, bool(live))
+
+
+def default_window_frames(engine, window_s: float) -> int:
+    """Frames a window holds at most by default: ``LIVE_FPS_CAP`` per second, within the engine's
+    analysis bound and at least the frames the model takes."""
+    return min(engine.max_analysis_frames, max(engine.num_frames, math.ceil(LIVE_FPS_CAP * window_s)))
+
+
+def closed_windows(frames, windower: Windower, name: str, *, strict: bool = False,
+                   stop: threading.Event | None = None) -> Iterator[Window]:
+    """The windows ``frames`` (an opened source: ``sources.open_source``) close, in order, the last ones
+    at its end (``Windower.finish``; a cut-short source's last window carries ``truncated``). Raises
+    for bad media (``DecodeFailedError`` when no frame came; ``TruncatedVideoError`` for a cut-short
+    source under ``strict``) — the stream loop and the monitor (``monitor/source.py``) share this.
+    A set ``stop`` ends it at the next frame, with nothing more."""
+    display_name = Path(name).name if "://" not in name else name
+    end = MediaEnd(None)
+    for raw, convert in frames:
+        if stop is not None and stop.is_set():
+            return
+        if raw is END_OF_MEDIA:
+            end = convert
+            break
+        yield from windower.add(raw, convert)
+    if windower.last_t is None:
+        raise DecodeFailedError(f"{display_name}: no frames", path=name)
+    if end.truncation and strict:  # the strict policy: the open windows give way to the error
+        raise TruncatedVideoError(f"{display_name}: {end.truncation}", path=name)
+    last = windower.finish(end.frame_s)
+    if end.truncation and last:  # scored on what is there, as a file cut short is
+        last[-1].warnings = (last[-1].warnings or []) + [{"code": "truncated", "message": end.truncation}]
+    yield from last
+
+
+def sample_window(engine, window: Window, name: str):
+    """``window``'s frames through the engine's sampler (``engine.sample_frames``): a ``SampledVideo``."""
+    t0 = time.perf_counter()
+    video = engine.sample_frames(window.frames, f"{name}#{window.index}", window.times)
+    video.timing_ms["sample"] = (time.perf_counter() - t0) * 1e3
+    return video
 
 
 def _produce(engine, opener, name, windower: Windower, out: queue.Queue, stop: threading.Event) -> None:
@@ -79,36 +119,12 @@ def _produce(engine, opener, name, windower: Windower, out: queue.Queue, stop: t
                 continue
         return False
 
-    def emit(windows: list[Window]) -> bool:
-        for w in windows:
-            t0 = time.perf_counter()
-            video = engine.sample_frames(w.frames, f"{name}#{w.index}", w.times)
-            video.timing_ms["sample"] = (time.perf_counter() - t0) * 1e3
-            if not put(_Sampled(w, video)):
-                return False
-        return True
-
     frames = None
-    display_name = Path(name).name if "://" not in name else name
     try:
         frames = opener()
-        end = MediaEnd(None)
-        for raw, convert in frames:
-            if stop.is_set():
+        for w in closed_windows(frames, windower, name, strict=engine.strict, stop=stop):
+            if stop.is_set() or not put(_Sampled(w, sample_window(engine, w, name))):
                 return
-            if raw is END_OF_MEDIA:
-                end = convert
-                break
-            if not emit(windower.add(raw, convert)):
-                return
-        if windower.last_t is None:
-            raise DecodeFailedError(f"{display_name}: no frames", path=name)
-        if end.truncation and engine.strict:  # the strict policy: the open windows give way to the error
-            raise TruncatedVideoError(f"{display_name}: {end.truncation}", path=name)
-        last = windower.finish(end.frame_s)
-        if end.truncation and last:  # scored on what is there, as a file cut short is
-            last[-1].warnings = (last[-1].warnings or []) + [{"code": "truncated", "message": end.truncation}]
-        emit(last)
     except Exception as exc:  # bad media (or a failing iterator) ends the stream with a record
         k, start, end, n = windower.current()
         put(error_window(k, start, end, n, exc))
@@ -118,36 +134,38 @@ def _produce(engine, opener, name, windower: Windower, out: queue.Queue, stop: t
         put(_DONE)
 
 
+def window_result(window: Window, video, result, threshold: float | None, now: float) -> WindowResult:
+    """A scored window's record: the engine's ``VideoResult`` for ``video`` (the window's sampled
+    frames) with the window's bounds, picks and warnings; ``now``: perf_counter when it came back."""
+    w = window
+    if not result.ok:  # the engine's error for this window alone (e.g. non_finite_output): the stream goes on
+        return WindowResult(index=w.index, start_s=w.start_s, end_s=w.end_s, frames_in_window=len(w.frames),
+                            partial=w.partial, error=result.error, warnings=w.warnings, timing_ms=result.timing_ms)
+    return WindowResult(
+        index=w.index,
+        start_s=w.start_s,
+        end_s=w.end_s,
+        score=result.score,
+        mos=result.mos,
+        levels=result.levels,
+        frames_in_window=len(w.frames),
+        partial=w.partial,
+        alert=threshold is not None and result.score < threshold,
+        frames=[int(w.numbers[i]) for i in video.indices],
+        frame_times=[round(float(t), 6) for t in video.times],
+        backend=result.backend,
+        warnings=w.warnings,
+        timing_ms=result.timing_ms | {"latency": (now - w.closed_at) * 1e3},
+    )
+
+
 def _score(engine, batch: list[_Sampled], threshold: float | None) -> list[WindowResult]:
     try:
         results = engine.run_batch([s.video for s in batch])
     except Exception as exc:  # the backend failed: each window of the batch says so
         return [error_window(s.window.index, s.window.start_s, s.window.end_s, len(s.window.frames), exc) for s in batch]
-    scored = []
     now = time.perf_counter()
-    for s, r in zip(batch, results):
-        w = s.window
-        if not r.ok:  # the engine's error for this window alone (e.g. non_finite_output): the stream goes on
-            scored.append(WindowResult(index=w.index, start_s=w.start_s, end_s=w.end_s, frames_in_window=len(w.frames),
-                                       partial=w.partial, error=r.error, warnings=w.warnings, timing_ms=r.timing_ms))
-            continue
-        scored.append(WindowResult(
-            index=w.index,
-            start_s=w.start_s,
-            end_s=w.end_s,
-            score=r.score,
-            mos=r.mos,
-            levels=r.levels,
-            frames_in_window=len(w.frames),
-            partial=w.partial,
-            alert=threshold is not None and r.score < threshold,
-            frames=[int(w.numbers[i]) for i in s.video.indices],
-            frame_times=[round(float(t), 6) for t in s.video.times],
-            backend=r.backend,
-            warnings=w.warnings,
-            timing_ms=r.timing_ms | {"latency": (now - w.closed_at) * 1e3},
-        ))
-    return scored
+    return [window_result(s.window, s.video, r, threshold, now) for s, r in zip(batch, results)]
 
 
 def _run(engine, opener, name, windower: Windower, threshold, live: bool) -> Iterator[WindowResult]:

@@ -51,15 +51,20 @@ class Window:
 class Windower:
     """Holds the frames of the open window; says which windows a new frame closes."""
 
-    def __init__(self, window_s: float, hop_s: float, max_frames: int):
+    def __init__(self, window_s: float, hop_s: float, max_frames: int, *, first_index: int = 0,
+                 on_frame: Callable[[float, np.ndarray | None], None] | None = None):
+        """``first_index``: the first window's index (its timeline starts at ``first_index · hop_s``: a
+        monitored source's next connection goes on where the last one ended); ``on_frame(t, rgb)``: told
+        of every frame's timeline time, with its pixels when kept (else None) — the monitor's health."""
         self.window_s, self.hop_s, self.max_frames = window_s, hop_s, max_frames
         self.grid = window_s / max_frames  # keep at most one frame per grid step
-        self.k = 0
+        self.k = first_index
+        self.on_frame = on_frame
         self.held: deque = deque()  # (number, t, rgb), times ≥ the open window's start
         self.count = 0  # frames seen: the next frame's number
         self.last_slot = None
         self.origin = None  # the first frame's raw time
-        self.offset = 0.0  # added after a backwards clock jump
+        self.offset = first_index * hop_s  # the timeline's start, plus what backwards clock jumps added
         self.last_t = None
         self.dt = None  # the last positive frame-to-frame step
         self.steps: deque = deque(maxlen=_RECENT_STEPS)  # the latest positive steps
@@ -74,9 +79,13 @@ class Windower:
         t = self.time_of(raw)
         self.observe(t)
         closed = self.close_before(t)
+        rgb = None
         if self.wants(t):
-            self.push(self.count, t, convert())
+            rgb = convert()
+            self.push(self.count, t, rgb)
         self.count += 1
+        if self.on_frame is not None:
+            self.on_frame(t, rgb)
         return closed
 
     def bounds(self, k: int) -> tuple[float, float]:
@@ -85,7 +94,7 @@ class Windower:
     def time_of(self, raw: float | None) -> float:
         """A frame's raw time → seconds on the window timeline (first frame 0)."""
         if raw is None:  # no timestamp: one frame after the last
-            return 0.0 if self.last_t is None else self.last_t + (self.dt or 0.0)
+            return self.offset if self.last_t is None else self.last_t + (self.dt or 0.0)
         if self.origin is None:
             self.origin = raw
         t = raw - self.origin + self.offset
