@@ -230,7 +230,8 @@ def _usage_problem(args, items: list[str | InputError]) -> str | None:
     return None
 
 
-def _engine(args):
+def build_engine(args):
+    """The engine the parsed arguments describe (qclip-score's and qclip-monitor's engine options)."""
     from ..engine import QualityEngine
 
     limits = decode_limits(args)
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 def _score_here(args, items: list[str | InputError]) -> int:
     """Score in this process: the stream's windows, or every input's record."""
     try:
-        engine = _engine(args)
+        engine = build_engine(args)
     except (QCLIPError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"qclip-score: {exc}", file=sys.stderr)
         if isinstance(exc, WeightsUnavailableError) and not args.weights:

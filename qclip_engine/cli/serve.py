@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long a partial batch waits for more videos")
     parser.add_argument("--upload-dir", type=Path, default=None,
                         help="where uploads are spooled; None: the system temp directory")
+    parser.add_argument("--monitor", type=Path, default=None, metavar="CONFIG",
+                        help="also watch the live sources of this qclip-monitor config, with the same model and "
+                             "batcher: the monitor's API (/v1/sources, /v1/events) joins this one")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     parser.add_argument("--no-access-log", action="store_true", help="no uvicorn line per request")
     ray = parser.add_argument_group("Ray Serve (the ray extra)")
@@ -155,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = {"replicas": args.replicas, "max_replicas": args.max_replicas, "num_cpus": args.replica_cpus,
              "num_gpus": args.replica_gpus}
     if args.ray is not None:
+        if args.monitor is not None:
+            parser.error("--monitor runs in this process's service; it cannot be combined with --ray")
         return serve_on_ray(parser, args, {key: value for key, value in scale.items() if value is not None})
     if any(value is not None for value in scale.values()):
         parser.error("--replicas, --max-replicas, --replica-cpus and --replica-gpus need --ray")
@@ -173,6 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.decode_budget_mpx
     if budget is not None and budget * 1e6 < args.max_pixels:
         parser.error(f"--decode-budget-mpx {budget:g} is below one picture of --max-pixels {args.max_pixels}")
+    watched = None
+    if args.monitor is not None:
+        from ..monitor import MonitorError, load_config
+
+        try:
+            watched = load_config(args.monitor)
+        except MonitorError as exc:
+            parser.error(f"--monitor {args.monitor}: {exc.code}: {exc.message}")
 
     import logging
 
@@ -188,6 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         server.should_exit = True
 
     app = create_app(settings, on_fatal=stop_server)
+    if watched is not None:  # one model and one batcher for uploads and live sources
+        from dataclasses import replace
+
+        from ..monitor.shared import attach_monitor
+
+        monitor_settings, rules, sources = watched
+        allowed = replace(monitor_settings, allow_dirs=tuple(str(d) for d in args.allow_dir))
+        monitor = attach_monitor(app, allowed, rules, sources, batch=settings.batch)
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -201,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     config.http_protocol_class = guarded_protocol(
         config.http_protocol_class, header_timeout_s=settings.header_timeout_s,
         max_per_client=settings.max_connections_per_client, on_refusal=app.state.service.metrics.refused)
-    server = uvicorn.Server(config)
+    if watched is None:
+        server = uvicorn.Server(config)
+    else:
+        from .monitor import server_closing_feed
+
+        server = server_closing_feed(config, monitor)
     server.run()
     load_error = app.state.service.load_error
     if load_error:

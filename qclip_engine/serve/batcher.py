@@ -52,6 +52,19 @@ class _Queued:
     slot: Slot
 
 
+class _NoSlot:
+    """The slot of a video that belongs to no request (a monitored window): nothing to hold."""
+
+    def hold(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+_NO_SLOT = _NoSlot()
+
+
 def _counts(item: _Queued) -> bool:
     return not item.future.cancelled()  # a timed-out request's video does not fill a batch
 
@@ -106,6 +119,17 @@ class Batcher:
             slot.release()
             raise
         return await asyncio.wrap_future(future)  # a timeout cancels it, and the model thread skips the video
+
+    def submit_from_thread(self, video: SampledVideo) -> Future:
+        """Queue a video from any thread, holding no request slot — a monitored stream's window when
+        the monitor shares this model thread (``monitor/shared.py``); its future. Raises
+        ``queue.Full`` when the queue is full and ``ServiceStopping`` once stopped."""
+        future: Future = Future()
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            self.queue.put_nowait(_Queued(video, future, time.perf_counter(), _NO_SLOT))
+        return future
 
     def stop(self) -> None:
         """No more batches; videos still queued are answered ``ServiceStopping``. Does not wait
