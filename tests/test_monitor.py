@@ -3,6 +3,7 @@ stream_windows gives each source alone; faulty sources (stalled, garbage, droppe
 connecting) are tracked and reconnected while the others keep their pace; frozen and black spans
 are found exactly and alert once; config files and qclip-monitor."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -112,15 +113,27 @@ def live_clip(tmp_path_factory):
     return encode_ts(tmp_path_factory.mktemp("live") / "live.ts", seconds=4, size=(160, 90), fps=FPS)
 
 
-def test_faulty_sources_are_tracked_and_reconnected_while_the_others_keep_time(engine, live_clip):
+@pytest.fixture(scope="module")
+def changing_clip(tmp_path_factory, live_clip):
+    """2 s at 160×90, then 2 s at 320×240 whose clock starts again at 0: a resolution change and a
+    clock restart mid-stream (and on every loop)."""
+    second = encode_ts(tmp_path_factory.mktemp("live") / "second.ts", seconds=2, size=(320, 240), pattern="testsrc")
+    first = encode_ts(tmp_path_factory.mktemp("live") / "first.ts", seconds=2, size=(160, 90), fps=FPS)
+    joined = second.with_name("joined.ts")
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    return joined
+
+
+def test_faulty_sources_are_tracked_and_reconnected_while_the_others_keep_time(engine, live_clip, changing_clip):
     settings = MonitorSettings(window_s=1.0, hop_s=0.5, stall_s=1.0, timeout_s=2.0, backoff_s=0.2, backoff_max_s=0.8,
                                fail_after=2)
-    good = LiveTSServer(live_clip)
+    good, changing = LiveTSServer(live_clip), LiveTSServer(changing_clip)
     stalling, dropping = LiveTSServer(live_clip), LiveTSServer(live_clip)
     garbage = LiveTSServer(garbage=True, rate=40_000)
     monitor = Monitor(engine, settings, [AlertRule("stalled"), AlertRule("failed")])
     for k in range(3):
         monitor.add({"name": f"good{k}", "url": good.url_for(f"good{k}")})
+    monitor.add({"name": "good3", "url": changing.url})  # changes resolution and restarts its clock every 2 s
     monitor.add({"name": "stalls", "url": stalling.url})
     monitor.add({"name": "drops", "url": dropping.url})
     monitor.add({"name": "garbage", "url": garbage.url})
@@ -148,7 +161,7 @@ def test_faulty_sources_are_tracked_and_reconnected_while_the_others_keep_time(e
             snapshot = {s["name"]: s for s in monitor.snapshot()}
     finally:
         monitor.stop()
-        for server in (good, stalling, dropping, garbage):
+        for server in (good, changing, stalling, dropping, garbage):
             server.close()
     # The stalled source: stalled within stall_s of its last frame, then reconnecting once its read timed out.
     stalls = [i for i in items if i["type"] == "state" and i["source"] == "stalls"]
@@ -171,8 +184,11 @@ def test_faulty_sources_are_tracked_and_reconnected_while_the_others_keep_time(e
     assert states_of(items, "never")[:2] == ["reconnecting", "failed"]
     assert snapshot["never"]["error"]["code"] == "unreachable" and ("never", "failed", "raised") in alerts
     assert not windows_of(items, "garbage") and not windows_of(items, "never")
-    # The good sources kept their pace throughout: a window every hop, none late by more than a hop.
-    for k in range(3):
+    # The good sources kept their pace throughout: a window every hop, none late by more than a hop;
+    # the one whose picture size and clock change every 2 s too, live from start to end.
+    assert states_of(items, "good3") == ["live"]
+    assert sum(any(w["code"] == "clock_jump" for w in x.get("warnings") or []) for x in windows_of(items, "good3")) >= 3
+    for k in range(4):
         times = [w["time"] for w in windows_of(items, f"good{k}")]
         assert len(times) >= 14, times
         assert max(np.diff(times)) < settings.hop_s + 0.5, np.diff(times)
@@ -236,6 +252,15 @@ def test_sources_are_added_and_removed_at_run_time_with_clear_errors(engine, tmp
         assert monitor.snapshot_one("a")["history"]
         monitor.remove("a")
         assert monitor.source_names() == ["b"]
+        # A Python source of frames (timed tuples), e.g. a pipeline's own decoder: windowed the same way.
+        frames = moving_frames(2 * FPS, h=48, w=64, seed=5)
+        monitor.settings = dataclasses.replace(monitor.settings, max_sources=3)
+        monitor.add(SourceSpec(name="gen", url="frames:", frames=lambda: ((i / FPS, f) for i, f in enumerate(frames)),
+                               on_end="stop"))
+        while time.monotonic() < deadline + 10 and monitor.snapshot_one("gen")["state"] != "stopped":
+            time.sleep(0.1)
+        assert monitor.snapshot_one("gen")["windows"] == len(list(stream_windows(engine, iter(frames), window_s=1.0,
+                                                                                 hop_s=0.5, fps=FPS)))
         with pytest.raises(MonitorError) as unknown:
             monitor.remove("a")
         assert (unknown.value.code, unknown.value.status) == ("unknown_source", 404)

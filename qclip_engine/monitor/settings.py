@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -131,10 +132,13 @@ class SourceSpec:
     on_end: str | None = None  # at the end of the media: reconnect | stop (None: files stop, URLs reconnect)
     options: dict = field(default_factory=dict)  # extra FFmpeg options for opening a URL
     alerts: tuple[AlertRule, ...] = ()  # rules of this source (replacing global rules of the same name)
+    # Python only (never a config or the API): a callable giving a fresh iterable of frames per
+    # connection — uint8 RGB arrays or (timestamp_s, frame) tuples, as stream_windows takes them.
+    frames: Callable[[], Iterable] | None = field(default=None, compare=False)
 
     @property
     def is_file(self) -> bool:
-        return "://" not in self.url or self.url.lower().startswith("file://")
+        return self.frames is None and ("://" not in self.url or self.url.lower().startswith("file://"))
 
     @property
     def file_path(self) -> str:
@@ -158,7 +162,7 @@ class SourceSpec:
             return check_source(data)
         if not isinstance(data, dict):
             raise MonitorError("invalid_source", "a source must be an object with a name and a url")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"frames"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise MonitorError("invalid_source", f"unknown source fields: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -189,6 +193,10 @@ def check_source(spec: SourceSpec) -> SourceSpec:
                                              "starting with a letter or digit")
     if spec.on_end is not None and spec.on_end not in ON_END:
         raise MonitorError("invalid_source", f"on_end must be one of {', '.join(ON_END)}, got {spec.on_end!r}")
+    if spec.frames is not None:
+        if not callable(spec.frames):
+            raise MonitorError("invalid_source", "frames must be a callable giving an iterable of frames")
+        return spec
     url = spec.url
     try:  # a lone surrogate (from a JSON escape) names nothing that can be opened, or printed
         url.encode("utf-8"), spec.name.encode("utf-8")

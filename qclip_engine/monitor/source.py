@@ -154,7 +154,9 @@ class SourceWorker:
                             first_index=self._next_index, on_frame=on_frame)
         frames, failure, got_frames, name = None, None, [False], self.spec.url
         try:
-            opener, name, _ = open_source(self.spec.file_path if self.spec.is_file else self.spec.url,
+            target = self.spec.frames() if self.spec.frames is not None else (
+                self.spec.file_path if self.spec.is_file else self.spec.url)
+            opener, name, _ = open_source(target,
                                           tuple(engine.image_size), ITERATOR_FPS, settings.timeout_s,
                                           self.spec.options, engine.preprocessing)
             frames = opener()
