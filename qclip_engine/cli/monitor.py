@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trained artifact directory; None: the zero-shot model of --backbone")
     p.add_argument("--backbone", default=defaults.BACKBONE, help="zero-shot model backbone, without --artifact")
     p.add_argument("--weights", metavar="FILE", default=None, help="local backbone weights file, for offline use")
-    p.add_argument("--engine", default="auto", choices=defaults.ENGINES, help="inference backend")
+    p.add_argument("--engine", default="auto", choices=defaults.ENGINES,
+                   help="inference backend; auto: on a GPU TensorRT (with a plan) or torch, on the CPU onnxruntime "
+                        "when installed (eager torch starves behind many source threads), else torch")
     p.add_argument("--device", default=defaults.DEVICE, help="auto, cpu or cuda[:N]")
     p.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS, help="model precision")
     p.add_argument("--batch", type=positive_int, default=defaults.BATCH,
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     from .score import build_engine
 
+    args.engine = monitor_engine(args.engine, args.device)
     try:
         engine = build_engine(args)
     except Exception as exc:
@@ -123,6 +126,22 @@ def main(argv: list[str] | None = None) -> int:
         if out is not sys.stdout:
             out.close()
     return 0
+
+
+def monitor_engine(engine: str, device: str) -> str:
+    """``auto`` on the CPU is ONNX Runtime when it is installed: the monitor's one model thread
+    shares Python's GIL with every source's thread, and eager torch takes the GIL back after each
+    operator — measured here with 32 sources, a backend call that takes 0.1 s alone took 10.9 s
+    (benchmarks/monitor_load.py, torch engine) — while an ONNX Runtime call releases it once."""
+    if engine != "auto":
+        return engine
+    import importlib.util
+
+    from ..runtime.base import resolve_device
+
+    if resolve_device(device) == "cpu" and importlib.util.find_spec("onnxruntime") is not None:
+        return "onnxruntime"
+    return engine
 
 
 def _write_jsonl(feed, out) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -43,8 +44,21 @@ from .settings import SourceSpec
 log = logging.getLogger("qclip_engine.monitor")
 
 STATES = ("connecting", "live", "stalled", "reconnecting", "failed", "stopped")
-ITERATOR_FPS = 25.0  # only for sources without timestamps (never a URL or a file)
+ITERATOR_FPS = 25.0
+SOURCE_NICE = 5  # how much lower than the model thread a source's thread runs (see _lower_priority)  # only for sources without timestamps (never a URL or a file)
 _EPS = 1e-9
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower this thread's CPU priority (Linux: a thread's own nice value; its decoder's threads,
+    started from it, inherit it). The model thread keeps the process's priority, so under load the
+    windows waiting for it are scored first and the decoders catch up from their buffers, rather
+    than one model thread waiting behind every source's decoder for its time slices."""
+    if nice and hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+        except OSError:  # not allowed here: the threads share the CPU as equals
+            pass
 
 
 class SourceWorker:
@@ -122,6 +136,7 @@ class SourceWorker:
 
     # -- the source thread -----------------------------------------------------------------------
     def _run(self) -> None:
+        _lower_priority(SOURCE_NICE)
         try:
             while not self.stop_event.is_set():
                 ended = self._connection()
