@@ -39,12 +39,15 @@ def test_the_wheel_installs_no_top_level_module_but_qclip_engine(wheel):
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert top == {"qclip_engine"}, top
     # Every source file ships, export/, kernels/ and train/ inside the namespace (a subpackage
-    # left out of pyproject's list would be missing here), and so does the kernel's .cu source.
+    # left out of pyproject's list would be missing here), and so do the kernel's .cu source and the
+    # dashboard's files.
     expected = {f"qclip_engine/{p.relative_to(ROOT / 'qclip_engine').as_posix()}"
                 for p in (ROOT / "qclip_engine").rglob("*.py")}
     for tree in ("export", "kernels", "train"):
         expected |= {f"qclip_engine/{tree}/{p.relative_to(ROOT / tree).as_posix()}" for p in (ROOT / tree).rglob("*.py")}
     expected.add("qclip_engine/kernels/frame_mse.cu")
+    # the monitor's dashboard (package data: without it the page answers 503)
+    expected |= {f"qclip_engine/monitor/dashboard/{p.name}" for p in (ROOT / "qclip_engine/monitor/dashboard").iterdir()}
     assert not expected - set(names), sorted(expected - set(names))
     assert not any(n.startswith(("benchmarks/", "tests/")) or "/tests/" in n for n in names)
 

@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .pages import dashboard_routes
 from .settings import MonitorError
 from .webhook import json_safe
 
@@ -139,6 +140,7 @@ def monitor_router(monitor, *, keepalive_s: float = KEEPALIVE_S, health_and_metr
         return StreamingResponse(_sse(request, monitor, source, keepalive_s), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
 
+    dashboard_routes(router)  # the browser dashboard at / (monitor/pages.py)
     return router
 
 
