@@ -1,6 +1,6 @@
 """Per-source health signals: frozen and black pictures, motion, brightness, dropped frames.
 
-Pure (numpy and :func:`qclip_engine.video.frame_mse.pair_mse`), fed by the monitor with one
+Pure (numpy and :func:`qclip_engine.video.frame_mse.frame_pair_mse`), fed by the monitor with one
 source's frames in decode order on the window timeline (``stream/windowing.py``: ``Windower``'s
 ``on_frame``): :meth:`HealthTracker.frame` for every decoded frame, :meth:`HealthTracker.pixels`
 for the kept ones (uint8 RGB at model size).
@@ -41,12 +41,13 @@ Memory: per-frame stats within ``horizon_s`` of the latest frame, two frame refe
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..video.frame_mse import pair_mse
+from ..video.frame_mse import frame_pair_mse
 
 _EPS = 1e-9  # seconds: times are pts differences, window bounds k·hop products
 _RECENT_STEPS = 32  # the frame step is the median of this many latest steps forward (drop- and jitter-proof)
@@ -151,7 +152,7 @@ class HealthTracker:
             return []
         pair = None
         if self.prev is not None and self.prev.shape == rgb.shape:
-            pair = float(pair_mse(np.stack([self.prev, rgb]))[0])
+            pair = frame_pair_mse(self.prev, rgb)
         self.kept.append((t, luma, pair))
         self.kept_t = t
         events = self._freeze(t, rgb, pair, luma <= self.settings.black_luma + _EPS)
@@ -176,7 +177,7 @@ class HealthTracker:
         """The health of window ``[start_s, end_s)`` (keys: the module's ``HEALTH_KEYS``)."""
         lo, hi = start_s - _EPS, end_s - _EPS
         frames = sum(1 for t in self.received if lo <= t < hi)
-        step = float(np.median(self.steps)) if self.steps else None
+        step = float(statistics.median(self.steps)) if self.steps else None
         if step is None or self.first_t is None:
             expected = frames
         else:
@@ -211,7 +212,7 @@ class HealthTracker:
         elif pair == 0.0:  # an exact repeat of the previous frame: the same distance to the reference
             distance = self.ref_mse
         else:
-            distance = float(pair_mse(np.stack([self.ref, rgb]))[0])
+            distance = frame_pair_mse(self.ref, rgb)
         if distance <= self.settings.freeze_mse:
             if run is None:
                 run = _Run(self.ref_t)
@@ -271,7 +272,7 @@ class HealthTracker:
     def _late_tolerance(self) -> float:
         """How far behind the latest frame a frame may be and still be late, not a new timeline: two
         frame steps, as the windower's ``REORDER_STEPS``."""
-        return 2 * float(np.median(self.steps)) + _EPS if self.steps else _EPS
+        return 2 * float(statistics.median(self.steps)) + _EPS if self.steps else _EPS  # per frame: not numpy's
 
     def _trim(self, cut: float) -> None:
         while self.received and self.received[0] < cut:

@@ -34,6 +34,13 @@ def pair_mse(frames) -> np.ndarray:
     return sums / flat.shape[1]
 
 
+def frame_pair_mse(a: np.ndarray, b: np.ndarray) -> float:
+    """``MSE(a, b)`` of two uint8 frames of one shape: ``pair_mse`` of the pair, without stacking them
+    (the monitor's health takes it for every frame of every source)."""
+    diff = np.subtract(b.reshape(-1), a.reshape(-1), dtype=np.int16)
+    return int(np.einsum("i,i->", diff, diff, dtype=np.int64)) / diff.size
+
+
 def neighbour_average(pair: np.ndarray) -> np.ndarray:
     """Pair MSEs ``[T − 1]`` → per-frame ``m`` ``[T]`` (float32)."""
     pair = np.asarray(pair, dtype=np.float64)
