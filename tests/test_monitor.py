@@ -184,6 +184,7 @@ def test_faulty_sources_are_tracked_and_reconnected_while_the_others_keep_time(e
     assert states_of(items, "never")[:2] == ["reconnecting", "failed"]
     assert snapshot["never"]["error"]["code"] == "unreachable" and ("never", "failed", "raised") in alerts
     assert not windows_of(items, "garbage") and not windows_of(items, "never")
+    assert [r["rule"] for r in snapshot["never"]["settings"]["rules"]] == ["stalled", "failed"]  # the rules in effect
     # The good sources kept their pace throughout: a window every hop, none late by more than a hop;
     # the one whose picture size and clock change every 2 s too, live from start to end.
     assert states_of(items, "good3") == ["live"]

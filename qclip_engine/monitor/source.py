@@ -32,6 +32,7 @@ import os
 import threading
 import time
 from collections import deque
+from dataclasses import asdict
 
 from ..errors import error_record
 from ..stream.loop import closed_windows, default_window_frames, sample_window, window_result
@@ -84,7 +85,8 @@ class SourceWorker:
         self.dropped_frames = 0
         self.last: dict | None = None
         self.history: deque = deque(maxlen=self.settings.history)
-        self.alerts = SourceAlerts(merge_rules(monitor.rules, list(spec.alerts)))
+        self.rules = merge_rules(monitor.rules, list(spec.alerts))  # the rules in effect: global, then its own
+        self.alerts = SourceAlerts(self.rules)
         self.silenced_until = 0.0
         self.last_frame_at: float | None = None  # monotonic
         self.removed = False
@@ -317,5 +319,5 @@ class SourceWorker:
                 "alerts": list(self.alerts.active),
                 "silenced_until": self.silenced_until or None,
                 "added": self.added,
-                "settings": self.spec.public(),
+                "settings": self.spec.public() | {"rules": [asdict(rule) for rule in self.rules]},
             }

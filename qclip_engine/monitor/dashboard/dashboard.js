@@ -596,7 +596,9 @@
   }
 
   function thresholdOf(settings) {
-    const rules = settings && Array.isArray(settings.alerts) ? settings.alerts : [];
+    // the rules in effect (the monitor's global ones merged with the source's own), else its own
+    const rules = settings && Array.isArray(settings.rules) ? settings.rules
+      : settings && Array.isArray(settings.alerts) ? settings.alerts : [];
     const rule = rules.find((r) => r && r.rule === "score_below" && isNum(r.threshold));
     return rule ? rule.threshold : null;
   }
