@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import trained_like
 from live_sources import LiveTSServer, encode_ts, refused_url
-from media import encode, moving_frames
+from media import encode, hls_playlist, moving_frames
 
 from qclip_engine import QCLIP, QCLIPConfig
 from qclip_engine.artifact import save_artifact
@@ -235,7 +235,9 @@ def test_sources_are_added_and_removed_at_run_time_with_clear_errors(engine, tmp
             monitor.add({"name": "a", "url": str(clip)})
         assert (dup.value.code, dup.value.status) == ("duplicate_name", 409)
         for bad in ({"name": "b", "url": "ht!tp://x"}, {"name": "b", "url": "gopher://host/x"}, {"name": "b b", "url": "x"},
-                    {"name": "b"}, {"name": "b", "url": "udp://"}, {"name": "b", "url": "x", "color": 1}, "a string"):
+                    {"name": "b"}, {"name": "b", "url": "udp://"}, {"name": "b", "url": "x", "color": 1}, "a string",
+                    {"name": "b", "url": "udp://h:1", "alerts": [{"rule": "frozen"}, {"rule": "frozen"}]},
+                    {"name": "b", "url": "udp://h:1", "alerts": [{"rule": "score_below"}]}):
             with pytest.raises(MonitorError) as err:
                 monitor.add(bad)
             assert (err.value.code, err.value.status) == ("invalid_source", 422), bad
@@ -243,6 +245,10 @@ def test_sources_are_added_and_removed_at_run_time_with_clear_errors(engine, tmp
             monitor.add({"name": "b", "url": str(clip)}, from_api=True)  # no allowed folder
         assert (outside.value.code, outside.value.status) == ("file_not_allowed", 403)
         assert str(tmp_path) not in outside.value.message
+        with pytest.raises(MonitorError) as option:  # a client may not say which protocols FFmpeg may use
+            monitor.add({"name": "b", "url": "http://h/x.m3u8", "options": {"protocol_whitelist": "file,http"}},
+                        from_api=True)
+        assert option.value.code == "invalid_source" and "protocol_whitelist" in option.value.message
         monitor.add({"name": "b", "url": str(clip)})
         with pytest.raises(MonitorError) as full:
             monitor.add({"name": "c", "url": str(clip)})
@@ -267,6 +273,23 @@ def test_sources_are_added_and_removed_at_run_time_with_clear_errors(engine, tmp
         assert (unknown.value.code, unknown.value.status) == ("unknown_source", 404)
 
 
+def test_a_client_may_add_only_single_file_formats_and_never_sees_a_password(engine, tmp_path):
+    clip = encode(tmp_path / "c.mp4", moving_frames(2 * FPS, h=48, w=64), fps=FPS)
+    playlist = hls_playlist(tmp_path / "list.m3u8", clip)  # a playlist inside the allowed folder
+    monitor = Monitor(engine, MonitorSettings(window_s=1.0, hop_s=0.5, backoff_s=0.2, fail_after=1,
+                                              allow_dirs=(str(tmp_path),)))
+    with monitor:
+        monitor.add({"name": "list", "url": str(playlist)}, from_api=True)
+        monitor.add({"name": "cam", "url": "rtsp://viewer:s3cret@127.0.0.1:1/live"})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and monitor.snapshot_one("list")["state"] != "failed":
+            time.sleep(0.1)
+        listed = {s["name"]: s for s in monitor.snapshot()}
+    assert listed["list"]["state"] == "failed" and listed["list"]["error"]["code"] == "format_not_allowed"
+    assert listed["list"]["windows"] == 0
+    assert listed["cam"]["url"] == "rtsp://viewer:***@127.0.0.1:1/live" and "s3cret" not in json.dumps(listed)
+
+
 def test_config_files_and_the_cli(model, tmp_path, capsys):
     clip = encode(tmp_path / "c.mp4", moving_frames(3 * FPS, h=48, w=64), fps=FPS)
     artifact = save_artifact(model, tmp_path / "artifact")
@@ -278,7 +301,7 @@ def test_config_files_and_the_cli(model, tmp_path, capsys):
     out = tmp_path / "records.jsonl"
     done = subprocess.run([sys.executable, "-m", "qclip_engine.cli.monitor", str(config), "--artifact", str(artifact),
                            "--engine", "torch", "--precision", "fp32", "--device", "cpu", "--duration-s", "5",
-                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+                           "--port", "0", "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     kinds = defaultdict(int)
@@ -290,7 +313,10 @@ def test_config_files_and_the_cli(model, tmp_path, capsys):
     assert [(a["rule"], a["status"]) for a in lines if a["type"] == "alert"] == [("score_below", "raised"),
                                                                                   ("score_below", "cleared")]
     for bad, message in (("sources: [{name: x}]", "invalid_source"), ("alerts: [{rule: nope}]", "invalid_config"),
-                         ("settings: {hop_s: -1}", "invalid_settings"), ("{unclosed", "invalid_config")):
+                         ("alerts: [{rule: black}, {rule: black}]", "invalid_config"),
+                         ("settings: {hop_s: -1}", "invalid_settings"), ("settings: {black_luma: '0.1'}", "invalid_settings"),
+                         ("settings: {threshold: high}", "invalid_settings"), ("settings: {allow_dirs: 5}", "invalid_settings"),
+                         ("{unclosed", "invalid_config")):
         config.write_text(bad)
         assert monitor_main([str(config)]) == 2  # one line, before any model is loaded
         said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("qclip-monitor:")]

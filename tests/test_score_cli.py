@@ -139,7 +139,7 @@ def _records(path):
 
 def _no_model(monkeypatch):
     """Fail the test if ``qclip-score`` gets as far as building an engine (loading a model)."""
-    monkeypatch.setattr(score_cli, "_engine", lambda args: pytest.fail("a model was loaded despite a bad argument"))
+    monkeypatch.setattr(score_cli, "build_engine", lambda args: pytest.fail("a model was loaded despite a bad argument"))
 
 
 def test_empty_or_blank_input_is_one_invalid_input_record_never_a_walk(artifact, good, tmp_path, monkeypatch):
@@ -434,7 +434,7 @@ class _FaultyEngine:
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_a_record_json_cannot_carry_is_that_inputs_internal_error_and_the_run_goes_on(tmp_path, monkeypatch, fmt):
-    monkeypatch.setattr(score_cli, "_engine", lambda args: _FaultyEngine())
+    monkeypatch.setattr(score_cli, "build_engine", lambda args: _FaultyEngine())
     out = tmp_path / f"scores.{fmt}"
     assert main(["first.mp4", "second.mp4", "--format", fmt, "--out", str(out), "--quiet"]) == 3
     text = out.read_text(encoding="utf-8")
@@ -452,7 +452,7 @@ def test_a_record_json_cannot_carry_is_that_inputs_internal_error_and_the_run_go
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_records_that_cannot_be_written_end_the_run_in_one_line_with_exit_4(monkeypatch, capsys, fmt):
-    monkeypatch.setattr(score_cli, "_engine", lambda args: _FaultyEngine())
+    monkeypatch.setattr(score_cli, "build_engine", lambda args: _FaultyEngine())
     assert main(["first.mp4", "second.mp4", "--format", fmt, "--out", "/dev/full", "--quiet"]) == 4
     assert capsys.readouterr().err.strip().splitlines() == [
         "qclip-score: --out /dev/full: could not be written: No space left on device"]

@@ -154,13 +154,14 @@ def _write_jsonl(feed, out) -> None:
 
 
 def server_closing_feed(config, monitor):
-    """A uvicorn server that closes ``monitor``'s feed when told to exit: its open Server-Sent Events
-    streams end, so uvicorn's drain does not wait on them (the sources stop after the drain)."""
+    """A uvicorn server that tells ``monitor``'s Server-Sent Events streams to end when it is told to
+    exit, so uvicorn's drain does not wait on them (the sources stop after the drain, and the JSONL
+    written meanwhile is complete)."""
     import uvicorn
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
-            monitor.feed.close()
+            monitor.closing.set()  # the SSE streams end; the JSONL writer's subscription goes on
             super().handle_exit(sig, frame)
 
     return Server(config)
@@ -176,7 +177,11 @@ def _serve(monitor, args) -> None:
     server = server_closing_feed(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                                 access_log=False), monitor)
     if args.duration_s is not None:
-        timer = threading.Timer(args.duration_s, lambda: setattr(server, "should_exit", True))
+        def time_up() -> None:  # as a signal would, without uvicorn re-raising one at its exit
+            monitor.closing.set()
+            server.should_exit = True
+
+        timer = threading.Timer(args.duration_s, time_up)
         timer.daemon = True
         timer.start()
     server.run()

@@ -207,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         from ..monitor.shared import attach_monitor
 
         monitor_settings, rules, sources = watched
-        allowed = replace(monitor_settings, allow_dirs=tuple(str(d) for d in args.allow_dir))
+        # --allow-dir, when given, bounds the monitor's API files too (else the config's allow_dirs do)
+        allowed = replace(monitor_settings, allow_dirs=tuple(str(d) for d in args.allow_dir)) if args.allow_dir \
+            else monitor_settings
         monitor = attach_monitor(app, allowed, rules, sources, batch=settings.batch)
     config = uvicorn.Config(
         app,

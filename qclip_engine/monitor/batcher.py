@@ -48,12 +48,13 @@ class WindowBatcher:
     def queue_depth(self) -> int:
         return self.queue.qsize()
 
-    def submit(self, video: SampledVideo, deliver: Callable[[VideoResult, float], None]) -> None:
-        """Queue ``video``; ``deliver(result, now)`` is called from the model thread with its result
-        (``now``: perf_counter when the batch came back)."""
+    def submit(self, video: SampledVideo, deliver: Callable[[VideoResult, float], None]) -> bool:
+        """Queue ``video`` (False: refused, the batcher is stopped); ``deliver(result, now)`` is called
+        from the model thread with its result (``now``: perf_counter when the batch came back)."""
         if self._closed:
-            return
+            return False
         self.queue.put((video, deliver))
+        return True
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._closed = True

@@ -225,7 +225,7 @@ async def _sse(request: Request, monitor, source: str | None, keepalive_s: float
         while not await request.is_disconnected():
             item = sub.get(0)  # never waits: the subscription is polled, the event loop never blocks
             if item is None:
-                if sub.closed:  # the monitor stopped
+                if sub.closed or monitor.closing.is_set():  # the monitor stopped, or its server is exiting
                     return
                 if time.monotonic() - quiet_since >= keepalive_s:
                     quiet_since = time.monotonic()

@@ -18,7 +18,7 @@ from .alerts import AlertRule
 from .batcher import WindowBatcher
 from .feed import Feed, Subscription
 from .metrics import MonitorMetrics
-from .settings import MonitorError, MonitorSettings, SourceSpec, check_file_allowed
+from .settings import MonitorError, MonitorSettings, SourceSpec, check_api_source
 from .source import SourceWorker
 from .webhook import Webhook
 
@@ -53,6 +53,7 @@ class Monitor:
         self._lock = threading.Lock()
         self._started = False
         self._stopping = threading.Event()
+        self.closing = threading.Event()  # set when its HTTP server exits: the SSE streams end (monitor/http.py)
         self._ticker = threading.Thread(target=self._tick, name="qclip-monitor-ticker", daemon=True)
 
     # -- life -------------------------------------------------------------------------------------
@@ -71,6 +72,7 @@ class Monitor:
     def stop(self) -> None:
         """Stops every source and the model thread; subscribers' iterations end."""
         self._stopping.set()
+        self.closing.set()
         with self._lock:
             workers = list(self._sources.values())
         for worker in workers:
@@ -89,12 +91,13 @@ class Monitor:
     # -- sources ----------------------------------------------------------------------------------
     def add(self, spec: SourceSpec | dict, *, from_api: bool = False) -> dict:
         """Start watching ``spec``; its snapshot. ``from_api``: a client's request, whose file
-        sources must lie in ``settings.allow_dirs``. Raises ``MonitorError``: ``invalid_source``,
+        sources must lie in ``settings.allow_dirs``, are read as single-file formats only, and its
+        FFmpeg options are limited to ``settings.API_OPTIONS``. Raises ``MonitorError``: ``invalid_source``,
         ``file_not_allowed`` (403), ``duplicate_name`` (409), ``too_many_sources`` (429),
         ``stopping`` (503)."""
         spec = SourceSpec.from_dict(spec)
         if from_api:
-            check_file_allowed(spec, self.settings.allow_dirs)
+            check_api_source(spec, self.settings.allow_dirs)
         with self._lock:
             if self._stopping.is_set():
                 raise MonitorError("stopping", "the monitor is shutting down", 503)
@@ -102,11 +105,11 @@ class Monitor:
                 raise MonitorError("duplicate_name", f"a source named {spec.name!r} is already watched", 409)
             if len(self._sources) >= self.settings.max_sources:
                 raise MonitorError("too_many_sources", f"at most {self.settings.max_sources} sources (settings.max_sources)", 429)
-            worker = SourceWorker(spec, self)
+            worker = SourceWorker(spec, self, trusted=not from_api)
             self._sources[spec.name] = worker
             self._alert_history[spec.name] = deque(maxlen=ALERT_HISTORY)
             started = self._started
-        self.publish({"type": "source_added", "source": spec.name, "url": spec.url})
+        self.publish({"type": "source_added", "source": spec.name, "url": spec.public_url})
         self.metrics.on_state(spec.name, worker.state)
         if started:
             worker.start()
@@ -114,14 +117,14 @@ class Monitor:
 
     def remove(self, name: str) -> None:
         """Stop watching ``name`` (``unknown_source``, 404, if it is not watched)."""
-        with self._lock:
+        with self._lock:  # the name is free again only once its history and series are gone
             worker = self._sources.pop(name, None)
-        if worker is None:
-            raise MonitorError("unknown_source", f"no source named {name!r}", 404)
-        worker.stop()
-        self.publish({"type": "source_removed", "source": name, "url": worker.spec.url})
-        self.metrics.remove_source(name)
-        self._alert_history.pop(name, None)
+            if worker is None:
+                raise MonitorError("unknown_source", f"no source named {name!r}", 404)
+            worker.stop()
+            self._alert_history.pop(name, None)
+            self.metrics.remove_source(name)
+        self.publish({"type": "source_removed", "source": name, "url": worker.spec.public_url})
 
     def silence(self, name: str, seconds: float) -> float:
         """Alerts of ``name`` are still tracked and published (marked ``silenced``) but not sent to

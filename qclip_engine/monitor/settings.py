@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .. import defaults
-from .alerts import AlertRule
+from .alerts import AlertRule, merge_rules
 from .health import HealthSettings
 from .webhook import validate_url
 
@@ -43,6 +43,19 @@ from .webhook import validate_url
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp", "srt", "tcp", "file")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a label in metrics and a URL path part
 ON_END = ("reconnect", "stop")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# FFmpeg options a client of the HTTP API may set on a URL source (a config file may set any): how
+# to reach and buffer a stream, never which protocols, files or listening sockets FFmpeg may use.
+API_OPTIONS = frozenset({
+    "rtsp_transport", "user_agent", "referer", "headers", "probesize", "analyzeduration", "fflags",
+    "buffer_size", "fifo_size", "overrun_nonfatal", "pkt_size", "latency", "passphrase", "pbkeylen",
+    "streamid", "reconnect", "reconnect_streamed", "reconnect_delay_max", "timeout", "rw_timeout",
+})
 
 
 class MonitorError(Exception):
@@ -82,14 +95,18 @@ class MonitorSettings:
     def __post_init__(self):
         for name in ("window_s", "hop_s", "stall_s", "timeout_s", "backoff_s", "backoff_max_s", "freeze_s", "black_s"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
                 raise MonitorError("invalid_settings", f"settings.{name} must be a number > 0, got {value!r}")
         for name in ("fail_after", "max_pending", "max_sources", "history"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise MonitorError("invalid_settings", f"settings.{name} must be an integer ≥ 1, got {value!r}")
-        if not (0 <= self.black_luma <= 1) or not self.freeze_mse >= 0:
-            raise MonitorError("invalid_settings", "settings.black_luma must lie in [0, 1] and freeze_mse be ≥ 0")
+        for name, low, high in (("black_luma", 0, 1), ("freeze_mse", 0, math.inf)):
+            value = getattr(self, name)
+            if not (_is_number(value) and low <= value <= high):
+                raise MonitorError("invalid_settings", f"settings.{name} must be a number in [{low}, {high}], got {value!r}")
+        if self.threshold is not None and not (_is_number(self.threshold) and math.isfinite(self.threshold)):
+            raise MonitorError("invalid_settings", f"settings.threshold must be a number or null, got {self.threshold!r}")
         if self.backoff_max_s < self.backoff_s:
             raise MonitorError("invalid_settings", "settings.backoff_max_s must be ≥ backoff_s")
         if self.webhook is not None:
@@ -113,8 +130,14 @@ class MonitorSettings:
             raise MonitorError("invalid_settings", f"unknown settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         data = dict(data)
         if "allow_dirs" in data:
-            data["allow_dirs"] = tuple(str(d) for d in data["allow_dirs"] or ())
-        return cls(**data)
+            dirs = data["allow_dirs"] or ()
+            if not isinstance(dirs, (list, tuple)) or not all(isinstance(d, str) for d in dirs):
+                raise MonitorError("invalid_settings", "settings.allow_dirs must be a list of folders")
+            data["allow_dirs"] = tuple(dirs)
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a value of the wrong type met a comparison
+            raise MonitorError("invalid_settings", f"settings: {exc}") from None
 
     def public(self) -> dict:
         """The settings a client may see (no server folders)."""
@@ -145,6 +168,18 @@ class SourceSpec:
         return self.url[len("file://"):] if self.url.lower().startswith("file://") else self.url
 
     @property
+    def public_url(self) -> str:
+        """The url as clients see it: a password in it replaced by ``***``."""
+        try:
+            parts = urlsplit(self.url)
+        except ValueError:
+            return self.url
+        if parts.password is None:
+            return self.url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return parts._replace(netloc=netloc).geturl()
+
+    @property
     def paced(self) -> bool:
         return self.is_file if self.realtime is None else bool(self.realtime)
 
@@ -153,8 +188,9 @@ class SourceSpec:
         return (self.on_end or ("stop" if self.is_file else "reconnect")) == "reconnect"
 
     def public(self) -> dict:
-        return {"url": self.url, "realtime": self.paced, "on_end": "reconnect" if self.reconnects else "stop",
-                "options": dict(self.options), "alerts": [asdict(rule) for rule in self.alerts]}
+        return {"url": self.public_url, "realtime": self.paced, "on_end": "reconnect" if self.reconnects else "stop",
+                "options": {k: ("***" if k in ("headers", "passphrase") else v) for k, v in self.options.items()},
+                "alerts": [asdict(rule) for rule in self.alerts]}
 
     @classmethod
     def from_dict(cls, data) -> "SourceSpec":
@@ -178,7 +214,7 @@ class SourceSpec:
         if not isinstance(rules, list):
             raise MonitorError("invalid_source", "alerts must be a list of rules")
         try:
-            alerts = tuple(AlertRule.from_dict(r) for r in rules)
+            alerts = tuple(merge_rules((), rules))  # each rule checked, and none twice
         except ValueError as exc:
             raise MonitorError("invalid_source", f"source {data['name']!r}: {exc}") from None
         spec = cls(name=data["name"], url=data["url"].strip(), realtime=data.get("realtime"), on_end=data.get("on_end"),
@@ -214,6 +250,16 @@ def check_source(spec: SourceSpec) -> SourceSpec:
         if parts.scheme.lower() != "file" and not parts.hostname:
             raise MonitorError("invalid_source", "the url has no host")
     return spec
+
+
+def check_api_source(spec: SourceSpec, allow_dirs: tuple[str, ...]) -> None:
+    """What a client of the HTTP API may add beyond a config file: FFmpeg options of ``API_OPTIONS``
+    only (``invalid_source``), files inside the allowed folders (``check_file_allowed``)."""
+    refused = sorted(set(spec.options) - API_OPTIONS)
+    if refused:
+        raise MonitorError("invalid_source", f"options not allowed through the API: {', '.join(refused)} "
+                                             f"(allowed: {', '.join(sorted(API_OPTIONS))})")
+    check_file_allowed(spec, allow_dirs)
 
 
 def check_file_allowed(spec: SourceSpec, allow_dirs: tuple[str, ...]) -> None:
@@ -253,7 +299,7 @@ def load_config(path: str | Path) -> tuple[MonitorSettings, list[AlertRule], lis
         raise MonitorError("invalid_config", f"{path}: unknown sections {', '.join(unknown)} (known: settings, alerts, sources)")
     settings = MonitorSettings.from_dict(data.get("settings") or {})
     try:
-        rules = [AlertRule.from_dict(r) for r in data.get("alerts") or []]
+        rules = merge_rules(data.get("alerts") or [], ())  # each rule checked, and none twice
     except ValueError as exc:
         raise MonitorError("invalid_config", f"{path}: alerts: {exc}") from None
     sources = [SourceSpec.from_dict(s) for s in data.get("sources") or []]

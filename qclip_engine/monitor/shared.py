@@ -10,6 +10,7 @@ them when the service stops.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -31,7 +32,8 @@ log = logging.getLogger("qclip_engine.monitor")
 
 class ServiceBatcher:
     """The monitor's batcher interface (``monitor/batcher.py``) over the service's model thread.
-    ``calls`` counts backend calls that held monitored windows (one per distinct batch seen)."""
+    The backend calls are the service's (``qclip_batch_size``, ``qclip_model_latency_seconds``):
+    ``calls`` stays 0 and ``sizes`` counts windows by the size of the batch each one was in."""
 
     def __init__(self, service):
         self.service = service
@@ -51,23 +53,32 @@ class ServiceBatcher:
         batcher = self.service.batcher
         return batcher.queue.qsize() if batcher is not None else 0
 
-    def submit(self, video, deliver) -> None:
-        try:
-            future = self.service.batcher.submit_from_thread(video)
-        except (queue.Full, ServiceStopping, RuntimeError, AttributeError) as exc:
+    def submit(self, video, deliver) -> bool:
+        """False when the service's queue is full or it is stopping: the source skips the window."""
+        batcher = self.service.batcher
+        if batcher is None:
             self.rejected += 1
-            deliver(error_result(video.input, exc), time.perf_counter())
-            return
+            return False
+        try:
+            future = batcher.submit_from_thread(video)
+        except (queue.Full, ServiceStopping, RuntimeError):
+            self.rejected += 1
+            return False
 
         def done(f) -> None:
-            result = f.result() if not f.cancelled() and f.exception() is None else error_result(
-                video.input, f.exception() or RuntimeError("cancelled"))
+            if f.cancelled():
+                result = error_result(video.input, RuntimeError("the window's scoring was cancelled"))
+            elif f.exception() is not None:
+                result = error_result(video.input, f.exception())
+            else:
+                result = f.result()
             self.windows += 1
             size = int(result.timing_ms.get("batch_size", 1))
             self.sizes[size] += 1
             deliver(result, time.perf_counter())
 
         future.add_done_callback(done)
+        return True
 
 
 def attach_monitor(app, settings: MonitorSettings, rules, sources, *, batch: int) -> Monitor:
@@ -76,6 +87,8 @@ def attach_monitor(app, settings: MonitorSettings, rules, sources, *, batch: int
     service = app.state.service
     metrics = MonitorMetrics(batch)
     monitor = Monitor(None, settings, rules, metrics=metrics, batcher=ServiceBatcher(service))
+    # every window the sources may have waiting fits beside the admitted uploads (serve/service.py)
+    service.reserved_queue = settings.max_sources * settings.max_pending
     service.metrics.registry.register(metrics.registry)  # the service's /metrics shows the monitor's series
     for spec in sources:
         monitor.add(spec)
@@ -103,4 +116,11 @@ def attach_monitor(app, settings: MonitorSettings, rules, sources, *, batch: int
         monitor.stop()
 
     threading.Thread(target=follow_the_service, name="qclip-monitor-follow", daemon=True).start()
+    stop_service = service.stop
+
+    async def stop_the_monitor_first() -> None:  # its sources stop before the model thread does
+        await asyncio.to_thread(monitor.stop)
+        await stop_service()
+
+    service.stop = stop_the_monitor_first  # what the app's lifespan calls at shutdown
     return monitor

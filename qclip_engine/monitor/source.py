@@ -66,8 +66,11 @@ class SourceWorker:
     """The thread and the bookkeeping of one source; ``monitor`` gives the engine, the batcher,
     the settings and ``publish``."""
 
-    def __init__(self, spec: SourceSpec, monitor):
+    def __init__(self, spec: SourceSpec, monitor, *, trusted: bool = True):
+        """``trusted``: from a config or Python (a file of any format FFmpeg reads); False for a
+        client of the HTTP API (a file of a single-file format only)."""
         self.spec = spec
+        self.trusted = trusted
         self.name = spec.name
         self.monitor = monitor
         self.settings = monitor.settings
@@ -123,6 +126,8 @@ class SourceWorker:
 
     # -- state and events ---------------------------------------------------------------------
     def set_state(self, state: str, reason: str | None = None, error: dict | None = None) -> None:
+        if error is not None and self.spec.public_url != self.spec.url:  # FFmpeg's messages name the URL
+            error = error | {"message": str(error.get("message", "")).replace(self.spec.url, self.spec.public_url)}
         with self.lock:
             if self.removed or (state == self.state and error == self.error):
                 return
@@ -175,7 +180,7 @@ class SourceWorker:
                 self.spec.file_path if self.spec.is_file else self.spec.url)
             opener, name, _ = open_source(target,
                                           tuple(engine.image_size), ITERATOR_FPS, settings.timeout_s,
-                                          self.spec.options, engine.preprocessing)
+                                          self.spec.options, engine.preprocessing, any_format=self.trusted)
             frames = opener()
             for window in closed_windows(self._watch(frames, got_frames), windower, name, stop=self.stop_event):
                 self._submit(window, self._health(tracker, window), name)
@@ -187,12 +192,16 @@ class SourceWorker:
         if self.stop_event.is_set():
             return False
         if windower.last_t is not None:
-            if failure is not None:  # the windows still open hold real frames: scored, partial past the drop
-                for window in windower.finish(None):
-                    self._submit(window, self._health(tracker, window), name)
-            end = windower.last_t + (windower.dt or 0.0)
-            self._health_events(tracker.finish(end))
-            self._next_index = max(windower.k + 1, math.ceil(end / settings.hop_s - _EPS))
+            try:
+                if failure is not None:  # the windows still open hold real frames: scored, partial past the drop
+                    for window in windower.finish(None):
+                        self._submit(window, self._health(tracker, window), name)
+                end = windower.last_t + (windower.dt or 0.0)
+                self._health_events(tracker.finish(end))
+                self._next_index = max(windower.k + 1, math.ceil(end / settings.hop_s - _EPS))
+            except Exception as exc:  # never the thread's end: the source is retried like any failure
+                log.exception("source %s: closing its windows failed", self.name)
+                failure = failure or error_record(exc)
         if failure is None and got_frames[0]:
             return True
         with self.lock:
@@ -255,8 +264,10 @@ class SourceWorker:
 
     def _health_events(self, spans: list[dict]) -> None:
         for span in spans:
-            self.monitor.publish({"type": "health", "source": self.name} | span)
             with self.lock:
+                if self.removed:
+                    return
+                self.monitor.publish({"type": "health", "source": self.name} | span)
                 self._alert_events(self.alerts.on_health(span))
 
     def _submit(self, window, health: tuple[dict, int], name: str) -> None:
@@ -270,8 +281,23 @@ class SourceWorker:
             if self.removed:
                 return
             self._pending += 1
-        video = sample_window(self.monitor.engine, window, name)
-        self.monitor.batcher.submit(video, lambda result, now: self._deliver(window, video, result, now, health))
+        try:
+            video = sample_window(self.monitor.engine, window, name)
+            queued = self.monitor.batcher.submit(video, lambda result, now: self._deliver(window, video, result, now,
+                                                                                           health))
+        except BaseException:
+            self._not_pending()
+            raise
+        if not queued:  # the model thread's queue refused it (full, or stopping): skipped, as a lagging window
+            self._not_pending()
+            with self.lock:
+                self.skipped += 1
+                self._skipped_unreported += 1
+
+    def _not_pending(self) -> None:
+        with self.lock:
+            self._pending -= 1
+            self._pending_changed.notify_all()
 
     # -- the model thread -----------------------------------------------------------------------
     def _deliver(self, window, video, result, now: float, health: tuple[dict, int]) -> None:
@@ -305,7 +331,7 @@ class SourceWorker:
         with self.lock:
             return {
                 "name": self.name,
-                "url": self.spec.url,
+                "url": self.spec.public_url,
                 "state": self.state,
                 "since": self.since,
                 "reason": self.reason,

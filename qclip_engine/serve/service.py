@@ -76,6 +76,9 @@ class QualityService:
         self.decode_pool: ThreadPoolExecutor | None = None
         self.upload_writer = ThreadPoolExecutor(2, thread_name_prefix="qclip-upload")
         self.load_error: str | None = None
+        # Batch-queue room for videos of no request (a monitor's windows, monitor/shared.py), on top of
+        # the admitted requests' room: those never find the queue full because of them.
+        self.reserved_queue = 0
         self.stopping = False
         self._loader: asyncio.Task | None = None
 
@@ -98,7 +101,7 @@ class QualityService:
                 limits=self.decode_limits)
             blank = engine.sample_frames(np.zeros((engine.num_frames, *engine.image_size, 3), np.uint8), "<warm-up>")
             self.batcher = Batcher(engine, self.metrics, max_batch=s.batch, max_wait_s=s.batch_wait_s,
-                                   capacity=s.queue_limit)
+                                   capacity=s.queue_limit + self.reserved_queue)
             # One call before the first request, on the model thread: kernel selection and allocator
             # warm-up are not billed to a client, and a backend that cannot run fails here, not per request.
             warmed = await asyncio.wrap_future(self.batcher.start(warm_up=[blank]))

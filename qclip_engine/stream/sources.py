@@ -51,10 +51,12 @@ class MediaEnd:
     truncation: str | None = None  # why the source looks cut short (the module docstring), or None
 
 
-def open_source(source, size, fps, timeout_s, options,
-                preprocessing: str = PREPROCESSING) -> tuple[Callable[[], Frames], str, bool]:
+def open_source(source, size, fps, timeout_s, options, preprocessing: str = PREPROCESSING, *,
+                any_format: bool = True) -> tuple[Callable[[], Frames], str, bool]:
     """``(opener, name, live)`` for ``source``; ``opener()`` opens it (in the decoder thread).
-    Frames reach ``size`` by ``preprocessing`` (``container.to_rgb`` / ``resize_rgb``)."""
+    Frames reach ``size`` by ``preprocessing`` (``container.to_rgb`` / ``resize_rgb``).
+    ``any_format``: a file may be any format FFmpeg reads (the operator chose it), else only a
+    single-file one (``container.SINGLE_FILE_FORMATS``: a file a client named, as the monitor's API)."""
     if preprocessing not in PREPROCESSINGS:
         raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
     if isinstance(source, (str, Path)):
@@ -64,7 +66,7 @@ def open_source(source, size, fps, timeout_s, options,
             text = text[len("file://"):]
             scheme = ""
         if not scheme:
-            return (lambda: _file_frames(text, size, preprocessing)), text, False
+            return (lambda: _file_frames(text, size, preprocessing, any_format)), text, False
         return (lambda: _url_frames(text, scheme, size, timeout_s, options, preprocessing)), text, True
     if isinstance(source, np.ndarray):
         if source.ndim != 4:
@@ -76,10 +78,10 @@ def open_source(source, size, fps, timeout_s, options,
     raise TypeError(f"source must be a path, a URL or an iterable of frames, got {type(source).__name__}")
 
 
-def _file_frames(path: str, size, preprocessing: str) -> Frames:
-    # typed errors: not_found, empty_file, not_a_video, truncated, ...; any format: the operator chose
-    # the source (a local playlist is a stream too)
-    container = open_video(path, work=Work(STREAM_LIMITS, where=path), any_format=True)
+def _file_frames(path: str, size, preprocessing: str, any_format: bool = True) -> Frames:
+    # typed errors: not_found, empty_file, not_a_video, truncated, ...; any format when the operator
+    # chose the source (a local playlist is a stream too)
+    container = open_video(path, work=Work(STREAM_LIMITS, where=path), any_format=any_format)
     return _container_frames(container, path, size, preprocessing, live=False)
 
 
