@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 def monitor_engine(engine: str, device: str) -> str:
     """``auto`` on the CPU is ONNX Runtime when it is installed: the monitor's one model thread
     shares Python's GIL with every source's thread, and eager torch takes the GIL back after each
-    operator — measured here with 32 sources, a backend call that takes 0.1 s alone took 10.9 s
-    (benchmarks/monitor_load.py, torch engine) — while an ONNX Runtime call releases it once."""
+    operator — measured here with 32 sources, windows waited 1.7 s (p99) on torch against 0.1 s on
+    ONNX Runtime (benchmarks/results/monitor_load_torch.json, monitor_load.json) — while an ONNX
+    Runtime call releases it once."""
     if engine != "auto":
         return engine
     import importlib.util
