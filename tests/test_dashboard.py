@@ -253,16 +253,11 @@ class PrefixProxy:
 
 
 def tiny_engine():
-    import torch
-    from conftest import trained_like
+    from conftest import tiny_model
 
-    from qclip_engine import QCLIP, QCLIPConfig
     from qclip_engine.engine import QualityEngine
 
-    torch.manual_seed(0)
-    model = trained_like(QCLIP(QCLIPConfig(backbone="PE-Core-T-16-384", pretrained=None, image_size=64,
-                                           num_frames=2)))
-    return QualityEngine(model=model, engine="torch", device="cpu", batch=8)
+    return QualityEngine(model=tiny_model(sampler="mixed", num_frames=2), engine="torch", device="cpu", batch=8)
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,10 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-import torch
-from conftest import trained_like
+from conftest import tiny_model
 from live_sources import LiveTSServer, encode_ts, refused_url
 from media import encode, hls_playlist, moving_frames
 
-from qclip_engine import QCLIP, QCLIPConfig
 from qclip_engine.artifact import save_artifact
 from qclip_engine.cli.monitor import main as monitor_main
 from qclip_engine.engine import QualityEngine
@@ -30,8 +28,7 @@ FPS = 25
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return trained_like(QCLIP(QCLIPConfig(backbone="PE-Core-T-16-384", pretrained=None, image_size=64, num_frames=2)))
+    return tiny_model(sampler="mixed", num_frames=2)  # QCLIPConfig's own sampler
 
 
 @pytest.fixture(scope="module")

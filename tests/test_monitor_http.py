@@ -9,12 +9,10 @@ import math
 import time
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from media import encode, moving_frames
-from conftest import trained_like
+from conftest import tiny_model
 
-from qclip_engine import QCLIP, QCLIPConfig
 from qclip_engine.engine import QualityEngine
 from qclip_engine.monitor import Monitor, MonitorSettings
 from qclip_engine.monitor.http import create_monitor_app
@@ -26,10 +24,7 @@ DEADLINE_S = 20.0  # a record is due ~1 s after a source starts; this only bound
 
 @pytest.fixture(scope="module")
 def engine():
-    torch.manual_seed(0)
-    model = trained_like(QCLIP(QCLIPConfig(backbone="PE-Core-T-16-384", pretrained=None, image_size=64,
-                                           num_frames=2)))
-    return QualityEngine(model=model, engine="torch", device="cpu", batch=4)
+    return QualityEngine(model=tiny_model(sampler="mixed", num_frames=2), engine="torch", device="cpu", batch=4)
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 from media import encode, moving_frames
-from conftest import trained_like
+from conftest import tiny_model
 
-from qclip_engine import QCLIP, QCLIPConfig
 from qclip_engine.engine import QualityEngine, VideoResult
 from qclip_engine.cli.timeline import plot_timeline
 from qclip_engine.stream import WindowResult, stream_windows
@@ -28,8 +27,7 @@ FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return trained_like(QCLIP(QCLIPConfig(backbone="PE-Core-T-16-384", pretrained=None, image_size=64, num_frames=2)))
+    return tiny_model(sampler="mixed", num_frames=2)  # QCLIPConfig's own sampler
 
 
 @pytest.fixture(scope="module")
