@@ -33,10 +33,16 @@ ROPE = "pe"
 # short side to short_side_for_crop(model size) with PIL bilinear and takes the centre crop (the
 # CLIPVQA transform: 256 then 224; torchvision's rounding); "mmcv_short_side_crop" does the same
 # with the released CLIPVQA evaluation transform's rounding (long side to nearest, crop offsets
-# down) and non-antialiased bilinear. An artifact records its own; new Q-CLIP models: fast, new
-# CLIPVQA models: mmcv_short_side_crop.
-PREPROCESSINGS = ("fast", "reference", "short_side_crop", "mmcv_short_side_crop")
+# down) and non-antialiased bilinear; "fragments" decodes RGB at native size and splices FAST-VQA's
+# fragments (qclip_engine/video/fragments.py): the model size split into FRAGMENT_SIZE cells, each
+# a FRAGMENT_SIZE square cut at native resolution from the frame's matching cell (centred; frames
+# smaller than the model size upscaled first, as the released code does). An artifact records its
+# own; new Q-CLIP models: fast, new CLIPVQA models: mmcv_short_side_crop.
+PREPROCESSINGS = ("fast", "reference", "short_side_crop", "mmcv_short_side_crop", "fragments")
 PREPROCESSING = "fast"
+# fragments: the side of one cell (FAST-VQA's 32: a 224 model sees 7 × 7 cells); a model size
+# for fragments is a multiple of it on both axes.
+FRAGMENT_SIZE = 32
 # short_side_crop, mmcv_short_side_crop: the short side before the crop is CROP_SHORT_SIDE /
 # CROP_SIDE of the crop's (256 for 224, the ratio CLIPVQA's and most ImageNet-style pipelines use).
 CROP_SHORT_SIDE, CROP_SIDE = 256, 224

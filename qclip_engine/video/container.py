@@ -8,7 +8,8 @@ Files (``video.decode``) and streams (``qclip_engine.stream``) both open through
 (a corrupt packet is skipped, as ffmpeg does) and convert frames with :func:`to_rgb` (swscale, or
 RGB at native size then PIL's bilinear resize for the ``reference`` preprocessing, or that resize
 of the short side and a centre crop for ``short_side_crop``, or the released CLIPVQA transform's
-for ``mmcv_short_side_crop``; the whole display matrix applied:
+for ``mmcv_short_side_crop``, or FAST-VQA's fragments cut at native size for ``fragments``
+(``video/fragments.py``); the whole display matrix applied:
 rotation and mirror), so a stream window sees exactly the pixels a file decode gives.
 
 A file is one file. FFmpeg demuxes a file only with the formats of :data:`SINGLE_FILE_FORMATS`
@@ -48,6 +49,7 @@ from ..errors import (
     UnsupportedCodecError,
     VideoNotFoundError,
 )
+from .fragments import fragment_frame
 from .iso_bmff import declared_video_samples, is_iso_bmff, iso_bmff_cut
 from .limits import DecodeLimits, Work
 
@@ -342,7 +344,10 @@ def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int, hf
     * ``short_side_crop``: RGB at the coded size, turned upright, then :func:`short_side_crop`
       (the upright frame's geometry decides what is cropped, as in CLIPVQA's transform);
     * ``mmcv_short_side_crop``: the same, then :func:`mmcv_short_side_crop` (the released CLIPVQA
-      evaluation transform's rounding and non-antialiased bilinear).
+      evaluation transform's rounding and non-antialiased bilinear);
+    * ``fragments``: RGB at the coded size, turned upright, then ``fragments.fragment_frame``:
+      FAST-VQA's grid of 32 × 32 cells cut at native resolution (centred offsets, so every frame
+      of a video has the same layout; a frame smaller than ``size`` upscaled first, as released).
     """
     if preprocessing not in PREPROCESSINGS:
         raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
@@ -449,8 +454,9 @@ def linear_resize_window(frame: np.ndarray, scaled: tuple[int, int], origin: tup
 
 def resize_rgb(frame: np.ndarray, size: tuple[int, int], preprocessing: str = PREPROCESSING) -> np.ndarray:
     """uint8 RGB ``[H, W, 3]`` → ``size`` (H, W): swscale with the decoder's interpolation (``fast``),
-    PIL's bilinear resize (``reference``) or resize and centre crop (``short_side_crop``,
-    ``mmcv_short_side_crop``), as :func:`to_rgb` makes a decoded frame model-size."""
+    PIL's bilinear resize (``reference``), resize and centre crop (``short_side_crop``,
+    ``mmcv_short_side_crop``) or the centred fragments of the upright native frame (``fragments``:
+    ``fragments.fragment_frame``), as :func:`to_rgb` makes a decoded frame model-size."""
     if preprocessing not in PREPROCESSINGS:
         raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
     if preprocessing == "reference":
@@ -459,6 +465,8 @@ def resize_rgb(frame: np.ndarray, size: tuple[int, int], preprocessing: str = PR
         return short_side_crop(frame, size)
     if preprocessing == "mmcv_short_side_crop":
         return mmcv_short_side_crop(frame, size)
+    if preprocessing == "fragments":
+        return fragment_frame(frame, size)
     h, w = size
     av_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
     return av_frame.reformat(width=w, height=h, format="rgb24", interpolation=INTERPOLATION).to_ndarray()

@@ -23,7 +23,8 @@ Preprocessing (``defaults.PREPROCESSINGS``, the model's ``config.preprocessing``
 makes every frame — candidates included, since the model's frames are picked from them — as
 ``container.to_rgb`` does for that name. The device path gives ``fast`` frames only:
 :func:`device_path_unavailable` sends ``auto`` to the host for ``reference``,
-``short_side_crop`` and ``mmcv_short_side_crop``, and a :class:`DeviceSource` refuses them.
+``short_side_crop``, ``mmcv_short_side_crop`` and ``fragments``, and a :class:`DeviceSource`
+refuses them.
 
 :func:`to_host` is the one door from device frames to a numpy array, and it counts
 (:func:`host_copy_count`): the engine's device path never opens it, and a test proves it.
@@ -213,9 +214,13 @@ class DeviceSource(HostSource):
 
 def device_preprocessing_unsupported(preprocessing: str) -> str | None:
     """Why the device path cannot make frames by ``preprocessing`` (None: it can). DALI resizes on
-    the GPU with its own filter (``video/decode_dali.py``); the other resizes run on the host."""
+    the GPU with its own filter (``video/decode_dali.py``); the other resizes, and the fragments'
+    native-resolution cuts, run on the host."""
     if preprocessing == "fast":
         return None
+    if preprocessing == "fragments":
+        return ("the 'fragments' preprocessing cuts its cells from the native-size frame on the host, "
+                "which the device path (DALI's GPU resize to model size) cannot give")
     how = ("the released CLIPVQA transform's bilinear" if preprocessing == "mmcv_short_side_crop"
            else "PIL's bilinear filter")
     return (f"the {preprocessing!r} preprocessing resizes with {how} on the host, "

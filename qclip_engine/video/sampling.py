@@ -14,8 +14,12 @@ the engine's frame sources, ``engine.sample_frames``, training and the benchmark
 Every strategy is a pure function of the per-frame motion ``m`` (``frame_mse``, float
 ``[N]``; higher = more motion, zeros for the motion-free ones, which read only N), ``K``
 and, where it draws, a ``numpy`` Generator. All return ``K`` int64 indices (positions in
-the N frames they were given) in non-decreasing temporal order and repeat indices when
-``N < K`` instead of failing.
+the N frames they were given) and repeat indices when ``N < K`` instead of failing; all but
+``temporal_fragments:T`` return them in non-decreasing temporal order. ``temporal_fragments:T``
+keeps the released FAST-VQA order: its segments in turn, and a segment that runs past the last
+frame wraps around to the first ones (indices mod N), so its indices can go back in time —
+the model sees the frames in that order (the decoders return frames in the order asked,
+repeats included).
 
 =======================  ==============================================================
 strategy                 rule (``s = N / K``)
@@ -38,7 +42,22 @@ segment_middle           the released CLIPVQA rule, ``t = (N-1)/K``: evaluation
                          ``floor(i·t + t/2)``, the middle of K equal segments;
                          training ``i·d + r_i`` with ``d = floor(t)`` and
                          ``r_i ~ U{0 … d-1}``, or ``round(i·t)`` when ``d = 0``
+temporal_fragments:T     FAST-VQA's temporal fragments (released ``FragmentSampleFrames``,
+                         its ``fragments_t`` = T): T segments of ``L = N // T`` frames
+                         starting at ``i·L``; in segment i, ``f = K/T`` frames at stride
+                         ``s = 2`` (``FRAGMENT_FRAME_STRIDE``): ``i·L + r_i + j·s`` mod N
+                         (a short video wraps around, as released); training
+                         ``r_i ~ U{0 … L - f·s - 1}`` when ``L > f·s``, else 0;
+                         evaluation (ours; released draws here too)
+                         ``r_i = (L - f·s) // 2`` when ``L > f·s``, else 0. K must be a
+                         multiple of T (ValueError at pick time); any T ≥ 1
 =======================  ==============================================================
+
+Parametrised samplers: a family registered with :func:`register_sampler_family` answers every
+name ``prefix:param`` (``temporal_fragments:8``) through :func:`check_sampler` (which configs,
+the engine, training and the artifact schema ask), built once per name and never stored in
+``SAMPLERS``: ``SAMPLER_NAMES`` and ``MIXED_CHOICES`` do not grow (``mixed`` never draws from a
+family).
 
 Segments when ``N < K``: some ``[floor(i·N/K), floor((i+1)·N/K))`` are empty, so segment
 ``i`` is taken to be the single frame ``floor(i·N/K)`` (for ``N < K`` every segment has at
@@ -82,6 +101,10 @@ __all__ = [
     "segment_mse_mean",
     "segment_mse_median",
     "segment_middle",
+    "temporal_fragments",
+    "FRAGMENT_FRAME_STRIDE",
+    "SAMPLER_FAMILIES",
+    "register_sampler_family",
     "choose_mixed_strategy",
 ]
 
@@ -173,6 +196,32 @@ def segment_middle(n: int, k: int, rng: np.random.Generator | None = None) -> np
     return np.round(np.arange(k) * t).astype(np.int64)  # numpy's half-to-even, as that loader's np.around
 
 
+# FAST-VQA's frame interval within a temporal fragment (its released configs' frame_interval: 2).
+FRAGMENT_FRAME_STRIDE = 2
+
+
+def temporal_fragments(n: int, k: int, segments: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """FAST-VQA's temporal fragments (module docstring): ``segments`` equal segments, ``k /
+    segments`` frames at stride ``FRAGMENT_FRAME_STRIDE`` in each, a drawn start in each when
+    ``rng`` is given (training), the centred one without it (evaluation). Indices mod N, in the
+    released order (not sorted: a segment that runs past the end wraps around)."""
+    n, k = _check_nk(n, k)
+    if isinstance(segments, bool) or not isinstance(segments, (int, np.integer)) or segments < 1:
+        raise ValueError(f"segments must be a positive integer, got {segments!r}")
+    if k % segments:
+        raise ValueError(f"temporal_fragments:{segments} takes a frame count that is a multiple of {segments}, got {k}")
+    per = k // segments
+    length = n // segments
+    span = per * FRAGMENT_FRAME_STRIDE  # the frames one segment's picks cover
+    if length > span:
+        r = (rng.integers(length - span, size=segments) if rng is not None
+             else np.full(segments, (length - span) // 2))
+    else:
+        r = np.zeros(segments, dtype=np.int64)
+    starts = np.arange(segments, dtype=np.int64) * length + r
+    return ((starts[:, None] + np.arange(per) * FRAGMENT_FRAME_STRIDE).reshape(-1) % n).astype(np.int64)
+
+
 def mse_sorted_uniform(mse: np.ndarray, k: int) -> np.ndarray:
     """Uniform over the frames ranked by motion (stable), re-sorted by time."""
     m = _check_mse(mse)
@@ -232,6 +281,30 @@ class Sampler:
 
 
 SAMPLERS: dict[str, Sampler] = {}
+# prefix → (builder of the Sampler for a parameter string, the family's name form, in words)
+SAMPLER_FAMILIES: dict[str, tuple[Callable[[str], Sampler], str]] = {}
+_built: dict[str, Sampler] = {}  # a family's samplers, built once per name
+
+
+def register_sampler_family(prefix: str, build: Callable[[str], Sampler], form: str) -> None:
+    """Add a parametrised sampler family: ``prefix:param`` names the Sampler ``build(param)`` returns
+    (``build`` raises ValueError for a bad parameter); ``form`` shows the name's form in errors."""
+    if prefix in SAMPLER_FAMILIES or ":" in prefix:
+        raise ValueError(f"sampler family {prefix!r} is already registered or malformed")
+    SAMPLER_FAMILIES[prefix] = (build, form)
+
+
+def _family_sampler(name) -> Sampler | None:
+    """The family sampler called ``name``; None when no family claims it; ValueError for a family
+    name with a bad parameter."""
+    if not isinstance(name, str) or ":" not in name:
+        return None
+    prefix, _, param = name.partition(":")
+    if prefix not in SAMPLER_FAMILIES:
+        return None
+    if name not in _built:
+        _built[name] = SAMPLER_FAMILIES[prefix][0](param)
+    return _built[name]
 
 
 def register_sampler(name: str, *, needs_motion: bool, draws: bool = False):
@@ -277,12 +350,36 @@ register_sampler("segment_middle", needs_motion=False, draws=True)(
 SAMPLER_NAMES = tuple(SAMPLERS)
 
 
+def _temporal_fragments_sampler(param: str) -> Sampler:
+    if not (param.isascii() and param.isdigit()) or param != str(int(param)) or int(param) < 1:
+        raise ValueError(f"unknown sampler 'temporal_fragments:{param}': temporal_fragments:T takes an integer "
+                         "T ≥ 1 (the segments), written plainly (e.g. temporal_fragments:8)")
+    segments = int(param)
+    return Sampler(f"temporal_fragments:{segments}", needs_motion=False, draws=True,
+                   pick=lambda m, k, rng, training: temporal_fragments(m.size, k, segments, rng if training else None))
+
+
+# After SAMPLER_NAMES and MIXED_CHOICES: a family adds names to neither.
+register_sampler_family("temporal_fragments", _temporal_fragments_sampler, "temporal_fragments:T (T ≥ 1 segments)")
+
+
 def check_sampler(name: str) -> Sampler:
-    """The registered sampler called ``name``; ``ValueError`` naming the choices otherwise."""
+    """The sampler called ``name`` (registered, or a family's ``prefix:param``); ``ValueError``
+    naming the choices otherwise."""
+    if not isinstance(name, str):
+        raise ValueError(f"unknown sampler {name!r}; {_choices()}")
+    family = _family_sampler(name)  # ValueError of its own for a bad parameter
+    if family is not None:
+        return family
     try:
         return SAMPLERS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLER_NAMES}") from None
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; {_choices()}") from None
+
+
+def _choices() -> str:
+    families = ", ".join(form for _, form in SAMPLER_FAMILIES.values())
+    return f"choose one of {SAMPLER_NAMES}" + (f" or a parametrised one: {families}" if families else "")
 
 
 # -- entry point -------------------------------------------------------------------------------
@@ -293,7 +390,8 @@ def select_frames(
     seed: int | None = None,
     training: bool = False,
 ) -> np.ndarray:
-    """Indices (int64 ``[k]``, non-decreasing) of the frames to feed the model.
+    """Indices (int64 ``[k]``; non-decreasing but for ``temporal_fragments:T``'s wrap-around) of
+    the frames to feed the model.
 
     ``mse`` is the per-frame motion ``m`` of the N candidate frames. ``seed`` seeds
     ``np.random.default_rng``; ``None`` draws fresh entropy, which only matters for
@@ -317,7 +415,8 @@ def frame_indices(
     seed=None,
     training: bool = False,
 ) -> np.ndarray:
-    """Frame indices (int64 ``[k]``, non-decreasing, in ``[0, frame_count)``) the model sees.
+    """Frame indices (int64 ``[k]`` in ``[0, frame_count)``; non-decreasing, except that
+    ``temporal_fragments:T`` may wrap around: module docstring) the model sees.
 
     The one rule (module docstring). A sampler with ``needs_motion`` false picks among all
     ``frame_count`` frames (``motion`` and ``candidates`` are not read): ``uniform`` gives
