@@ -29,7 +29,7 @@ from .errors import ArtifactContentError
 from .model.clipvqa.config import SAT_ATTENTIONS
 from .model.clipvqa.recipe import LEVEL_WORDS
 from .model.families import DEFAULT_FAMILY
-from .video.sampling import SAMPLERS
+from .video.sampling import check_sampler
 
 # Bounds, stated once. They admit every shipped config (configs/*.yaml), every test and the released
 # checkpoints (8 or 32 frames, 160–448 px) with room to spare, and refuse what would allocate
@@ -43,6 +43,10 @@ CONTEXT_TOKENS = (0, 64)  # qclip: the learnable X tokens; the prompt must still
 BLOCKS = (0, 24)  # clipvqa: sat_layers, vat_layers (released: 1 and 2)
 SEED = (0, 2**32 - 1)  # init_seed: the range every seeder (torch, numpy) takes
 LEVELS = (2, 32)  # quality level names of a model (Q-CLIP 5, CLIPVQA 6)
+STAGES = (1, 8)  # fastvqa: backbone stages (released: 4)
+STAGE_SIZE = (1, 64)  # fastvqa: blocks and heads per stage, window sides
+WIDTH = (1, 4096)  # fastvqa: embed_dim, head_hidden
+VIEWS = (1, 16)  # fastvqa: views averaged (released: 1 or 4)
 MODES = ("trained", "zero_shot")
 CALIBRATION_KEYS = ("pred_mean", "pred_std", "target_mean", "target_std")
 
@@ -85,6 +89,35 @@ def boolean(v: Any) -> str | None:
 def one_of(choices: Collection[str]) -> Rule:
     """A string among ``choices``; a registry (a live dict) is read at each check."""
     return lambda v: None if isinstance(v, str) and v in choices else f"one of {', '.join(choices)}"
+
+
+def sampler(v: Any) -> str | None:
+    """A registered sampler's name (``video/sampling.py``: ``check_sampler``)."""
+    try:
+        check_sampler(v)
+        return None
+    except ValueError as exc:
+        return str(exc).split("; ", 1)[-1]  # "choose one of …"
+
+
+def int_list(lo: int, hi: int, lengths: tuple[int, int]) -> Rule:
+    """A list of ``lengths`` integers, each in ``lo..hi``."""
+    def rule(v: Any) -> str | None:
+        fits = isinstance(v, (list, tuple)) and lengths[0] <= len(v) <= lengths[1] and all(
+            _is_int(x) and lo <= x <= hi for x in v)
+        return None if fits else f"a list of {lengths[0]}..{lengths[1]} integers in {lo}..{hi}"
+    return rule
+
+
+def bool_list(lengths: tuple[int, int]) -> Rule:
+    def rule(v: Any) -> str | None:
+        fits = isinstance(v, (list, tuple)) and lengths[0] <= len(v) <= lengths[1] and all(isinstance(x, bool) for x in v)
+        return None if fits else f"a list of {lengths[0]}..{lengths[1]} true/false"
+    return rule
+
+
+def fraction(v: Any) -> str | None:
+    return None if _is_number(v) and 0 <= v < 1 else "a number in [0, 1)"
 
 
 def nullable(rule: Rule) -> Rule:
@@ -135,7 +168,7 @@ class ModelSchema:
 
 
 # What every family's config holds (model/families.py: the input spec): checked for any family.
-INPUT_SPEC = {"num_frames": integer(*FRAMES), "sampler": one_of(SAMPLERS), "preprocessing": one_of(PREPROCESSINGS)}
+INPUT_SPEC = {"num_frames": integer(*FRAMES), "sampler": sampler, "preprocessing": one_of(PREPROCESSINGS)}
 
 MODEL_SCHEMAS = {
     "qclip": ModelSchema(  # model/qclip.py: QCLIPConfig
@@ -169,6 +202,24 @@ MODEL_SCHEMAS = {
         },
         required=("backbone",),
         levels=lambda model: model.get("level_words", LEVEL_WORDS),
+        image_size_is_frame_size=True,
+    ),
+    "fastvqa": ModelSchema(  # model/fastvqa/config.py: FASTVQAConfig (it checks how the fields fit together)
+        INPUT_SPEC | {
+            "embed_dim": integer(*WIDTH),
+            "depths": int_list(*STAGE_SIZE, STAGES),
+            "num_heads": int_list(*STAGE_SIZE, STAGES),
+            "window_size": int_list(*STAGE_SIZE, (3, 3)),
+            "frag_biases": bool_list(STAGES),
+            "drop_path_rate": fraction,
+            "head_hidden": integer(*WIDTH),
+            "head_dropout": fraction,
+            "image_size": image_size(*IMAGE_SIDE, pairs=True),
+            "views": integer(*VIEWS),
+            "aligned": integer(*FRAMES),
+            "pretrained": nullable(string),
+            "init_seed": integer(*SEED),
+        },
         image_size_is_frame_size=True,
     ),
 }

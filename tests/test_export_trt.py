@@ -53,3 +53,25 @@ def test_engine_matches_torch_across_the_profile(small, precision, tolerance):
         assert np.abs(score.cpu().numpy() - ref).max() < tolerance
     with pytest.raises(ValueError, match="1..4 videos"):
         runner(torch.zeros(5, 2, 64, 64, 3, dtype=torch.uint8, device="cuda"))
+
+
+@pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-3), ("fp16", 1e-2)])
+def test_a_fastvqa_engine_matches_torch(tmp_path, precision, tolerance):
+    """The FAST-VQA graph (no levels: ``level_sims`` is ``[B, 0]``) builds and runs through the same module."""
+    from qclip_engine.export.tensorrt import Profile, build_engine
+    from qclip_engine.model.families import create_model, deployable
+    from qclip_engine.runtime.tensorrt_backend import TensorRTRunner
+
+    model = create_model("fastvqa", embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), head_hidden=8,
+                         image_size=64, num_frames=8, views=2, aligned=4, sampler="temporal_fragments:2").eval()
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    graph = export_onnx(deployable(model, dtype), tmp_path / f"{precision}.onnx")
+    plan = tmp_path / f"{precision}.plan"
+    build_engine(graph, plan, Profile(batch=2, num_frames=8, image_size=(64, 64)), precision=precision)
+    runner = TensorRTRunner(plan)
+    pixels = torch.randint(0, 256, (2, 8, 64, 64, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    with torch.no_grad():
+        ref = model(model.normalize(pixels)).numpy()
+    sims, score = runner(pixels.cuda())
+    torch.cuda.synchronize()
+    assert sims.shape == (2, 0) and np.abs(score.cpu().numpy() - ref).max() < tolerance

@@ -25,10 +25,13 @@ from tqdm import tqdm
 from qclip_engine.defaults import PREPROCESSING, PREPROCESSINGS
 from qclip_engine.errors import VideoError
 from qclip_engine.video import decode
+from qclip_engine.video.fragments import fragment_clip
 from qclip_engine.video.frame_mse import frame_mse
 from qclip_engine.video.sampling import check_sampler, frame_indices
 
 from .errors import DatasetError
+
+LAYOUT_STREAM = 1  # the seed's fourth word for a training fragment layout (frame choice uses the first three)
 
 
 @dataclass(frozen=True)
@@ -123,10 +126,14 @@ class VideoClips(torch.utils.data.Dataset):
         desc: str = "checking videos",
         preprocessing: str = PREPROCESSING,
         progress: bool = True,
+        fragment_aligned: int | None = None,
     ):
         if preprocessing not in PREPROCESSINGS:
             raise DatasetError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
         self.preprocessing = preprocessing  # how frames reach model size: the model's (video/decode.py)
+        # Training on fragments draws a random layout per run of this many frames (video/fragments.py);
+        # evaluation takes the centred one, as the engine does.
+        self.fragment_aligned = fragment_aligned
         self.image_size = tuple(image_size)
         self.num_frames = num_frames
         self.sampler = sampler
@@ -176,6 +183,10 @@ class VideoClips(torch.utils.data.Dataset):
         frames already decoded are reused and new ones kept while the video holds fewer than
         ``max_analysis_frames``."""
         path = self.records[index].path
+        if self.training and self.preprocessing == "fragments":  # native frames, a fresh layout each epoch (no cache)
+            native = decode.decode_frames(path, None, indices=picked, preprocessing=self.preprocessing)
+            rng = np.random.default_rng((self.seed, self.epoch, index, LAYOUT_STREAM))
+            return fragment_clip(native, self.image_size, rng=rng, aligned=self.fragment_aligned or len(picked))
         if self.cache is None:
             return decode.decode_frames(path, self.image_size, indices=picked, preprocessing=self.preprocessing)
         held = self.cache.setdefault(index, {})

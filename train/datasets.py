@@ -48,6 +48,7 @@ def build_datasets(config: dict, model: torch.nn.Module, *, split_seed: int | No
         num_frames=model.config.num_frames,
         sampler=model.config.sampler,
         preprocessing=model.config.preprocessing,  # frames made as the artifact will be scored
+        fragment_aligned=getattr(model.config, "aligned", None),  # fragments: frames sharing one training layout
         max_analysis_frames=data["max_analysis_frames"],
         strict=strict,
         cache=bool(data.get("cache")),

@@ -42,6 +42,8 @@ from ..contract import QUALITY_LEVELS
 from . import folded
 from .clipvqa import CLIPVQA, LEVEL_WORDS, CLIPVQAConfig
 from .clipvqa import graph as clipvqa_graph
+from .fastvqa import FASTVQA, FASTVQAConfig
+from .fastvqa import graph as fastvqa_graph
 from .qclip import QCLIP, QCLIPConfig
 
 DEFAULT_FAMILY = "qclip"  # what an artifact or a training config without "family" is
@@ -108,4 +110,6 @@ def deployable(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Modul
 register_family(Family("qclip", QCLIPConfig, QCLIP, tuple(QUALITY_LEVELS), folded.deployable))
 register_family(Family("clipvqa", CLIPVQAConfig, CLIPVQA, tuple(LEVEL_WORDS), clipvqa_graph.deployable,
                        loading_config=lambda cfg: cfg | {"pretrained": None},  # its artifacts store every tensor
+                       stored_file=MODEL_FILE, stores_every_tensor=True))
+register_family(Family("fastvqa", FASTVQAConfig, FASTVQA, (), fastvqa_graph.deployable,  # no levels: it regresses
                        stored_file=MODEL_FILE, stores_every_tensor=True))

@@ -1,0 +1,55 @@
+"""The deployable FAST-VQA: what every backend runs and every export writes (the graph contract of
+docs/architecture.md with L = 0 levels and a fixed frame count).
+
+uint8 fragment frames ``[B, F, H, W, 3]`` in (F = ``num_frames``: the views are cut from it and
+the backbone's windows are sized from it), ``(level_sims [B, 0], score [B])`` out. Inside: the cast
+and ImageNet normalisation, the backbone and head of every view, the mean of each quality map
+and of the views.
+
+Reduced precision (``dtype`` FP16/BF16): backbone and head in ``dtype``, their LayerNorms, the
+input scaling and the final means in FP32.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..clipvqa.recipe import PIXEL_MEAN, PIXEL_STD
+from ..folded import keep_layernorms_fp32
+from .model import FASTVQA
+
+
+class FASTVQAGraph(nn.Module):
+    fixed_frames = True  # exported with a dynamic batch and F = num_frames
+
+    def __init__(self, model: FASTVQA, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.image_size = tuple(model.image_size)
+        self.num_frames = model.config.num_frames
+        self.views = model.config.views
+        self.levels = model.levels
+        model = model.eval()
+        if dtype != torch.float32:
+            model = copy.deepcopy(model).to(dtype)
+            keep_layernorms_fp32(model)
+            model.requires_grad_(False)  # its own copy; an FP32 graph shares the model's tensors as they are
+        self.model = model
+        self.compute_dtype = dtype
+        mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32)
+        std = torch.tensor(PIXEL_STD, dtype=torch.float32)
+        self.register_buffer("pixel_scale", 1.0 / std)  # (x − mean)/std = x · scale + shift
+        self.register_buffer("pixel_shift", -mean / std)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = frames.to(torch.float32) * self.pixel_scale + self.pixel_shift
+        x = x.movedim(-1, -3).to(self.compute_dtype)  # [B, F, 3, H, W]
+        score = self.model.view_scores(x, self.views).float().mean(dim=1)
+        return score.new_zeros((score.shape[0], 0)), score
+
+
+def deployable(model: FASTVQA, dtype: torch.dtype = torch.float32) -> FASTVQAGraph:
+    """The graph module of ``model`` at ``dtype`` (see the module docstring)."""
+    return FASTVQAGraph(model, dtype)

@@ -1,0 +1,169 @@
+"""FAST-VQA through the same commands as Q-CLIP: a random-init tiny FAST-VQA trains one epoch on the
+demo data through ``train.run`` (``model.family: fastvqa``: fragments, its loss and optimiser
+groups), ``qclip-export`` writes its graph, and ``QualityEngine`` (torch and ONNX Runtime),
+``qclip-score``, the service and the streams score the held-out clips, the exported graph within
+1e-4 of the torch model."""
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from starlette.testclient import TestClient
+
+from qclip_engine import QualityEngine, load_artifact
+from qclip_engine.cli.score import main as score_main
+from qclip_engine.export.cli import main as export_main
+from qclip_engine.model.families import create_model, deployable
+from qclip_engine.model.fastvqa import FASTVQA
+from qclip_engine.serve.app import SCORE_PATH, create_app
+from qclip_engine.serve.settings import ServeSettings
+from qclip_engine.stream import stream_windows
+from qclip_engine.train import run
+from qclip_engine.train.data import read_labels
+from qclip_engine.video.fragments import fragment_clip
+
+VIEWS, PER_VIEW = 2, 4
+TINY = {"family": "fastvqa", "embed_dim": 8, "depths": [2, 2, 2, 2], "num_heads": [1, 1, 2, 2], "head_hidden": 8,
+        "image_size": 64, "num_frames": VIEWS * PER_VIEW, "views": VIEWS, "aligned": 2,
+        "sampler": f"temporal_fragments:{VIEWS}"}
+
+
+@pytest.fixture(scope="module")
+def trained(quick_demo_data, tmp_path_factory):
+    """The run directory and the model it started from (same config, untrained)."""
+    root = tmp_path_factory.mktemp("fastvqa_run")
+    split = {"labels": "${DATA_ROOT}/labels_%s.txt", "prefix": "${DATA_ROOT}/videos"}
+    config = {
+        "name": "fastvqa", "seed": 0, "output_dir": str(root / "run"), "model": TINY,
+        "data": {"data_root": str(quick_demo_data), "max_analysis_frames": 64,
+                 "train": split | {"labels": split["labels"] % "train"},
+                 "val": {"heldout": split | {"labels": split["labels"] % "test"}}},
+        "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 4, "val_batch_size": 8, "lr": 1e-3,
+                  "weight_decay": 0.05, "device": "cpu"},
+    }
+    path = root / "fastvqa.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert run.main(["--config", str(path)]) == 0
+    return root / "run", create_model(**TINY)
+
+
+@pytest.fixture(scope="module")
+def heldout(quick_demo_data):
+    return [r.path for r in read_labels(quick_demo_data / "labels_test.txt", str(quick_demo_data / "videos"))]
+
+
+def test_train_run_trains_the_fastvqa_family_by_its_recipe(trained):
+    out, untrained = trained
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["epoch"] == 1 and np.isfinite(record["loss"]) and record["loss"] >= 0
+    assert record["val"]["heldout"]["videos"] > 0 and record["failed_videos"] == 0
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["family"] == "fastvqa" and config["model"]["preprocessing"] == "fragments"
+    model = load_artifact(out / "best")
+    assert type(model) is FASTVQA and model.levels == () and model.calibration is not None
+    trained_state, init_state = model.state_dict(), untrained.state_dict()
+    moved = {n for n in init_state if not torch.equal(trained_state[n], init_state[n])}
+    # every part trains: the backbone (its fragment tables too) and the head
+    assert {"backbone.patch_embed.proj.weight", "head.fc_hid.weight", "head.fc_last.bias",
+            "backbone.layers.0.blocks.0.attn.fragment_position_bias_table"} <= moved
+
+
+def test_the_released_optimiser_groups_and_loss():
+    model = create_model(**TINY)
+    groups = {g["name"]: g for g in model.param_groups(1e-3, 0.05)}
+    assert groups["backbone"]["lr"] == pytest.approx(1e-4) and groups["head"]["lr"] == 1e-3
+    assert {g["weight_decay"] for g in groups.values()} == {0.05}  # every tensor decays, biases too
+    ids = {id(p) for g in groups.values() for p in g["params"]}
+    assert ids == {id(p) for p in model.parameters()} and sum(len(g["params"]) for g in groups.values()) == len(ids)
+    score = torch.tensor([0.1, 0.4, 0.2, 0.9])
+    loss, out = model.training_loss(score, 10 * score + 3)  # a positive affine map of the targets: no loss
+    assert out is score and loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert model.training_loss(score, -score)[0].item() > 0.1
+
+
+def test_views_are_scored_alone_and_averaged():
+    model = create_model(**TINY).eval()
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (3, VIEWS * PER_VIEW, 64, 64, 3), generator=g, dtype=torch.uint8)
+    video = model.normalize(frames)
+    with torch.no_grad():
+        whole = model(video)
+        one_by_one = torch.stack([model(video[:, v * PER_VIEW:(v + 1) * PER_VIEW]) for v in range(VIEWS)], 1)
+        sims, graph_score = deployable(model)(frames)
+    torch.testing.assert_close(whole, one_by_one.mean(1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(graph_score, whole, rtol=0, atol=1e-5)
+    assert sims.shape == (3, 0)
+    assert not torch.allclose(one_by_one[:, 0], one_by_one[:, 1])  # the views differ, so averaging them matters
+
+
+def test_training_draws_fragment_layouts_and_evaluation_takes_the_centred_one(trained, quick_demo_data):
+    from qclip_engine.train.data import VideoClips
+    from qclip_engine.video import decode
+
+    records = read_labels(quick_demo_data / "labels_train.txt", str(quick_demo_data / "videos"))[:1]
+    common = dict(image_size=(64, 64), num_frames=4, sampler="temporal_fragments:1", preprocessing="fragments",
+                  fragment_aligned=2, progress=False)
+    train = VideoClips(records, training=True, seed=3, **common)
+    evaluation = VideoClips(records, training=False, **common)
+    picked = train.picked_indices(0)
+    native = decode.decode_frames(records[0].path, None, indices=picked, preprocessing="fragments")
+    expected = fragment_clip(native, (64, 64), rng=np.random.default_rng((3, 0, 0, 1)), aligned=2)
+    assert np.array_equal(train[0]["video"].numpy(), expected)
+    train.set_epoch(1)
+    assert not np.array_equal(train[0]["video"].numpy(), expected)  # a new layout (and frames) each epoch
+    centred = decode.decode_frames(records[0].path, (64, 64), indices=evaluation.picked_indices(0),
+                                   preprocessing="fragments")
+    assert np.array_equal(evaluation[0]["video"].numpy(), centred)
+
+
+def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, heldout, tmp_path, capsys):
+    out, _ = trained
+    best = out / "best"
+    assert export_main([str(best), "--engine", "onnx", "--fp16", "--int8"]) == 0
+    report = json.loads((best / "parity_onnx.json").read_text())["results"]
+    assert report["model.onnx"]["score"]["max_abs_diff"] <= 1e-4
+    assert report["model.fp16.onnx"]["score"]["max_abs_diff"] < 1e-2
+    drift = json.loads((best / "precision.json").read_text())["precisions"]  # the INT8 graph ran and was measured
+    assert set(drift) == {"bf16", "int8"} and all(np.isfinite(d["max_abs_score_diff"]) for d in drift.values())
+    capsys.readouterr()
+
+    videos = heldout[:6]
+    records = {}
+    for engine in ("torch", "onnxruntime"):
+        scorer = QualityEngine(best, engine=engine, precision="fp32", device="cpu", batch=4)
+        records[engine] = [r.to_record() for r in scorer.score(videos)]
+    assert {r["backend"] for r in records["onnxruntime"]} == {"onnxruntime-fp32"}
+    for t, o in zip(records["torch"], records["onnxruntime"]):
+        assert "error" not in t and t["levels"] == {} and len(t["frames"]) == VIEWS * PER_VIEW
+        assert abs(t["score"] - o["score"]) <= 1e-4 and abs(t["mos"] - o["mos"]) <= 1e-3
+
+    # qclip-score: no level columns
+    csv_path = tmp_path / "scores.csv"
+    assert score_main([*map(str, videos), "--artifact", str(best), "--engine", "onnxruntime", "--precision", "fp32",
+                       "--device", "cpu", "--format", "csv", "--out", str(csv_path), "--quiet"]) == 0
+    rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    assert list(rows[0])[:4] == ["input", "score", "mos", "frames"]
+    assert [abs(float(row["score"]) - t["score"]) <= 1e-4 for row, t in zip(rows, records["torch"])] == [True] * len(videos)
+
+    # the service
+    settings = ServeSettings(best, engine="onnxruntime", device="cpu", precision="fp32", batch=2,
+                             allow_dirs=(Path(videos[0]).parent,))
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:  # loads in the background
+            time.sleep(0.1)
+        answer = client.post(SCORE_PATH, json={"path": str(videos[0])})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["levels"] == {} and abs(body["score"] - records["torch"][0]["score"]) <= 1e-4
+
+    # streams: windows of the same file, made of fragments as the file path makes them
+    engine = QualityEngine(best, engine="onnxruntime", precision="fp32", device="cpu", batch=2)
+    windows = list(stream_windows(engine, str(videos[0]), window_s=1.0, hop_s=1.0))
+    assert windows and all(w.error is None and np.isfinite(w.score) and w.levels == {} for w in windows)
