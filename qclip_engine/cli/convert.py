@@ -1,10 +1,11 @@
-"""``qclip-convert {official,clipvqa} CKPT --out DIR``: a checkpoint of another code base → an artifact.
+"""``qclip-convert {official,clipvqa,fastvqa} CKPT --out DIR``: a checkpoint of another code base → an artifact.
 
 ``official``: a ``.pth`` saved by the official Q-CLIP ``train.py``
 (``qclip_engine/convert/official_qclip.py`` says what maps where). ``clipvqa``: a ``.pth`` saved by
-the released CLIPVQA ``main.py`` (``qclip_engine/convert/clipvqa.py``). An ``official`` artifact then
-exports, scores, serves and trains further like any other; a ``clipvqa`` one loads
-(``load_artifact``) but the engine's commands do not run its family yet (``model/families.py``). Prints what it mapped and what it left out.
+the released CLIPVQA ``main.py`` (``qclip_engine/convert/clipvqa.py``). ``fastvqa``: a ``.pth`` of the
+released FAST-VQA code, e.g. ``FAST_VQA_B_1_4.pth`` (``qclip_engine/convert/fastvqa.py``). The artifact
+then exports, scores, serves and trains further like any other of its family. Prints what it mapped
+and what it left out.
 Exit codes: 0 done; 2 the checkpoint (or the backbone weights named) does not fit or cannot be
 read — the message lists the keys and shapes that do not fit — or ``--out`` cannot be written (an
 existing file, a path under a file, a place where nothing can be created: checked before the
@@ -27,6 +28,7 @@ from ..defaults import BACKBONE
 from .arguments import cannot_create_in, positive_int
 
 SAT_ATTENTIONS = ("alone", "batch")  # model/clipvqa/config.py's, named here so that --help needs no torch
+FASTVQA_VARIANTS = ("fast-vqa-b", "fastervqa", "fast-vqa-m")  # model/fastvqa/config.py's VARIANTS, likewise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +73,22 @@ def _parser() -> argparse.ArgumentParser:
                             "the released labels/labels.csv; refused when the checkpoint names another file)")
     words.add_argument("--level-words", type=_words, metavar="W1,W2,…",
                        help="the level words, worst first, comma-separated, instead of --labels (default: as --labels)")
+
+    fastvqa = kinds.add_parser(
+        "fastvqa", help="a checkpoint of the released FAST-VQA code (FAST_VQA_B_1_4.pth, FAST_VQA_3D_1_1.pth, …)",
+        description="Convert a checkpoint of the released FAST-VQA code into an artifact of the fastvqa family. The "
+                    "backbone is read off the tensors' shapes; the fragment grid, frames and views are the variant's "
+                    "(the released evaluation settings). Weights only: nothing in the file runs.")
+    fastvqa.add_argument("checkpoint", type=Path, help="the .pth ({'state_dict': …, 'validation_results': …})")
+    fastvqa.add_argument("--out", type=Path, required=True, help="artifact directory to write (required, no default)")
+    fastvqa.add_argument("--variant", choices=FASTVQA_VARIANTS,
+                         help="fast-vqa-b: 7×7 fragments, 4 views of 32 frames; fastervqa: 7×7, one view of 8 "
+                              "temporal fragments × 4 frames; fast-vqa-m: 4×4, 4 views of 16 frames (default: from the "
+                              "file name — 3D → fastervqa, _M_ → fast-vqa-m, else fast-vqa-b — checked against the "
+                              "weights)")
+    fastvqa.add_argument("--views", type=positive_int,
+                         help="views averaged per video, each the variant's clip (default: the variant's, 4 for "
+                              "fast-vqa-b; 1 costs a quarter of the compute and scores a single clip)")
     return parser
 
 
@@ -101,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"reading {args.checkpoint}", flush=True)
     try:
-        out = _official(args) if args.kind == "official" else _clipvqa(args)
+        out = {"official": _official, "clipvqa": _clipvqa, "fastvqa": _fastvqa}[args.kind](args)
     except QCLIPError as exc:
         print(f"qclip-convert: [{exc.code}] {exc}", file=sys.stderr)
         return 2
@@ -171,6 +189,32 @@ def _clipvqa(args: argparse.Namespace) -> Path:
     if left:
         print(f"left out (training state): {', '.join(left)}")
     return convert_clipvqa(state, args.out, **overrides)
+
+
+def _fastvqa(args: argparse.Namespace) -> Path:
+    from ..artifact import save_artifact, staged_directory
+    from ..convert.fastvqa import PREFIXES, guess_variant, load_fastvqa, read_checkpoint
+
+    checkpoint = read_checkpoint(args.checkpoint)
+    variant = args.variant or guess_variant(args.checkpoint)
+    how = "as given" if args.variant else "from the file name"
+    overrides = {"views": args.views} if args.views is not None else {}
+    converted = load_fastvqa(checkpoint, variant, **overrides)
+    c = converted.config
+    print(f"variant {variant} ({how}); its validation results: {checkpoint.get('validation_results', 'not saved')}")
+    print(f"read off the shapes: embed_dim {c.embed_dim}, depths {list(c.depths)}, heads {list(c.num_heads)}, window "
+          f"{list(c.window_size)}, fragment biases {list(c.frag_biases)}; the variant's input: {c.image_size} px "
+          f"fragments, {c.num_frames} frames as {c.views} view(s), sampler {c.sampler}")
+    tensors = converted.model.state_dict()
+    for rel, here in PREFIXES:
+        print(f"mapped {sum(k.startswith(here) for k in tensors)} tensors  {rel}*  →  {here}*")
+    print(f"checked, derived here: {len(converted.checked)} relative_position_index buffers equal the window's")
+    left = sorted(str(k) for k in checkpoint if k not in ("state_dict",))
+    if left:
+        print(f"left out: {', '.join(left)}")
+    with staged_directory(args.out) as stage:
+        save_artifact(converted.model, stage)
+    return args.out
 
 
 if __name__ == "__main__":
