@@ -43,9 +43,11 @@ CONTEXT_TOKENS = (0, 64)  # qclip: the learnable X tokens; the prompt must still
 BLOCKS = (0, 24)  # clipvqa: sat_layers, vat_layers (released: 1 and 2)
 SEED = (0, 2**32 - 1)  # init_seed: the range every seeder (torch, numpy) takes
 LEVELS = (2, 32)  # quality level names of a model (Q-CLIP 5, CLIPVQA 6)
-STAGES = (1, 8)  # fastvqa: backbone stages (released: 4)
-STAGE_SIZE = (1, 64)  # fastvqa: blocks and heads per stage, window sides
-WIDTH = (1, 4096)  # fastvqa: embed_dim, head_hidden
+STAGES = (1, 4)  # fastvqa: backbone stages (released: 4; each doubles the width)
+STAGE_SIZE = (1, 32)  # fastvqa: blocks and heads per stage (released: 2, 2, 6, 2 and 3 … 24)
+WINDOW_SIDE = (1, 16)  # fastvqa: window sides (released: 8 × 7 × 7 and 4 × 4 × 4)
+EMBED = (1, 256)  # fastvqa: embed_dim (released: 96; the last stage is 8 × wider)
+HEAD_WIDTH = (1, 4096)  # fastvqa: head_hidden (released: 64)
 VIEWS = (1, 16)  # fastvqa: views averaged (released: 1 or 4)
 MODES = ("trained", "zero_shot")
 CALIBRATION_KEYS = ("pred_mean", "pred_std", "target_mean", "target_std")
@@ -206,13 +208,13 @@ MODEL_SCHEMAS = {
     ),
     "fastvqa": ModelSchema(  # model/fastvqa/config.py: FASTVQAConfig (it checks how the fields fit together)
         INPUT_SPEC | {
-            "embed_dim": integer(*WIDTH),
+            "embed_dim": integer(*EMBED),
             "depths": int_list(*STAGE_SIZE, STAGES),
             "num_heads": int_list(*STAGE_SIZE, STAGES),
-            "window_size": int_list(*STAGE_SIZE, (3, 3)),
+            "window_size": int_list(*WINDOW_SIDE, (3, 3)),
             "frag_biases": bool_list(STAGES),
             "drop_path_rate": fraction,
-            "head_hidden": integer(*WIDTH),
+            "head_hidden": integer(*HEAD_WIDTH),
             "head_dropout": fraction,
             "image_size": image_size(*IMAGE_SIDE, pairs=True),
             "views": integer(*VIEWS),

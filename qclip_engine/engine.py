@@ -44,6 +44,7 @@ from .runtime import create_backend
 from .video.frame_mse import frame_mse
 from .video.frames import DECODERS, DeviceSource, HostSource, device_path_unavailable
 from .video.limits import DecodeLimits
+from .video.fragments import fragment_grid
 from .video.sampling import candidate_indices, check_sampler, frame_indices
 
 SAMPLER_SEED = defaults.SAMPLER_SEED
@@ -154,7 +155,7 @@ class QualityEngine:
     ``sampler``: defaults to the artifact's; ``backbone``/``pretrained``: the zero-shot
     model's backbone when no artifact is given. ``strict``: a file that looks cut short is the
     ``truncated`` error instead of a score with a ``truncated`` warning (``video/scan.py``).
-    ``preprocessing``: ``fast`` | ``reference`` | ``short_side_crop`` | ``mmcv_short_side_crop``
+    ``preprocessing``: ``fast`` | ``reference`` | ``short_side_crop`` | ``mmcv_short_side_crop`` | ``fragments``
     (``video/container.py``);
     defaults to the model's ``config.preprocessing``, so an artifact is scored on frames made as
     in its training; all but ``fast`` run on the host decoder only (``auto`` says why in
@@ -197,6 +198,8 @@ class QualityEngine:
         self.preprocessing = preprocessing or model.config.preprocessing
         if self.preprocessing not in defaults.PREPROCESSINGS:
             raise ValueError(f"preprocessing must be one of {defaults.PREPROCESSINGS}, got {self.preprocessing!r}")
+        if self.preprocessing == "fragments":
+            fragment_grid(tuple(model.image_size))  # ValueError unless the model size is whole 32-pixel cells
         self.artifact = Path(artifact) if artifact is not None else None
         self.workers = workers or defaults.decode_workers()
         # On the CPU, auto times its candidates beside this many decoding threads, as they will run.
@@ -224,7 +227,7 @@ class QualityEngine:
 
     @sampler.setter
     def sampler(self, name: str) -> None:
-        self._sampler = check_sampler(name)
+        self._sampler = check_sampler(name, self.num_frames)  # one it cannot feed the model fails here, not per video
 
     def _frame_source(self, decoder: str) -> HostSource:
         """``host`` (PyAV → numpy), ``device`` (frames stay on the backend's device), or ``auto``:

@@ -76,6 +76,23 @@ def test_a_released_checkpoint_round_trips_every_tensor_and_the_score(variant, f
     assert scored.error is None and scored.score == pytest.approx(direct.score, abs=1e-6)
 
 
+def test_a_variant_the_weights_cannot_tell_must_be_named(tmp_path, capsys):
+    from qclip_engine.convert.fastvqa import choose_variant
+
+    same_tensors = released_checkpoint(_model("fastervqa"))["state_dict"]  # FAST-VQA-B's shapes too
+    with pytest.raises(ConversionError, match=r"fit the variants \['fast-vqa-b', 'fastervqa'\] alike.*--variant"):
+        load_fastvqa(same_tensors)
+    assert choose_variant(released_checkpoint(_model("fast-vqa-m"))["state_dict"]) == (
+        "fast-vqa-m", "the only one the weights fit")
+    assert choose_variant(same_tensors, "FAST_VQA_B_1_4.pth") == ("fast-vqa-b", "from the file name")
+    path = tmp_path / "my_finetune.pth"
+    torch.save({"state_dict": same_tensors}, path)
+    assert convert_main(["fastvqa", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "--variant" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert convert_main(["fastvqa", str(path), "--out", str(tmp_path / "out"), "--variant", "fastervqa"]) == 0
+    assert load_artifact(tmp_path / "out").config.sampler == "temporal_fragments:8"
+
+
 def test_views_and_the_variant_can_be_chosen(tmp_path):
     model = _model("fastervqa")
     converted = load_fastvqa(released_checkpoint(model), "fast-vqa-b", views=1)  # same shapes as FasterVQA

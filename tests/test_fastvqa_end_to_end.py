@@ -112,8 +112,10 @@ def test_training_draws_fragment_layouts_and_evaluation_takes_the_centred_one(tr
     train = VideoClips(records, training=True, seed=3, **common)
     evaluation = VideoClips(records, training=False, **common)
     picked = train.picked_indices(0)
-    native = decode.decode_frames(records[0].path, None, indices=picked, preprocessing="fragments")
-    expected = fragment_clip(native, (64, 64), rng=np.random.default_rng((3, 0, 0, 1)), aligned=2)
+    rng = np.random.default_rng((3, 0, 0, 1))  # seeded per (seed, epoch, item): a run and its resumed twin agree
+    expected = np.concatenate([  # one layout drawn per run of `aligned` frames, in order
+        fragment_clip(decode.decode_frames(records[0].path, None, indices=picked[i:i + 2], preprocessing="fragments"),
+                      (64, 64), rng=rng, aligned=2) for i in (0, 2)])
     assert np.array_equal(train[0]["video"].numpy(), expected)
     train.set_epoch(1)
     assert not np.array_equal(train[0]["video"].numpy(), expected)  # a new layout (and frames) each epoch
@@ -167,3 +169,84 @@ def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, h
     engine = QualityEngine(best, engine="onnxruntime", precision="fp32", device="cpu", batch=2)
     windows = list(stream_windows(engine, str(videos[0]), window_s=1.0, hop_s=1.0))
     assert windows and all(w.error is None and np.isfinite(w.score) and w.levels == {} for w in windows)
+
+
+def test_the_monitor_scores_fastvqa_sources_as_streams_do(trained, heldout):
+    from qclip_engine.monitor import Monitor, MonitorSettings, SourceSpec
+
+    out, _ = trained
+    engine = QualityEngine(out / "best", engine="onnxruntime", precision="fp32", device="cpu", batch=4)
+    monitor = Monitor(engine, MonitorSettings(window_s=1.0, hop_s=1.0))
+    clips = [str(p) for p in heldout[:2]]
+    for k, clip in enumerate(clips):
+        monitor.add(SourceSpec(name=f"cam{k}", url=clip))
+    items, deadline = [], time.monotonic() + 60
+    try:
+        with monitor.subscribe() as sub:
+            monitor.start()
+            while time.monotonic() < deadline and sum(i["type"] == "state" and i["state"] == "stopped" for i in items) < 2:
+                if (item := sub.get(0.2)) is not None:
+                    items.append(item)
+    finally:
+        monitor.stop()
+    for k, clip in enumerate(clips):
+        got = [i for i in items if i["type"] == "window" and i["source"] == f"cam{k}"]
+        alone = list(stream_windows(engine, clip, window_s=1.0, hop_s=1.0))
+        assert got and [w["index"] for w in got] == [w.index for w in alone]
+        for record, expected in zip(got, alone):
+            assert record["frames"] == expected.frames and record["levels"] == {}
+            assert record["score"] == pytest.approx(expected.score, abs=1e-5)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"image_size": 256}, r"windows \(8, 8, 8\), outside 1 … \(8, 7, 7\).*4–35 frames and 32–255"),
+    ({"num_frames": 64}, r"one view of 64 frames"),
+    ({"num_frames": 2, "aligned": 2}, r"windows \(0, 7, 7\)"),
+    ({"image_size": 100}, r"multiple of the 32-pixel fragment"),
+    ({"sampler": "mixed"}, r"reads no motion"),
+    ({"sampler": "temporal_fragments:3"}, r"multiple of 3"),
+    ({"views": 3}, r"multiple of views"),
+    ({"aligned": 5}, r"aligned \(5\) must divide"),
+    ({"embed_dim": 0}, r"embed_dim, depths and num_heads must be ≥ 1"),
+    ({"preprocessing": "fast"}, r"take fragments"),
+])
+def test_settings_the_backbone_cannot_run_are_refused_when_the_model_is_built(settings, message):
+    from qclip_engine.model.fastvqa import FASTVQAConfig
+
+    with pytest.raises(ValueError, match=message):
+        FASTVQAConfig(**settings)
+
+
+def test_an_artifact_asking_for_a_huge_backbone_is_artifact_invalid_before_anything_is_built(trained, tmp_path):
+    import shutil
+
+    from qclip_engine.errors import ArtifactError
+
+    out, _ = trained
+    copy = tmp_path / "artifact"
+    shutil.copytree(out / "best", copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["model"]["embed_dim"] = 100000
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match=r"model.embed_dim must be an integer in 1..256") as info:
+        load_artifact(copy)
+    assert info.value.code == "artifact_invalid"
+
+
+@pytest.mark.parametrize(("side", "fits"), [(64, True), (48, False)])
+def test_fragments_need_a_model_size_of_whole_cells(side, fits, quick_demo_data):
+    from qclip_engine import QCLIP, QCLIPConfig
+    from qclip_engine.train.data import VideoClips
+    from qclip_engine.train.errors import DatasetError
+
+    model = QCLIP(QCLIPConfig(backbone="PE-Core-T-16-384", pretrained=None, image_size=side, num_frames=2))
+    records = read_labels(quick_demo_data / "labels_train.txt", str(quick_demo_data / "videos"))[:1]
+    build = [lambda: QualityEngine(model=model, engine="torch", device="cpu", preprocessing="fragments"),
+             lambda: VideoClips(records, image_size=(side, side), num_frames=2, sampler="uniform", training=True,
+                                preprocessing="fragments", progress=False)]
+    for make in build:
+        if fits:  # a Q-CLIP model of whole 32-pixel cells may be scored or trained on fragments
+            make()
+        else:
+            with pytest.raises((ValueError, DatasetError), match="multiples of 32"):
+                make()

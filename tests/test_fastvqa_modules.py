@@ -395,7 +395,7 @@ def load_into_released(released, ours, head, kwargs):
     ("grpb", (2, 3, 4, 64, 64)),  # window (1, 2, 2)
     ("grpb", (1, 3, 8, 96, 80)),  # (2, 3, 2): shifts ≥ windows, odd merges, padded windows
     ("grpb", (1, 3, 5, 70, 90)),  # sizes that are not multiples of the patch
-    ("m", (1, 3, 16, 128, 128)),  # FAST-VQA-M / FasterVQA: window (4, 4, 4), no fragment tables
+    ("m", (1, 3, 16, 128, 128)),  # FAST-VQA-M: window (4, 4, 4), no fragment tables
 ])
 def test_matches_released(released, variant, shape):
     kwargs = dict(TINY) if variant == "grpb" else dict(TINY, window_size=(4, 4, 4), frag_biases=(False,) * 4)

@@ -5,6 +5,7 @@ and the decoders returning frames in the sampler's (unsorted, repeating) order. 
 
 import numpy as np
 import pytest
+from conftest import tiny_model
 from media import encode, lossless, moving_frames
 
 from qclip_engine.artifact_schema import INPUT_SPEC
@@ -116,6 +117,25 @@ def test_k_must_be_a_multiple_of_the_segments_at_pick_time():
         frame_indices(100, "temporal_fragments:3", 8)
     with pytest.raises(ValueError, match="segments"):
         temporal_fragments(100, 8, 0)
+
+
+def test_a_model_or_engine_refuses_a_frame_count_its_sampler_cannot_feed_when_built():
+    from qclip_engine.engine import QualityEngine
+    from qclip_engine.model.clipvqa import CLIPVQAConfig
+    from qclip_engine.model.fastvqa import FASTVQAConfig
+    from qclip_engine.model.qclip import QCLIPConfig
+
+    with pytest.raises(ValueError, match="multiple of 3"):
+        check_sampler("temporal_fragments:3", 8)
+    assert check_sampler("temporal_fragments:4", 8).name == "temporal_fragments:4"
+    for config in (lambda: QCLIPConfig(num_frames=8, sampler="temporal_fragments:3"),
+                   lambda: CLIPVQAConfig(num_frames=8, sampler="temporal_fragments:3"),
+                   lambda: FASTVQAConfig(num_frames=32, sampler="temporal_fragments:3")):
+        with pytest.raises(ValueError, match="multiple of 3"):
+            config()
+    model = tiny_model(num_frames=4)
+    with pytest.raises(ValueError, match="multiple of 3"):  # qclip-score --sampler temporal_fragments:3
+        QualityEngine(model=model, engine="torch", device="cpu", sampler="temporal_fragments:3")
 
 
 def test_configs_take_it_and_the_trunk_cache_refuses_it():

@@ -23,9 +23,9 @@ import torch
 from tqdm import tqdm
 
 from qclip_engine.defaults import PREPROCESSING, PREPROCESSINGS
-from qclip_engine.errors import VideoError
+from qclip_engine.errors import DecodeFailedError, VideoError
 from qclip_engine.video import decode
-from qclip_engine.video.fragments import fragment_clip
+from qclip_engine.video.fragments import fragment_clip, fragment_grid
 from qclip_engine.video.frame_mse import frame_mse
 from qclip_engine.video.sampling import check_sampler, frame_indices
 
@@ -130,6 +130,11 @@ class VideoClips(torch.utils.data.Dataset):
     ):
         if preprocessing not in PREPROCESSINGS:
             raise DatasetError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
+        if preprocessing == "fragments":
+            try:
+                fragment_grid(tuple(image_size))
+            except ValueError as exc:
+                raise DatasetError(str(exc)) from None
         self.preprocessing = preprocessing  # how frames reach model size: the model's (video/decode.py)
         # Training on fragments draws a random layout per run of this many frames (video/fragments.py);
         # evaluation takes the centred one, as the engine does.
@@ -137,7 +142,7 @@ class VideoClips(torch.utils.data.Dataset):
         self.image_size = tuple(image_size)
         self.num_frames = num_frames
         self.sampler = sampler
-        self._sampler = check_sampler(sampler)
+        self._sampler = check_sampler(sampler, num_frames)
         self.training = training
         self.seed = seed
         self.epoch = 0
@@ -184,9 +189,7 @@ class VideoClips(torch.utils.data.Dataset):
         ``max_analysis_frames``."""
         path = self.records[index].path
         if self.training and self.preprocessing == "fragments":  # native frames, a fresh layout each epoch (no cache)
-            native = decode.decode_frames(path, None, indices=picked, preprocessing=self.preprocessing)
-            rng = np.random.default_rng((self.seed, self.epoch, index, LAYOUT_STREAM))
-            return fragment_clip(native, self.image_size, rng=rng, aligned=self.fragment_aligned or len(picked))
+            return self._random_fragments(index, picked)
         if self.cache is None:
             return decode.decode_frames(path, self.image_size, indices=picked, preprocessing=self.preprocessing)
         held = self.cache.setdefault(index, {})
@@ -199,6 +202,24 @@ class VideoClips(torch.utils.data.Dataset):
                 break
             held[i] = frame.copy()  # not a view that would keep the whole decoded array alive
         return frames
+
+    def _random_fragments(self, index: int, picked: np.ndarray) -> np.ndarray:
+        """The fragments of frames ``picked`` with a layout drawn per run of ``fragment_aligned``
+        frames (video/fragments.py), seeded per (seed, epoch, item). Each run is decoded at native
+        size on its own, so at most one run's native frames are held at once."""
+        path = self.records[index].path
+        aligned = self.fragment_aligned or len(picked)
+        rng = np.random.default_rng((self.seed, self.epoch, index, LAYOUT_STREAM))
+        runs = []
+        for start in range(0, len(picked), aligned):
+            try:
+                native = decode.decode_frames(path, None, indices=picked[start:start + aligned],
+                                              preprocessing=self.preprocessing)
+            except ValueError as exc:  # frames of one run, which share a layout, of different sizes
+                raise DecodeFailedError(f"{Path(path).name}: the picture size changes within a run of {aligned} "
+                                        f"frames that share one fragment layout ({exc})", path=str(path)) from None
+            runs.append(fragment_clip(native, self.image_size, rng=rng, aligned=len(native)))
+        return np.concatenate(runs)
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]

@@ -83,12 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     fastvqa.add_argument("--out", type=Path, required=True, help="artifact directory to write (required, no default)")
     fastvqa.add_argument("--variant", choices=FASTVQA_VARIANTS,
                          help="fast-vqa-b: 7×7 fragments, 4 views of 32 frames; fastervqa: 7×7, one view of 8 "
-                              "temporal fragments × 4 frames; fast-vqa-m: 4×4, 4 views of 16 frames (default: from the "
-                              "file name — 3D → fastervqa, _M_ → fast-vqa-m, else fast-vqa-b — checked against the "
-                              "weights)")
+                              "temporal fragments × 4 frames; fast-vqa-m: 4×4, 4 views of 16 frames (default: the one "
+                              "the released file name names — FAST_VQA_B…, FAST_VQA_3D…, FAST_VQA_M… —, else the only "
+                              "one the weights fit; fast-vqa-b and fastervqa have the same tensors, so a file named "
+                              "neither way needs it)")
     fastvqa.add_argument("--views", type=positive_int,
-                         help="views averaged per video, each the variant's clip (default: the variant's, 4 for "
-                              "fast-vqa-b; 1 costs a quarter of the compute and scores a single clip)")
+                         help="views averaged per video: the video is cut into that many equal segments, each "
+                              "sampled as one view of the variant (default: the variant's, 4 for fast-vqa-b and "
+                              "fast-vqa-m, 1 for fastervqa; each view costs one backbone pass)")
     return parser
 
 
@@ -193,13 +195,13 @@ def _clipvqa(args: argparse.Namespace) -> Path:
 
 def _fastvqa(args: argparse.Namespace) -> Path:
     from ..artifact import save_artifact, staged_directory
-    from ..convert.fastvqa import PREFIXES, guess_variant, load_fastvqa, read_checkpoint
+    from ..convert.fastvqa import PREFIXES, choose_variant, load_fastvqa, read_checkpoint, read_fastvqa
 
     checkpoint = read_checkpoint(args.checkpoint)
-    variant = args.variant or guess_variant(args.checkpoint)
-    how = "as given" if args.variant else "from the file name"
+    state = read_fastvqa(checkpoint)
+    variant, how = choose_variant(state, args.checkpoint, args.variant)
     overrides = {"views": args.views} if args.views is not None else {}
-    converted = load_fastvqa(checkpoint, variant, **overrides)
+    converted = load_fastvqa(state, variant, **overrides)
     c = converted.config
     print(f"variant {variant} ({how}); its validation results: {checkpoint.get('validation_results', 'not saved')}")
     print(f"read off the shapes: embed_dim {c.embed_dim}, depths {list(c.depths)}, heads {list(c.num_heads)}, window "

@@ -13,9 +13,12 @@ nothing in the file runs.
 The backbone is read off the shapes (:func:`fastvqa_config`): ``embed_dim`` from the patch
 embedding, ``depths`` by counting blocks, the heads and the window from the bias tables, the
 fragment biases from which stages have a fragment table. What the weights do not say — the
-fragment grid, frames, views and temporal fragments — is the variant's (``VARIANTS``), named with
-``variant`` or guessed from the file name (``3D`` → FasterVQA, ``_M_`` → FAST-VQA-M, else FAST-VQA-B)
-and checked against the shapes.
+fragment grid, frames, views and temporal fragments — is the variant's (``VARIANTS``): named with
+``variant``, else by the file name (``FAST_VQA_3D`` → FasterVQA, ``FAST_VQA_M`` → FAST-VQA-M,
+``FAST_VQA_B`` → FAST-VQA-B), else the only variant the weights fit (:func:`choose_variant`).
+The weights tell FAST-VQA-M (other windows, no fragment tables) from the other two, which the
+chosen variant is checked against; FAST-VQA-B and FasterVQA have the same tensors, so a file
+named neither way must be given its variant.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ PREFIXES = (("fragments_backbone.", "backbone."), ("vqa_head.", "head."))  # rel
 INDEX_BUFFER = "relative_position_index"
 # What a weights-only load may build besides tensors: the numpy scalars of "validation_results",
 # pickled by numpy 1 (``numpy.core``, the released files) or numpy 2 (``numpy._core``).
-_SCALAR = np._core.multiarray.scalar
+_SCALAR = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar  # numpy 2 / numpy 1
 NUMPY_GLOBALS = [(_SCALAR, "numpy.core.multiarray.scalar"), (_SCALAR, "numpy._core.multiarray.scalar"), np.dtype,
                  *(type(np.dtype(t)) for t in (np.float64, np.float32))]
 
@@ -110,14 +113,48 @@ def _window(rows: int) -> tuple[int, int, int] | None:
     return None
 
 
-def guess_variant(path: str | os.PathLike | None) -> str:
-    """The released variant a checkpoint's file name suggests (its README's names)."""
+def guess_variant(path: str | os.PathLike | None) -> str | None:
+    """The released variant a checkpoint's file name names (its README's file names), or None."""
     name = Path(path).name.upper() if path is not None else ""
-    if "3D" in name:
+    if "FAST_VQA_3D" in name or "FASTERVQA" in name:
         return "fastervqa"
-    if "_M_" in name or name.startswith("FAST_VQA_M"):
+    if "FAST_VQA_M" in name:
         return "fast-vqa-m"
-    return "fast-vqa-b"
+    if "FAST_VQA_B" in name:
+        return "fast-vqa-b"
+    return None
+
+
+def _variants_fitting(state: dict[str, torch.Tensor]) -> list[str]:
+    """The variants whose window and fragment biases the weights have (FAST-VQA-B and FasterVQA
+    share every tensor: the weights cannot tell them apart)."""
+    fits = []
+    for name, preset in VARIANTS.items():
+        wd, wh, ww = preset["window_size"]
+        rows = (2 * wd - 1) * (2 * wh - 1) * (2 * ww - 1)
+        tables = [k for k in state if k.endswith(".attn.relative_position_bias_table")]
+        frag = [f"fragments_backbone.layers.{i}.blocks.0.attn.fragment_position_bias_table" in state
+                for i in range(len(preset["frag_biases"]))]
+        if tables and all(state[k].shape[0] == rows for k in tables) and tuple(frag) == tuple(preset["frag_biases"]):
+            fits.append(name)
+    return fits
+
+
+def choose_variant(state: dict[str, torch.Tensor], path: str | os.PathLike | None = None,
+                   asked: str | None = None) -> tuple[str, str]:
+    """(variant, how it was chosen): ``asked``; else the one the file name names; else the only
+    one the weights fit. ConversionError when the weights fit several and nothing names one."""
+    if asked is not None:
+        return asked, "as given"
+    named = guess_variant(path)
+    if named is not None:
+        return named, "from the file name"
+    fits = _variants_fitting(state)
+    if len(fits) == 1:
+        return fits[0], "the only one the weights fit"
+    raise ConversionError(f"the weights fit the variants {fits or sorted(VARIANTS)} alike and the file name names none: "
+                          "name it with --variant (FAST-VQA-B and FasterVQA have the same tensors but take "
+                          "different frames)")
 
 
 def fastvqa_config(state: dict[str, torch.Tensor], variant: str = "fast-vqa-b", **overrides) -> FASTVQAConfig:
@@ -180,6 +217,8 @@ class Converted:
     model: FASTVQA
     checked: list[str]  # buffers checked against ours and not stored
     config: FASTVQAConfig
+    variant: str
+    chosen: str  # how the variant was chosen (choose_variant)
 
 
 def load_fastvqa(checkpoint: str | os.PathLike | dict, variant: str | None = None, **overrides) -> Converted:
@@ -188,7 +227,8 @@ def load_fastvqa(checkpoint: str | os.PathLike | dict, variant: str | None = Non
     that is not the window's."""
     path = None if isinstance(checkpoint, dict) else checkpoint
     state = read_fastvqa(checkpoint)
-    config = fastvqa_config(state, variant or guess_variant(path), **overrides)
+    variant, how = choose_variant(state, path, variant)
+    config = fastvqa_config(state, variant, **overrides)
     model = FASTVQA(replace(config))
     expected = model.state_dict()
     problems, mapped, checked = [], {}, []
@@ -212,7 +252,7 @@ def load_fastvqa(checkpoint: str | os.PathLike | dict, variant: str | None = Non
         raise ConversionError(f"the checkpoint does not fit the model ({len(problems)} problems):\n  "
                               + "\n  ".join(problems))
     model.load_state_dict({k: v.float() for k, v in mapped.items()}, strict=True)
-    return Converted(model.eval(), checked, config)
+    return Converted(model.eval(), checked, config, variant, how)
 
 
 def convert_fastvqa(checkpoint: str | os.PathLike | dict, out: str | os.PathLike, variant: str | None = None,

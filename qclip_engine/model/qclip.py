@@ -81,7 +81,7 @@ class QCLIPConfig:
             raise ValueError(f"adapter_layers must be ≥ 1, got {self.adapter_layers}")
         if self.shared_dim < 1 or self.context_tokens < 0 or self.num_frames < 1:
             raise ValueError(f"shared_dim, num_frames must be ≥ 1 and context_tokens ≥ 0: {self}")
-        check_sampler(self.sampler)
+        check_sampler(self.sampler, self.num_frames)
         if self.rope not in ROPES:
             raise ValueError(f"rope must be one of {ROPES}, got {self.rope!r}")
         if self.preprocessing not in PREPROCESSINGS:

@@ -363,18 +363,23 @@ def _temporal_fragments_sampler(param: str) -> Sampler:
 register_sampler_family("temporal_fragments", _temporal_fragments_sampler, "temporal_fragments:T (T ≥ 1 segments)")
 
 
-def check_sampler(name: str) -> Sampler:
+def check_sampler(name: str, frames: int | None = None) -> Sampler:
     """The sampler called ``name`` (registered, or a family's ``prefix:param``); ``ValueError``
-    naming the choices otherwise."""
+    naming the choices otherwise. With ``frames``, also ValueError unless it can pick that many
+    (``temporal_fragments:T`` needs a multiple of T): a model or engine refuses such a pair when
+    it is built rather than on every video."""
     if not isinstance(name, str):
         raise ValueError(f"unknown sampler {name!r}; {_choices()}")
-    family = _family_sampler(name)  # ValueError of its own for a bad parameter
-    if family is not None:
-        return family
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; {_choices()}") from None
+    sampler = _family_sampler(name)  # ValueError of its own for a bad parameter
+    if sampler is None:
+        try:
+            sampler = SAMPLERS[name]
+        except KeyError:
+            raise ValueError(f"unknown sampler {name!r}; {_choices()}") from None
+    if frames is not None:
+        k = _check_k(frames)
+        sampler.pick(np.zeros(k), k, np.random.default_rng(0), False)  # a dry run: ValueError if it cannot
+    return sampler
 
 
 def _choices() -> str:

@@ -66,7 +66,7 @@ class CLIPVQAConfig:
             raise ValueError(f"sat_attention must be one of {SAT_ATTENTIONS}, got {self.sat_attention!r}")
         if len(self.level_words) < 2:
             raise ValueError(f"need at least two level words, got {self.level_words}")
-        check_sampler(self.sampler)
+        check_sampler(self.sampler, self.num_frames)
         if self.preprocessing not in PREPROCESSINGS:
             raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {self.preprocessing!r}")
         if not self.mos_scale > 0:

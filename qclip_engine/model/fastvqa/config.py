@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from ...defaults import FRAGMENT_SIZE
 from ...video.sampling import check_sampler
+from .recipe import BASE_INPUT_SIZE
 
 # The released variants (its options/fast/*.yml at evaluation): the backbone's window and fragment
 # biases, the fragment grid (image_size = cells × FRAGMENT_SIZE), the frames of one view, the views
@@ -76,8 +77,9 @@ class FASTVQAConfig:
         if stages < 1 or len(self.num_heads) != stages or len(self.frag_biases) != stages:
             raise ValueError(f"depths, num_heads and frag_biases need one entry per stage: {self.depths}, "
                              f"{self.num_heads}, {self.frag_biases}")
-        if any(d < 1 for d in self.depths) or any(h < 1 for h in self.num_heads):
-            raise ValueError(f"depths and num_heads must be ≥ 1: {self.depths}, {self.num_heads}")
+        if self.embed_dim < 1 or any(d < 1 for d in self.depths) or any(h < 1 for h in self.num_heads):
+            raise ValueError(f"embed_dim, depths and num_heads must be ≥ 1: {self.embed_dim}, {self.depths}, "
+                             f"{self.num_heads}")
         if any((self.embed_dim * 2 ** i) % h for i, h in enumerate(self.num_heads)):
             raise ValueError(f"each stage's width (embed_dim · 2^i) must be a multiple of its heads: "
                              f"embed_dim {self.embed_dim}, num_heads {self.num_heads}")
@@ -93,9 +95,25 @@ class FASTVQAConfig:
         if self.pretrained is not None:
             raise ValueError("fastvqa has no pretrained weights to fetch: pretrained must be None (convert a released "
                              "checkpoint with qclip-convert fastvqa, or train)")
-        check_sampler(self.sampler)
+        self._check_windows(size)
+        if check_sampler(self.sampler, self.num_frames).needs_motion:
+            raise ValueError(f"fastvqa takes a sampler that reads no motion (its training draws fragment layouts "
+                             f"on the frames it picks), e.g. temporal_fragments:T; got {self.sampler!r}")
         if self.preprocessing != "fragments":
             raise ValueError(f"fastvqa models take fragments (preprocessing 'fragments'), got {self.preprocessing!r}")
+
+    def _check_windows(self, size: tuple[int, int]) -> None:
+        """The backbone sizes its windows from one view's (frames, H, W) against ``BASE_INPUT_SIZE``
+        (floored); each must come out within 1 … ``window_size``, as the released code needs too."""
+        view = (self.num_frames // self.views, *size)
+        windows = tuple(w * x // b for w, x, b in zip(self.window_size, view, BASE_INPUT_SIZE))
+        if any(not 1 <= w <= c for w, c in zip(windows, self.window_size)):
+            lo = [-(-b // w) for w, b in zip(self.window_size, BASE_INPUT_SIZE)]
+            hi = [(w + 1) * b // w - (1 if (w + 1) * b % w == 0 else 0) for w, b in zip(self.window_size, BASE_INPUT_SIZE)]
+            raise ValueError(
+                f"one view of {view[0]} frames at {size[0]}×{size[1]} gives backbone windows {windows}, outside "
+                f"1 … {self.window_size}: with window_size {self.window_size} a view takes {lo[0]}–{hi[0]} frames "
+                f"and {lo[1]}–{hi[1]} × {lo[2]}–{hi[2]} pixels")
 
     @property
     def frame_size(self) -> tuple[int, int]:

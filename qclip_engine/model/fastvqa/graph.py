@@ -6,8 +6,8 @@ the backbone's windows are sized from it), ``(level_sims [B, 0], score [B])`` ou
 and ImageNet normalisation, the backbone and head of every view, the mean of each quality map
 and of the views.
 
-Reduced precision (``dtype`` FP16/BF16): backbone and head in ``dtype``, their LayerNorms, the
-input scaling and the final means in FP32.
+Reduced precision (``dtype`` FP16/BF16): backbone and head in ``dtype``; their LayerNorms, the
+input scaling and the means (of each quality map and of the views) in FP32.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ class FASTVQA(nn.Module):
             raise ValueError(f"{f} frames do not split into {views} views")
         clips = video.reshape(b * views, f // views, *video.shape[2:]).transpose(1, 2)
         quality_map = self.head(self.backbone(clips))  # [B·V, 1, T', H', W']
-        return quality_map.mean(dim=(1, 2, 3, 4)).reshape(b, views)
+        return quality_map.float().mean(dim=(1, 2, 3, 4)).reshape(b, views)  # the mean in FP32 at any precision
 
     def forward(self, video: torch.Tensor, *, output: str = "score") -> torch.Tensor:
         """The score ``[B]`` (``output="score"``), or the level similarities, ``[B, 0]`` (``"sims"``:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# The input (T, H, W) at which the backbone uses its configured window as it is; other inputs scale
+# it (floored), and the result must lie within 1 … the configured window on every axis.
+BASE_INPUT_SIZE = (32, 224, 224)
+
 LR = 1e-3  # the head's; the backbone takes BACKBONE_LR_SCALE × LR
 BACKBONE_LR_SCALE = 0.1
 WEIGHT_DECAY = 0.05  # on every tensor, biases and norms included

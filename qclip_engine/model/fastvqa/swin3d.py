@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BASE_INPUT_SIZE = (32, 224, 224)  # (T, H, W) at which the configured window is used as is
+from .recipe import BASE_INPUT_SIZE  # (T, H, W) at which the configured window is used as is
 SHIFT_MASK_VALUE = -100.0  # the released bias between tokens of different shifted-window regions
 
 Size3 = tuple[int, int, int]
@@ -350,30 +350,38 @@ class SwinStage(nn.Module):
         self.blocks = nn.ModuleList(
             SwinBlock3D(dim, num_heads, self.window_size, mlp_ratio, drop_path[i], frag_bias) for i in range(depth))
         self.downsample = PatchMerging(dim) if downsample else None
+        # Gates and masks per geometry, device and dtype, built once: copying them to the device on
+        # every call would cost a sync each time and is not allowed inside CUDA-graph capture.
+        self._geometry_cache: dict[tuple, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+
+    def _geometry(self, block: nn.Module, padded: Size3, window: Size3, shift: Size3, x: torch.Tensor):
+        table = block.attn.relative_position_bias_table
+        key = (padded, window, shift, block.attn.frag_bias, x.device, table.dtype, x.dtype)
+        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()  # an export builds them in its graph
+        if tracing or key not in self._geometry_cache:
+            gate = (fragment_gate(padded, window, shift, device=x.device, dtype=table.dtype)
+                    if block.attn.frag_bias else None)
+            mask = shift_mask(padded, window, shift, device=x.device, dtype=x.dtype) if any(shift) else None
+            if tracing:
+                return gate, mask
+            self._geometry_cache[key] = (gate, mask)
+        return self._geometry_cache[key]
 
     def forward(self, x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
         """``x [B, D, H, W, C]``; ``window``: the input-adapted window before clamping."""
         size = tuple(x.shape[1:4])
         window, shift = clamp_window(size, window, self.shift_size)
         padded = _padded(size, window)
-        geometry = {}  # per shift: (gate, mask), shared by the blocks with that shift
         for i, block in enumerate(self.blocks):
             block_shift = shift if i % 2 else (0, 0, 0)
-            if block_shift not in geometry:
-                table = block.attn.relative_position_bias_table
-                gate = (fragment_gate(padded, window, block_shift, device=x.device, dtype=table.dtype)
-                        if block.attn.frag_bias else None)
-                mask = (shift_mask(padded, window, block_shift, device=x.device, dtype=x.dtype)
-                        if any(s > 0 for s in block_shift) else None)
-                geometry[block_shift] = (gate, mask)
-            x = block(x, window, block_shift, *geometry[block_shift])
+            x = block(x, window, block_shift, *self._geometry(block, padded, tuple(window), tuple(block_shift), x))
         return x if self.downsample is None else self.downsample(x)
 
 
 class SwinTransformer3D(nn.Module):
     """The FAST-VQA backbone: normalised video ``[B, 3, T, H, W]`` → features ``[B, C_last, T', H', W']``
     (released defaults: Swin-T, window (8, 7, 7), fragment tables on the first three stages;
-    FAST-VQA-M / FasterVQA: ``window_size=(4, 4, 4)``, no fragment tables)."""
+    FAST-VQA-M: ``window_size=(4, 4, 4)``, no fragment tables; FasterVQA keeps the defaults)."""
 
     def __init__(self, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
                  num_heads: Sequence[int] = (3, 6, 12, 24), window_size: Sequence[int] = (8, 7, 7),
