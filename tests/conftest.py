@@ -126,6 +126,28 @@ def tiny_model(sampler="segment_mse_mean", num_frames=4):
                                           num_frames=num_frames, sampler=sampler)))
 
 
+def train_on_demo(root: Path, name: str, data: Path, model: dict, train: dict) -> Path:
+    """``train.run`` of ``model`` (a ``model`` section, any family) on the quick demo dataset ``data``:
+    its train split, the test split held out (``heldout``); ``train``: the train section. Returns
+    the run directory (``best/`` holds the artifact)."""
+    import yaml
+
+    from qclip_engine.train import run
+
+    split = {"labels": "${DATA_ROOT}/labels_%s.txt", "prefix": "${DATA_ROOT}/videos"}
+    config = {
+        "name": name, "seed": 0, "output_dir": str(root / "run"), "model": model,
+        "data": {"data_root": str(data), "max_analysis_frames": 64,
+                 "train": split | {"labels": split["labels"] % "train"},
+                 "val": {"heldout": split | {"labels": split["labels"] % "test"}}},
+        "train": train,
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert run.main(["--config", str(path)]) == 0
+    return root / "run"
+
+
 def tiny_train_config(
     path: Path, data: Path, train: dict, labels: str = "labels.txt", ratio: float = 0.75, model: dict | None = None
 ) -> Path:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import train_on_demo
 from starlette.testclient import TestClient
 
 from qclip_engine import QualityEngine, load_artifact
@@ -31,22 +32,12 @@ FRAMES = 4
 @pytest.fixture(scope="module")
 def trained(clipvqa_backbone, quick_demo_data, tmp_path_factory):
     """The run directory and the model it started from (same config, untrained)."""
-    root = tmp_path_factory.mktemp("clipvqa_run")
     model = {"family": "clipvqa", "backbone": clipvqa_backbone, "pretrained": None, "num_frames": FRAMES,
              "image_size": 32, "vat_layers": 1, "mos_scale": 20}  # VMAF labels: 0–100
-    split = {"labels": "${DATA_ROOT}/labels_%s.txt", "prefix": "${DATA_ROOT}/videos"}
-    config = {
-        "name": "clipvqa", "seed": 0, "output_dir": str(root / "run"), "model": model,
-        "data": {"data_root": str(quick_demo_data), "max_analysis_frames": 64,
-                 "train": split | {"labels": split["labels"] % "train"},
-                 "val": {"heldout": split | {"labels": split["labels"] % "test"}}},
-        "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 4, "val_batch_size": 8, "lr": 1e-4,
-                  "weight_decay": 1e-3, "device": "cpu"},
-    }
-    path = root / "clipvqa.yaml"
-    path.write_text(yaml.safe_dump(config))
-    assert run.main(["--config", str(path)]) == 0
-    return root / "run", create_model(**model)
+    train = {"epochs": 1, "warmup_epochs": 0, "batch_size": 4, "val_batch_size": 8, "lr": 1e-4,
+             "weight_decay": 1e-3, "device": "cpu"}
+    out = train_on_demo(tmp_path_factory.mktemp("clipvqa_run"), "clipvqa", quick_demo_data, model, train)
+    return out, create_model(**model)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+from conftest import train_on_demo
 from starlette.testclient import TestClient
 
 from qclip_engine import QualityEngine, load_artifact
@@ -24,7 +24,6 @@ from qclip_engine.model.fastvqa import FASTVQA
 from qclip_engine.serve.app import SCORE_PATH, create_app
 from qclip_engine.serve.settings import ServeSettings
 from qclip_engine.stream import stream_windows
-from qclip_engine.train import run
 from qclip_engine.train.data import read_labels
 from qclip_engine.video.fragments import fragment_clip
 
@@ -37,20 +36,10 @@ TINY = {"family": "fastvqa", "embed_dim": 8, "depths": [2, 2, 2, 2], "num_heads"
 @pytest.fixture(scope="module")
 def trained(quick_demo_data, tmp_path_factory):
     """The run directory and the model it started from (same config, untrained)."""
-    root = tmp_path_factory.mktemp("fastvqa_run")
-    split = {"labels": "${DATA_ROOT}/labels_%s.txt", "prefix": "${DATA_ROOT}/videos"}
-    config = {
-        "name": "fastvqa", "seed": 0, "output_dir": str(root / "run"), "model": TINY,
-        "data": {"data_root": str(quick_demo_data), "max_analysis_frames": 64,
-                 "train": split | {"labels": split["labels"] % "train"},
-                 "val": {"heldout": split | {"labels": split["labels"] % "test"}}},
-        "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 4, "val_batch_size": 8, "lr": 1e-3,
-                  "weight_decay": 0.05, "device": "cpu"},
-    }
-    path = root / "fastvqa.yaml"
-    path.write_text(yaml.safe_dump(config))
-    assert run.main(["--config", str(path)]) == 0
-    return root / "run", create_model(**TINY)
+    train = {"epochs": 1, "warmup_epochs": 0, "batch_size": 4, "val_batch_size": 8, "lr": 1e-3, "weight_decay": 0.05,
+             "device": "cpu"}
+    out = train_on_demo(tmp_path_factory.mktemp("fastvqa_run"), "fastvqa", quick_demo_data, TINY, train)
+    return out, create_model(**TINY)
 
 
 @pytest.fixture(scope="module")

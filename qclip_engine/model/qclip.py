@@ -25,6 +25,7 @@ from ..contract import QUALITY_LEVELS
 from ..defaults import BACKBONE, PREPROCESSING, PREPROCESSINGS, ROPE, ROPES
 from ..video.sampling import check_sampler
 from .backbone import load_backbone
+from .pixels import check_frames
 from .prompts import QualityPrompts
 from .qclip_losses import qclip_loss
 from .scma import ESCMA, PSCMA
@@ -188,10 +189,7 @@ class QCLIP(nn.Module):
         The backbone's own mean/std; frames are expected already resized to
         ``image_size`` (resizing belongs to decoding).
         """
-        if frames.dtype != torch.uint8 or frames.shape[-1] != 3:
-            raise ValueError(f"expected uint8 RGB frames [..., H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-        if tuple(frames.shape[-3:-1]) != tuple(self.image_size):
-            raise ValueError(f"frames are {tuple(frames.shape[-3:-1])}, the model takes {tuple(self.image_size)}")
+        check_frames(frames, self.image_size)
         dtype = self.level_weights.dtype
         mean = torch.tensor(self.preprocess["mean"], dtype=dtype, device=frames.device)
         std = torch.tensor(self.preprocess["std"], dtype=dtype, device=frames.device)

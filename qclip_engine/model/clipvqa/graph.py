@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..folded import keep_layernorms_fp32
+from ..pixels import register_pixel_affine
 from .model import CLIPVQA, cosine_sims
 from .recipe import PIXEL_MEAN, PIXEL_STD
 
@@ -40,10 +41,7 @@ class CLIPVQAGraph(nn.Module):
             video_side.requires_grad_(False)  # its own copy; an FP32 graph shares the model's tensors as they are
         self.model = video_side
         self.compute_dtype = dtype
-        mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32)
-        std = torch.tensor(PIXEL_STD, dtype=torch.float32)
-        self.register_buffer("pixel_scale", 1.0 / std)  # (x − mean)/std = x · scale + shift
-        self.register_buffer("pixel_shift", -mean / std)
+        register_pixel_affine(self, PIXEL_MEAN, PIXEL_STD)
         self.register_buffer("logit_scale", scale)
         self.register_buffer("level_values", torch.arange(len(self.levels), dtype=torch.float32))
 

@@ -12,6 +12,7 @@ from torch import nn
 from ...defaults import short_side_for_crop
 from ...errors import BackboneError
 from ..backbone import create_clip
+from ..pixels import normalize_0_255
 from ..state import check_state
 from .config import CLIPVQAConfig
 from .modules import FrameMessages, SpatioTemporalAggregation, VideoAwareText
@@ -199,14 +200,7 @@ class CLIPVQA(nn.Module):
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 RGB frames ``[..., H, W, 3]`` at model size → float ``[..., 3, H, W]`` with the
         released code's ImageNet mean/std (``(x − mean) / std`` on the 0–255 scale)."""
-        if frames.dtype != torch.uint8 or frames.shape[-1] != 3:
-            raise ValueError(f"expected uint8 RGB frames [..., H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-        if tuple(frames.shape[-3:-1]) != self.image_size:
-            raise ValueError(f"frames are {tuple(frames.shape[-3:-1])}, the model takes {self.image_size}")
-        dtype = self.patch_proj.dtype
-        mean = torch.tensor(PIXEL_MEAN, dtype=dtype, device=frames.device)
-        std = torch.tensor(PIXEL_STD, dtype=dtype, device=frames.device)
-        return ((frames.to(dtype) - mean) / std).movedim(-1, -3)
+        return normalize_0_255(frames, self.image_size, PIXEL_MEAN, PIXEL_STD, self.patch_proj.dtype)
 
     # -- video side --------------------------------------------------------------------
     def _block(self, index: int, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..clipvqa.recipe import PIXEL_MEAN, PIXEL_STD
 from ..folded import keep_layernorms_fp32
+from ..pixels import register_pixel_affine
 from .model import FASTVQA
 
 
@@ -38,10 +39,7 @@ class FASTVQAGraph(nn.Module):
             model.requires_grad_(False)  # its own copy; an FP32 graph shares the model's tensors as they are
         self.model = model
         self.compute_dtype = dtype
-        mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32)
-        std = torch.tensor(PIXEL_STD, dtype=torch.float32)
-        self.register_buffer("pixel_scale", 1.0 / std)  # (x − mean)/std = x · scale + shift
-        self.register_buffer("pixel_shift", -mean / std)
+        register_pixel_affine(self, PIXEL_MEAN, PIXEL_STD)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = frames.to(torch.float32) * self.pixel_scale + self.pixel_shift

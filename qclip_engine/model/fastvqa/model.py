@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..clipvqa.recipe import PIXEL_MEAN, PIXEL_STD
+from ..pixels import normalize_0_255
 from ..qclip_losses import qclip_loss
 from ..state import check_state
 from .config import FASTVQAConfig
@@ -57,14 +58,7 @@ class FASTVQA(nn.Module):
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 RGB frames ``[..., H, W, 3]`` at model size → float ``[..., 3, H, W]`` with the
         released ImageNet mean/std on the 0–255 scale."""
-        if frames.dtype != torch.uint8 or frames.shape[-1] != 3:
-            raise ValueError(f"expected uint8 RGB frames [..., H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-        if tuple(frames.shape[-3:-1]) != self.image_size:
-            raise ValueError(f"frames are {tuple(frames.shape[-3:-1])}, the model takes {self.image_size}")
-        dtype = self.head.fc_last.weight.dtype
-        mean = torch.tensor(PIXEL_MEAN, dtype=dtype, device=frames.device)
-        std = torch.tensor(PIXEL_STD, dtype=dtype, device=frames.device)
-        return ((frames.to(dtype) - mean) / std).movedim(-1, -3)
+        return normalize_0_255(frames, self.image_size, PIXEL_MEAN, PIXEL_STD, self.head.fc_last.weight.dtype)
 
     # -- scoring -----------------------------------------------------------------------
     def view_scores(self, video: torch.Tensor, views: int) -> torch.Tensor:
