@@ -7,11 +7,18 @@ batch-standardised PLCC loss and Adam's per-element normalisation magnify the la
 any change in the order of float operations. Measured on this problem, one process against
 ITSELF with OMP_NUM_THREADS=1 instead of 2 (torchrun's workers run with 1): per-step loss and
 gradient norm within 1e-5 relative, each trainable tensor's update within 2e-3 of the
-update's norm (single elements up to 6e-4 apart after two AdamW steps at lr 1e-3). Dropping
-the all-gather (a loss per process) moves the loss by 50 %, the gradient norm 1000-fold and
-the trainable tensors by more than their whole update; a gradient off by the world size
-doubles the norm. The tolerances sit between the two: ``RTOL`` for losses and gradient
-norms, ``UPDATE_RTOL`` for each trainable tensor against its update.
+update's norm (single elements up to 6e-4 apart after two AdamW steps at lr 1e-3). Three
+processes with a two-video last step (``test_a_process_without_a_video_in_a_step…``) amplify
+more: on an AVX2-only AMD EPYC (no AVX-512) the per-step losses agree within 2e-5 but 67 of
+the 65,536 elements of ``escma.text_layers.0.up.weight`` take an opposite Adam step (a
+gradient element that cancels to about zero flips sign with the summation order), which puts
+the worst tensors 1.0–1.2e-2 of their update apart — the same at the commit before FAST-VQA
+(d6dadf9), so not a change of the training code; one process against itself there: 6e-4.
+Dropping the all-gather (a loss per process) moves the loss by 50 %, the gradient norm
+1000-fold and the trainable tensors by more than their whole update; a gradient off by the
+world size doubles the norm. The tolerances sit between the two: ``RTOL`` for losses and
+gradient norms, ``UPDATE_RTOL`` for each trainable tensor against its update (5e-2: four times
+the worst rounding measured, twenty times under the smallest bug above).
 """
 
 import json
@@ -36,7 +43,7 @@ from qclip_engine.train.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 RTOL = 1e-4
-UPDATE_RTOL = 1e-2
+UPDATE_RTOL = 5e-2
 
 
 @pytest.fixture(scope="module")
