@@ -69,6 +69,14 @@ def quick_demo_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_heldout(quick_demo_data) -> list[str]:
+    """The quick demo dataset's held-out clips (its test split), as paths."""
+    from qclip_engine.train.data import read_labels
+
+    return [r.path for r in read_labels(quick_demo_data / "labels_test.txt", str(quick_demo_data / "videos"))]
+
+
+@pytest.fixture(scope="session")
 def clipvqa_backbone(tmp_path_factory):
     return register_open_clip_config(tmp_path_factory.mktemp("clipvqa_configs"), clipvqa_tiny.TINY, {
         "embed_dim": clipvqa_tiny.DIM,

@@ -24,7 +24,6 @@ from qclip_engine.model.families import create_model
 from qclip_engine.serve.app import SCORE_PATH, create_app
 from qclip_engine.serve.settings import ServeSettings
 from qclip_engine.train import run
-from qclip_engine.train.data import read_labels
 
 FRAMES = 4
 
@@ -41,8 +40,8 @@ def trained(clipvqa_backbone, quick_demo_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def heldout(quick_demo_data):
-    return [r.path for r in read_labels(quick_demo_data / "labels_test.txt", str(quick_demo_data / "videos"))]
+def heldout(demo_heldout):
+    return demo_heldout
 
 
 def test_train_run_trains_the_clipvqa_family_by_its_recipe(trained):

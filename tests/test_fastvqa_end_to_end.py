@@ -43,8 +43,8 @@ def trained(quick_demo_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def heldout(quick_demo_data):
-    return [r.path for r in read_labels(quick_demo_data / "labels_test.txt", str(quick_demo_data / "videos"))]
+def heldout(demo_heldout):
+    return demo_heldout
 
 
 def test_train_run_trains_the_fastvqa_family_by_its_recipe(trained):

@@ -181,6 +181,16 @@ class FP32LayerNorm(nn.Module):
         return self.ln(x.float()).to(x.dtype)
 
 
+def at_precision(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``module`` itself at FP32; else a frozen copy in ``dtype`` whose LayerNorms run in FP32 (the
+    deployable modules' reduced precision: the FP32 graph shares the model's tensors as they are)."""
+    if dtype == torch.float32:
+        return module
+    copy_ = copy.deepcopy(module).to(dtype)
+    keep_layernorms_fp32(copy_)
+    return copy_.requires_grad_(False)
+
+
 def keep_layernorms_fp32(module: nn.Module) -> None:
     """Every LayerNorm under ``module`` evaluated in FP32 (in place)."""
     for name, child in module.named_children():

@@ -19,7 +19,7 @@ import copy
 import torch
 from torch import nn
 
-from ..folded import keep_layernorms_fp32
+from ..folded import at_precision
 from ..pixels import register_pixel_affine
 from .model import CLIPVQA, cosine_sims
 from .recipe import PIXEL_MEAN, PIXEL_STD
@@ -34,12 +34,7 @@ class CLIPVQAGraph(nn.Module):
         self.num_frames = model.config.num_frames
         self.levels = model.levels
         scale = model.text.logit_scale.detach().float().exp().clone()
-        video_side = _without_text_tower(model.eval())
-        if dtype != torch.float32:
-            video_side = copy.deepcopy(video_side).to(dtype)
-            keep_layernorms_fp32(video_side)
-            video_side.requires_grad_(False)  # its own copy; an FP32 graph shares the model's tensors as they are
-        self.model = video_side
+        self.model = at_precision(_without_text_tower(model.eval()), dtype)
         self.compute_dtype = dtype
         register_pixel_affine(self, PIXEL_MEAN, PIXEL_STD)
         self.register_buffer("logit_scale", scale)

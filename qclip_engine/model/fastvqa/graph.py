@@ -12,13 +12,12 @@ input scaling and the means (of each quality map and of the views) in FP32.
 
 from __future__ import annotations
 
-import copy
 
 import torch
 from torch import nn
 
 from ..clipvqa.recipe import PIXEL_MEAN, PIXEL_STD
-from ..folded import keep_layernorms_fp32
+from ..folded import at_precision
 from ..pixels import register_pixel_affine
 from .model import FASTVQA
 
@@ -32,12 +31,7 @@ class FASTVQAGraph(nn.Module):
         self.num_frames = model.config.num_frames
         self.views = model.config.views
         self.levels = model.levels
-        model = model.eval()
-        if dtype != torch.float32:
-            model = copy.deepcopy(model).to(dtype)
-            keep_layernorms_fp32(model)
-            model.requires_grad_(False)  # its own copy; an FP32 graph shares the model's tensors as they are
-        self.model = model
+        self.model = at_precision(model.eval(), dtype)
         self.compute_dtype = dtype
         register_pixel_affine(self, PIXEL_MEAN, PIXEL_STD)
 
