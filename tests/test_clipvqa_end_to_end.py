@@ -39,11 +39,6 @@ def trained(clipvqa_backbone, quick_demo_data, tmp_path_factory):
     return out, create_model(**model)
 
 
-@pytest.fixture(scope="module")
-def heldout(demo_heldout):
-    return demo_heldout
-
-
 def test_train_run_trains_the_clipvqa_family_by_its_recipe(trained):
     out, untrained = trained
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
@@ -61,7 +56,7 @@ def test_train_run_trains_the_clipvqa_family_by_its_recipe(trained):
     assert not [n for n in moved if n.startswith("text.") or n == "temporal_conv.weight"]
 
 
-def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, heldout, tmp_path, capsys):
+def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, demo_heldout, tmp_path, capsys):
     out, _ = trained
     best = out / "best"
     assert export_main([str(best), "--engine", "onnx", "--fp16"]) == 0
@@ -73,7 +68,7 @@ def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, h
     assert report["model.fp16.onnx"]["score"]["max_abs_diff"] < 1e-2
     capsys.readouterr()
 
-    videos = heldout[:6]
+    videos = demo_heldout[:6]
     records = {}
     for engine in ("torch", "onnxruntime"):
         scorer = QualityEngine(best, engine=engine, precision="fp32", device="cpu", batch=4)

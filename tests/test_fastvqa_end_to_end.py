@@ -42,11 +42,6 @@ def trained(quick_demo_data, tmp_path_factory):
     return out, create_model(**TINY)
 
 
-@pytest.fixture(scope="module")
-def heldout(demo_heldout):
-    return demo_heldout
-
-
 def test_train_run_trains_the_fastvqa_family_by_its_recipe(trained):
     out, untrained = trained
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
@@ -113,7 +108,7 @@ def test_training_draws_fragment_layouts_and_evaluation_takes_the_centred_one(tr
     assert np.array_equal(evaluation[0]["video"].numpy(), centred)
 
 
-def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, heldout, tmp_path, capsys):
+def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, demo_heldout, tmp_path, capsys):
     out, _ = trained
     best = out / "best"
     assert export_main([str(best), "--engine", "onnx", "--fp16", "--int8"]) == 0
@@ -124,7 +119,7 @@ def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, h
     assert set(drift) == {"bf16", "int8"} and all(np.isfinite(d["max_abs_score_diff"]) for d in drift.values())
     capsys.readouterr()
 
-    videos = heldout[:6]
+    videos = demo_heldout[:6]
     records = {}
     for engine in ("torch", "onnxruntime"):
         scorer = QualityEngine(best, engine=engine, precision="fp32", device="cpu", batch=4)
@@ -160,13 +155,13 @@ def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, h
     assert windows and all(w.error is None and np.isfinite(w.score) and w.levels == {} for w in windows)
 
 
-def test_the_monitor_scores_fastvqa_sources_as_streams_do(trained, heldout):
+def test_the_monitor_scores_fastvqa_sources_as_streams_do(trained, demo_heldout):
     from qclip_engine.monitor import Monitor, MonitorSettings, SourceSpec
 
     out, _ = trained
     engine = QualityEngine(out / "best", engine="onnxruntime", precision="fp32", device="cpu", batch=4)
     monitor = Monitor(engine, MonitorSettings(window_s=1.0, hop_s=1.0))
-    clips = [str(p) for p in heldout[:2]]
+    clips = [str(p) for p in demo_heldout[:2]]
     for k, clip in enumerate(clips):
         monitor.add(SourceSpec(name=f"cam{k}", url=clip))
     items, deadline = [], time.monotonic() + 60
