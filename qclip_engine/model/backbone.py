@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 import open_clip
 import torch
-from open_clip.transformer import text_global_pool
+from open_clip.transformer import QuickGELU, ResidualAttentionBlock, text_global_pool
 from torch import nn
 
 from ..errors import BackboneError, WeightsUnavailableError
@@ -351,6 +351,34 @@ def create_clip(
         if weights is not None and Path(weights).is_file():
             raise WeightsUnavailableError(f"could not load backbone weights from {weights}: {exc}") from exc
         raise WeightsUnavailableError(_offline_hint(backbone, pretrained)) from exc
+
+
+def create_openai_layout_clip(backbone: str, pretrained: str | None, *, image_size: int | None, init_seed: int,
+                              quick_gelu: bool, needed_by: str) -> nn.Module:
+    """:func:`create_clip`, checked to hold an OpenAI-layout ViT (open_clip ``VisionTransformer``,
+    class-token pooling, a projection: what CLIPVQA and DVLTA-VQA build on; ``BackboneError``
+    naming ``needed_by`` otherwise), with QuickGELU in every block when ``quick_gelu`` (the
+    activation the OpenAI weights were trained with; open_clip's ``ViT-B-16`` builds GELU)."""
+    if backbone not in open_clip.list_models():
+        raise BackboneError(f"unknown open_clip model {backbone!r}")
+    clip = create_clip(backbone, pretrained, image_size=image_size, init_seed=init_seed)
+    visual = clip.visual
+    kind = type(visual).__name__
+    ok = (
+        kind == "VisionTransformer"
+        and getattr(visual, "attn_pool", None) is None
+        and getattr(visual, "pool_type", "tok") == "tok"
+        and visual.proj is not None
+        and all(isinstance(b, ResidualAttentionBlock) for b in visual.transformer.resblocks)
+    )
+    if not ok:
+        raise BackboneError(f"{needed_by} needs an OpenAI-layout open_clip ViT (class-token pooling and a projection); "
+                            f"{backbone!r} has a {kind}")
+    if quick_gelu:
+        for module in clip.modules():
+            if isinstance(module, ResidualAttentionBlock) and isinstance(getattr(module.mlp, "gelu", None), nn.GELU):
+                module.mlp.gelu = QuickGELU()
+    return clip
 
 
 def load_backbone(

@@ -191,6 +191,16 @@ def at_precision(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return copy_.requires_grad_(False)
 
 
+def without_module(model: nn.Module, name: str) -> nn.Module:
+    """A view of ``model`` that shares every tensor and module but its child ``name`` (set to None),
+    e.g. a frozen text tower that a deployable never runs because its features are buffers: moving
+    or copying the view leaves that child out."""
+    view = copy.copy(model)
+    view._modules = {key: module for key, module in model._modules.items() if key != name}
+    setattr(view, name, None)
+    return view
+
+
 def keep_layernorms_fp32(module: nn.Module) -> None:
     """Every LayerNorm under ``module`` evaluated in FP32 (in place)."""
     for name, child in module.named_children():

@@ -14,12 +14,10 @@ LayerNorms, the input scaling and the head (cosines, softmax, score) in FP32.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
-from ..folded import at_precision
+from ..folded import at_precision, without_module
 from ..pixels import register_pixel_affine
 from .model import CLIPVQA, cosine_sims
 from .recipe import PIXEL_MEAN, PIXEL_STD
@@ -34,7 +32,7 @@ class CLIPVQAGraph(nn.Module):
         self.num_frames = model.config.num_frames
         self.levels = model.levels
         scale = model.text.logit_scale.detach().float().exp().clone()
-        self.model = at_precision(_without_text_tower(model.eval()), dtype)
+        self.model = at_precision(without_module(model.eval(), "text"), dtype)
         self.compute_dtype = dtype
         register_pixel_affine(self, PIXEL_MEAN, PIXEL_STD)
         self.register_buffer("logit_scale", scale)
@@ -46,16 +44,6 @@ class CLIPVQAGraph(nn.Module):
         sims = cosine_sims(*self.model.video_and_texts(x))  # the text constants: model.text_features
         score = (self.logit_scale * sims).softmax(dim=-1) @ self.level_values
         return sims, score
-
-
-def _without_text_tower(model: CLIPVQA) -> CLIPVQA:
-    """A view of ``model`` that shares every tensor and module but the frozen text tower, which the
-    graph never runs (its features are the ``text_features`` buffer): moving or copying the view
-    leaves the text tower out."""
-    view = copy.copy(model)
-    view._modules = {name: module for name, module in model._modules.items() if name != "text"}
-    view.text = None
-    return view
 
 
 def deployable(model: CLIPVQA, dtype: torch.dtype = torch.float32) -> CLIPVQAGraph:

@@ -6,40 +6,16 @@ from __future__ import annotations
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 from torch import nn
 
 from ...defaults import short_side_for_crop
-from ...errors import BackboneError
-from ..backbone import create_clip
+from ..backbone import create_openai_layout_clip
 from ..pixels import normalize_0_255
 from ..state import check_state
 from .config import CLIPVQAConfig
 from .modules import FrameMessages, SpatioTemporalAggregation, VideoAwareText
 from .recipe import ADAMW_BETAS, ADAMW_EPS, LR, NEW_MODULE_LR_SCALE, PIXEL_MEAN, PIXEL_STD, WEIGHT_DECAY
 from .target import clipvqa_loss, label_distribution
-
-
-def _use_quick_gelu(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, ResidualAttentionBlock) and isinstance(getattr(module.mlp, "gelu", None), nn.GELU):
-            module.mlp.gelu = QuickGELU()
-
-
-def _check_visual(visual: nn.Module, backbone: str) -> None:
-    kind = type(visual).__name__
-    ok = (
-        kind == "VisionTransformer"
-        and getattr(visual, "attn_pool", None) is None
-        and getattr(visual, "pool_type", "tok") == "tok"
-        and visual.proj is not None
-        and all(isinstance(b, ResidualAttentionBlock) for b in visual.transformer.resblocks)
-    )
-    if not ok:
-        raise BackboneError(
-            f"CLIPVQA needs an OpenAI-layout open_clip ViT (class-token pooling and a projection); "
-            f"{backbone!r} has a {kind}"
-        )
 
 
 def cosine_sims(video: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
@@ -60,13 +36,9 @@ class CLIPVQA(nn.Module):
     def __init__(self, config: CLIPVQAConfig):
         super().__init__()
         self.config = config
-        if config.backbone not in open_clip.list_models():
-            raise BackboneError(f"unknown open_clip model {config.backbone!r}")
-        clip = create_clip(config.backbone, config.pretrained, image_size=config.image_size, init_seed=config.init_seed)
+        clip = create_openai_layout_clip(config.backbone, config.pretrained, image_size=config.image_size,
+                                         init_seed=config.init_seed, quick_gelu=config.quick_gelu, needed_by="CLIPVQA")
         visual = clip.visual
-        _check_visual(visual, config.backbone)
-        if config.quick_gelu:
-            _use_quick_gelu(clip)
         del clip.visual
         self.visual = visual
         self.text = clip.requires_grad_(False).eval()
