@@ -28,7 +28,13 @@ from .defaults import PREPROCESSINGS, ROPES
 from .errors import ArtifactContentError
 from .model.clipvqa.config import SAT_ATTENTIONS
 from .model.clipvqa.recipe import LEVEL_WORDS
+from .model.dvlta.config import BRANCHES, CBAM_REDUCTION, DVLTAConfig
+from .model.dvlta.fusion import FUSION_MODES
+from .model.dvlta.model import LEVELS as DVLTA_LEVELS
+from .model.dvlta.temporal_context import TEMPORAL_OPS
 from .model.families import DEFAULT_FAMILY
+from .model.fastvqa.config import VARIANTS as FASTVQA_VARIANTS
+from .model.fastvqa.config import FASTVQAConfig
 from .video.sampling import check_sampler
 
 # Bounds, stated once. They admit every shipped config (configs/*.yaml), every test and the released
@@ -49,6 +55,9 @@ WINDOW_SIDE = (1, 16)  # fastvqa: window sides (released: 8 × 7 × 7 and 4 × 4
 EMBED = (1, 256)  # fastvqa: embed_dim (released: 96; the last stage is 8 × wider)
 HEAD_WIDTH = (1, 4096)  # fastvqa: head_hidden (released: 64)
 VIEWS = (1, 16)  # fastvqa: views averaged (released: 1 or 4)
+FEATURE_WIDTH = (1, 4096)  # dvlta: ventral_hidden, adapter_reduction (defaults 64, 4)
+TCM_WIDTH = (CBAM_REDUCTION, 1024)  # dvlta: tcm_width (default 64)
+KERNEL = (1, 15)  # dvlta: adapter_kernel (default 1)
 MODES = ("trained", "zero_shot")
 CALIBRATION_KEYS = ("pred_mean", "pred_std", "target_mean", "target_std")
 
@@ -122,6 +131,38 @@ def fraction(v: Any) -> str | None:
     return None if _is_number(v) and 0 <= v < 1 else "a number in [0, 1)"
 
 
+def unit_interval(v: Any) -> str | None:
+    return None if _is_number(v) and 0 <= v <= 1 else "a number in [0, 1]"
+
+
+def subset_of(choices: Collection[str]) -> Rule:
+    """A non-empty list of distinct strings among ``choices``."""
+    def rule(v: Any) -> str | None:
+        fits = isinstance(v, (list, tuple)) and v and all(isinstance(w, str) and w in choices for w in v) and len(
+            set(v)) == len(v)
+        return None if fits else f"a non-empty list of distinct names among {', '.join(choices)}"
+    return rule
+
+
+def settings(fields: dict[str, Rule]) -> Rule:
+    """An object of known settings, each by its rule (a nested config, e.g. dvlta's ventral FAST-VQA)."""
+    def rule(v: Any) -> str | None:
+        if not isinstance(v, dict):
+            return "an object of settings"
+        unknown = sorted(set(v) - set(fields))
+        if unknown:
+            return f"an object of known settings (unknown: {', '.join(map(str, unknown))})"
+        for key, inner in fields.items():
+            if key in v and (must_be := inner(v[key])) is not None:
+                return f"an object whose {key} is {must_be}"
+        return None
+    return rule
+
+
+def either(first: Rule, second: Rule) -> Rule:
+    return lambda v: None if first(v) is None or second(v) is None else f"{first(v)}, or {second(v)}"
+
+
 def nullable(rule: Rule) -> Rule:
     return lambda v: None if v is None or rule(v) is None else f"null or {rule(v)}"
 
@@ -161,12 +202,13 @@ def fingerprint(v: Any) -> str | None:
 class ModelSchema:
     """A family's ``model`` settings: a rule per field, the fields every artifact has, and how the
     settings name the model's levels (``prompts.levels`` must be those) and fix its frame size
-    (``preprocess.image_size`` must be ``model.image_size`` where set)."""
+    (``preprocess.image_size`` must be ``model.image_size`` where set, or ``frame_size(model)``)."""
 
     fields: dict[str, Rule]
     required: tuple[str, ...] = ()
     levels: Callable[[dict], Sequence[str]] | None = None
     image_size_is_frame_size: bool = False
+    frame_size: Callable[[dict], list[int]] | None = None  # after the fields' rules passed
 
 
 # What every family's config holds (model/families.py: the input spec): checked for any family.
@@ -225,6 +267,35 @@ MODEL_SCHEMAS = {
         image_size_is_frame_size=True,
     ),
 }
+MODEL_SCHEMAS["dvlta"] = ModelSchema(  # model/dvlta/config.py: DVLTAConfig (it checks how the fields fit together)
+    INPUT_SPEC | {
+        "ventral": either(one_of(FASTVQA_VARIANTS), settings(MODEL_SCHEMAS["fastvqa"].fields)),
+        "ventral_pretrained": nullable(string),
+        "ventral_hidden": integer(*FEATURE_WIDTH),
+        "backbone": name,
+        "pretrained": nullable(string),
+        "quick_gelu": boolean,
+        "dorsal_stride": integer(*FRAMES),
+        "adapter_reduction": integer(*FEATURE_WIDTH),
+        "adapter_alpha": unit_interval,
+        "adapter_kernel": integer(*KERNEL),
+        "tcm_width": integer(*TCM_WIDTH),
+        "temporal_op": one_of(TEMPORAL_OPS),
+        "branches": subset_of(BRANCHES),
+        "fusion": one_of(FUSION_MODES),
+        "fusion_prompt": string,
+        "positive_prompt": string,
+        "negative_prompt": string,
+        "score_scale": positive_number,
+        "init_seed": integer(*SEED),
+    },
+    required=("backbone", "ventral"),
+    levels=lambda model: DVLTA_LEVELS,
+    # the two streams' square halves side by side: (S, 2S), S the ventral stream's side
+    frame_size=lambda model: [side := _ventral_side(model.get("ventral", DVLTA_VENTRAL)), 2 * side],
+)
+DVLTA_VENTRAL = DVLTAConfig.ventral  # the default variant, for a config that does not name one
+FASTVQA_IMAGE_SIZE = FASTVQAConfig.image_size
 ANY_FAMILY = ModelSchema(INPUT_SPEC)  # a family registered elsewhere (its own config checks the rest)
 
 
@@ -285,10 +356,13 @@ def check_config(config: Any, where: str) -> None:
     # frames are decoded at preprocess.image_size (Ray's decode tasks), and prompts.levels are the
     # CSV's columns while the records carry the model's level names.
     size = model.get("image_size")
+    frame, source = None, "model.image_size"
     if schema.image_size_is_frame_size and size is not None:
         frame = [size, size] if _is_int(size) else list(size)
-        if list(preprocess["image_size"]) != frame:
-            check.fail(f"preprocess.image_size must equal model.image_size ({frame}), got {_shown(preprocess['image_size'])}")
+    elif schema.frame_size is not None:
+        frame, source = schema.frame_size(model), "the model's frame size"
+    if frame is not None and list(preprocess["image_size"]) != frame:
+        check.fail(f"preprocess.image_size must equal {source} ({frame}), got {_shown(preprocess['image_size'])}")
     if schema.levels is not None and "levels" in prompts and list(prompts["levels"]) != list(schema.levels(model)):
         check.fail(f"prompts.levels must be the model's levels {list(schema.levels(model))}, got {_shown(prompts['levels'])}")
 
@@ -312,6 +386,13 @@ def _check_calibration(calibration: Any, check: _Checker) -> None:
         if calibration[key] <= 0:
             check.fail(f"calibration.{key} must be > 0 (a calibration needs pred_std > 0 and target_std > 0), "
                        f"got {_shown(calibration[key])}")
+
+
+def _ventral_side(ventral: str | dict) -> int:
+    """S of a checked dvlta ``ventral`` setting: its variant's or its own ``image_size``."""
+    settings = FASTVQA_VARIANTS[ventral] if isinstance(ventral, str) else ventral
+    size = settings.get("image_size", FASTVQA_IMAGE_SIZE)
+    return size if _is_int(size) else size[0]
 
 
 def _shown(value: Any, limit: int = 60) -> str:

@@ -36,9 +36,11 @@ ROPE = "pe"
 # down) and non-antialiased bilinear; "fragments" decodes RGB at native size and splices FAST-VQA's
 # fragments (qclip_engine/video/fragments.py): the model size split into FRAGMENT_SIZE cells, each
 # a FRAGMENT_SIZE square cut at native resolution from the frame's matching cell (centred; frames
-# smaller than the model size upscaled first, as the released code does). An artifact records its
-# own; new Q-CLIP models: fast, new CLIPVQA models: mmcv_short_side_crop.
-PREPROCESSINGS = ("fast", "reference", "short_side_crop", "mmcv_short_side_crop", "fragments")
+# smaller than the model size upscaled first, as the released code does); "fragments_and_crop" makes
+# a model size (S, 2S) of both side by side from one decoded frame: the fragments of (S, S) on the
+# left, the mmcv_short_side_crop of (S, S) on the right (DVLTA-VQA's two streams). An artifact
+# records its own; new Q-CLIP models: fast, new CLIPVQA models: mmcv_short_side_crop.
+PREPROCESSINGS = ("fast", "reference", "short_side_crop", "mmcv_short_side_crop", "fragments", "fragments_and_crop")
 PREPROCESSING = "fast"
 # fragments: the side of one cell (FAST-VQA's 32: a 224 model sees 7 × 7 cells); a model size
 # for fragments is a multiple of it on both axes.

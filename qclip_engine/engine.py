@@ -44,7 +44,7 @@ from .runtime import create_backend
 from .video.frame_mse import frame_mse
 from .video.frames import DECODERS, DeviceSource, HostSource, device_path_unavailable
 from .video.limits import DecodeLimits
-from .video.fragments import fragment_grid
+from .video.container import check_preprocessing_size
 from .video.sampling import candidate_indices, check_sampler, frame_indices
 
 SAMPLER_SEED = defaults.SAMPLER_SEED
@@ -198,8 +198,7 @@ class QualityEngine:
         self.preprocessing = preprocessing or model.config.preprocessing
         if self.preprocessing not in defaults.PREPROCESSINGS:
             raise ValueError(f"preprocessing must be one of {defaults.PREPROCESSINGS}, got {self.preprocessing!r}")
-        if self.preprocessing == "fragments":
-            fragment_grid(tuple(model.image_size))  # ValueError unless the model size is whole 32-pixel cells
+        check_preprocessing_size(self.preprocessing, tuple(model.image_size))
         self.artifact = Path(artifact) if artifact is not None else None
         self.workers = workers or defaults.decode_workers()
         # On the CPU, auto times its candidates beside this many decoding threads, as they will run.

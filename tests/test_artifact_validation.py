@@ -22,6 +22,8 @@ from qclip_engine.artifact import ADAPTERS_FILE, CONFIG_FILE, artifact_spec
 from qclip_engine.artifact_schema import MODEL_SCHEMAS, check_config
 from qclip_engine.errors import ArtifactError
 from qclip_engine.model.clipvqa import CLIPVQAConfig
+from qclip_engine.model.dvlta import DVLTAConfig
+from qclip_engine.model.fastvqa import FASTVQAConfig
 from qclip_engine.model.qclip import QCLIPConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,8 +165,9 @@ def test_the_undamaged_artifacts_pass(qclip_artifact, clipvqa_artifact):
     assert artifact_spec(clipvqa_artifact).levels == ("bad", "poor", "fair", "good", "great", "excellent")
 
 
-def test_every_setting_of_both_families_has_a_rule():
-    for family, config in (("qclip", QCLIPConfig), ("clipvqa", CLIPVQAConfig)):
+def test_every_setting_of_every_family_has_a_rule():
+    for family, config in (("qclip", QCLIPConfig), ("clipvqa", CLIPVQAConfig), ("fastvqa", FASTVQAConfig),
+                           ("dvlta", DVLTAConfig)):
         assert set(MODEL_SCHEMAS[family].fields) == {f.name for f in fields(config)}, family
 
 
@@ -182,6 +185,8 @@ def test_the_shipped_configs_fit_the_bounds(qclip_artifact, path):
     config.pop("prompts")  # the saved one is Q-CLIP's
     if model.get("image_size") is not None:
         config["preprocess"]["image_size"] = [model["image_size"]] * 2
+    if config["family"] == "dvlta":  # both streams' halves side by side
+        config["preprocess"]["image_size"] = list(DVLTAConfig(**model).frame_size)
     check_config(config, str(path))
 
 

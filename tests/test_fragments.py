@@ -302,10 +302,11 @@ def test_the_host_source_gives_the_checkerboard_of_a_lossless_1080p_video(tmp_pa
     assert not any(cellwise_checkerboard(f) for f in fast.frames)
 
 
-def test_the_device_path_refuses_fragments():
-    assert "fragments" in device_path_unavailable("cuda", "fragments")
-    with pytest.raises(ValueError, match="fragments"):
-        DeviceSource((224, 224), 4, device="cpu", preprocessing="fragments")
+@pytest.mark.parametrize(("preprocessing", "size"), [("fragments", (224, 224)), ("fragments_and_crop", (224, 448))])
+def test_the_device_path_refuses_fragments(preprocessing, size):
+    assert preprocessing in device_path_unavailable("cuda", preprocessing)
+    with pytest.raises(ValueError, match=preprocessing):
+        DeviceSource(size, 4, device="cpu", preprocessing=preprocessing)
 
 
 # -- the released code, on the same pixels and draws --------------------------------------------------

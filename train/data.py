@@ -25,12 +25,14 @@ from tqdm import tqdm
 from qclip_engine.defaults import PREPROCESSING, PREPROCESSINGS
 from qclip_engine.errors import DecodeFailedError, VideoError
 from qclip_engine.video import decode
-from qclip_engine.video.fragments import fragment_clip, fragment_grid
+from qclip_engine.video.container import check_preprocessing_size, fragments_and_crop, packed_half
+from qclip_engine.video.fragments import fragment_clip
 from qclip_engine.video.frame_mse import frame_mse
 from qclip_engine.video.sampling import check_sampler, frame_indices
 
 from .errors import DatasetError
 
+RANDOM_LAYOUTS = ("fragments", "fragments_and_crop")  # preprocessings whose training draws fragment layouts
 LAYOUT_STREAM = 1  # the seed's fourth word for a training fragment layout (frame choice uses the first three)
 
 
@@ -130,11 +132,10 @@ class VideoClips(torch.utils.data.Dataset):
     ):
         if preprocessing not in PREPROCESSINGS:
             raise DatasetError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
-        if preprocessing == "fragments":
-            try:
-                fragment_grid(tuple(image_size))
-            except ValueError as exc:
-                raise DatasetError(str(exc)) from None
+        try:
+            check_preprocessing_size(preprocessing, tuple(image_size))
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from None
         self.preprocessing = preprocessing  # how frames reach model size: the model's (video/decode.py)
         # Training on fragments draws a random layout per run of this many frames (video/fragments.py);
         # evaluation takes the centred one, as the engine does.
@@ -188,7 +189,7 @@ class VideoClips(torch.utils.data.Dataset):
         frames already decoded are reused and new ones kept while the video holds fewer than
         ``max_analysis_frames``."""
         path = self.records[index].path
-        if self.training and self.preprocessing == "fragments":  # native frames, a fresh layout each epoch (no cache)
+        if self.training and self.preprocessing in RANDOM_LAYOUTS:  # native frames, a fresh layout each epoch (no cache)
             return self._random_fragments(index, picked)
         if self.cache is None:
             return decode.decode_frames(path, self.image_size, indices=picked, preprocessing=self.preprocessing)
@@ -218,7 +219,11 @@ class VideoClips(torch.utils.data.Dataset):
             except ValueError as exc:  # frames of one run, which share a layout, of different sizes
                 raise DecodeFailedError(f"{Path(path).name}: the picture size changes within a run of {aligned} "
                                         f"frames that share one fragment layout ({exc})", path=str(path)) from None
-            runs.append(fragment_clip(native, self.image_size, rng=rng, aligned=len(native)))
+            if self.preprocessing == "fragments":
+                runs.append(fragment_clip(native, self.image_size, rng=rng, aligned=len(native)))
+            else:  # fragments_and_crop: the drawn fragments on the left, each frame's crop on the right
+                cut = fragment_clip(native, packed_half(self.image_size), rng=rng, aligned=len(native))
+                runs.append(np.stack([fragments_and_crop(f, self.image_size, c) for f, c in zip(native, cut)]))
         return np.concatenate(runs)
 
     def __getitem__(self, index: int) -> dict:

@@ -42,6 +42,8 @@ from ..contract import QUALITY_LEVELS
 from . import folded
 from .clipvqa import CLIPVQA, LEVEL_WORDS, CLIPVQAConfig
 from .clipvqa import graph as clipvqa_graph
+from .dvlta import DVLTA, DVLTAConfig
+from .dvlta import graph as dvlta_graph
 from .fastvqa import FASTVQA, FASTVQAConfig
 from .fastvqa import graph as fastvqa_graph
 from .qclip import QCLIP, QCLIPConfig
@@ -112,4 +114,8 @@ register_family(Family("clipvqa", CLIPVQAConfig, CLIPVQA, tuple(LEVEL_WORDS), cl
                        loading_config=lambda cfg: cfg | {"pretrained": None},  # its artifacts store every tensor
                        stored_file=MODEL_FILE, stores_every_tensor=True))
 register_family(Family("fastvqa", FASTVQAConfig, FASTVQA, (), fastvqa_graph.deployable,  # no levels: it regresses
+                       stored_file=MODEL_FILE, stores_every_tensor=True))
+register_family(Family("dvlta", DVLTAConfig, DVLTA, DVLTA.levels, dvlta_graph.deployable,
+                       # its artifacts store every tensor: nothing to fetch or read on load
+                       loading_config=lambda cfg: cfg | {"pretrained": None, "ventral_pretrained": None},
                        stored_file=MODEL_FILE, stores_every_tensor=True))

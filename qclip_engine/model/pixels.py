@@ -1,5 +1,5 @@
 """uint8 RGB frames → the model's normalised input: the checks every family makes, and the
-normalisation on the 0–255 scale that CLIPVQA and FAST-VQA share (ImageNet's mean/std), both as
+normalisation on the 0–255 scale that CLIPVQA, FAST-VQA and DVLTA share (ImageNet's mean/std), both as
 a function (the models) and as graph buffers (their deployable modules)."""
 
 from __future__ import annotations

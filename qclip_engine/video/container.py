@@ -9,7 +9,8 @@ Files (``video.decode``) and streams (``qclip_engine.stream``) both open through
 RGB at native size then PIL's bilinear resize for the ``reference`` preprocessing, or that resize
 of the short side and a centre crop for ``short_side_crop``, or the released CLIPVQA transform's
 for ``mmcv_short_side_crop``, or FAST-VQA's fragments cut at native size for ``fragments``
-(``video/fragments.py``); the whole display matrix applied:
+(``video/fragments.py``), or both of the last two side by side for ``fragments_and_crop``); the
+whole display matrix applied:
 rotation and mirror), so a stream window sees exactly the pixels a file decode gives.
 
 A file is one file. FFmpeg demuxes a file only with the formats of :data:`SINGLE_FILE_FORMATS`
@@ -49,7 +50,7 @@ from ..errors import (
     UnsupportedCodecError,
     VideoNotFoundError,
 )
-from .fragments import fragment_frame
+from .fragments import fragment_frame, fragment_grid
 from .iso_bmff import declared_video_samples, is_iso_bmff, iso_bmff_cut
 from .limits import DecodeLimits, Work
 
@@ -347,7 +348,9 @@ def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int, hf
       evaluation transform's rounding and non-antialiased bilinear);
     * ``fragments``: RGB at the coded size, turned upright, then ``fragments.fragment_frame``:
       FAST-VQA's grid of 32 × 32 cells cut at native resolution (centred offsets, so every frame
-      of a video has the same layout; a frame smaller than ``size`` upscaled first, as released).
+      of a video has the same layout; a frame smaller than ``size`` upscaled first, as released);
+    * ``fragments_and_crop``: the same native RGB, then :func:`fragments_and_crop`: the fragments
+      and the ``mmcv_short_side_crop`` of one square half side by side (``size`` is (S, 2S)).
     """
     if preprocessing not in PREPROCESSINGS:
         raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
@@ -452,11 +455,43 @@ def linear_resize_window(frame: np.ndarray, scaled: tuple[int, int], origin: tup
     return ((both + (1 << (shift - 1))) >> shift).astype(np.uint8)
 
 
+def check_preprocessing_size(preprocessing: str, size: tuple[int, int]) -> None:
+    """ValueError, when a model or dataset is built, for a model size ``preprocessing`` can never
+    make (rather than one error per video): fragments need whole 32-pixel cells, and
+    ``fragments_and_crop`` two such square halves side by side."""
+    if preprocessing == "fragments":
+        fragment_grid(size)
+    elif preprocessing == "fragments_and_crop":
+        fragment_grid(packed_half(size))
+
+
+def packed_half(size: tuple[int, int]) -> tuple[int, int]:
+    """The square half (S, S) of a ``fragments_and_crop`` model size (S, 2S); ValueError otherwise."""
+    h, w = size
+    if w != 2 * h:
+        raise ValueError(f"fragments_and_crop takes a model size (S, 2S): two square halves side by side, "
+                         f"got {tuple(size)}")
+    return h, h
+
+
+def fragments_and_crop(frame: np.ndarray, size: tuple[int, int], fragments: np.ndarray | None = None) -> np.ndarray:
+    """uint8 RGB ``[H, W, 3]`` (upright, native size) → ``size`` (S, 2S): on the left the frame's
+    fragments of (S, S) (``fragments.fragment_frame``, centred; or ``fragments``, cut already, e.g.
+    with a layout drawn for training), on the right its ``mmcv_short_side_crop`` of (S, S). One
+    decoded frame makes both of DVLTA-VQA's inputs (``qclip_engine/model/dvlta``)."""
+    half = packed_half(size)
+    left = fragment_frame(frame, half) if fragments is None else fragments
+    if tuple(left.shape) != (*half, 3):
+        raise ValueError(f"fragments must be {(*half, 3)}, got {tuple(left.shape)}")
+    return np.concatenate([left, mmcv_short_side_crop(frame, half)], axis=1)
+
+
 def resize_rgb(frame: np.ndarray, size: tuple[int, int], preprocessing: str = PREPROCESSING) -> np.ndarray:
     """uint8 RGB ``[H, W, 3]`` → ``size`` (H, W): swscale with the decoder's interpolation (``fast``),
     PIL's bilinear resize (``reference``), resize and centre crop (``short_side_crop``,
-    ``mmcv_short_side_crop``) or the centred fragments of the upright native frame (``fragments``:
-    ``fragments.fragment_frame``), as :func:`to_rgb` makes a decoded frame model-size."""
+    ``mmcv_short_side_crop``), the centred fragments of the upright native frame (``fragments``:
+    ``fragments.fragment_frame``) or both of those side by side (``fragments_and_crop``), as
+    :func:`to_rgb` makes a decoded frame model-size."""
     if preprocessing not in PREPROCESSINGS:
         raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
     if preprocessing == "reference":
@@ -467,6 +502,8 @@ def resize_rgb(frame: np.ndarray, size: tuple[int, int], preprocessing: str = PR
         return mmcv_short_side_crop(frame, size)
     if preprocessing == "fragments":
         return fragment_frame(frame, size)
+    if preprocessing == "fragments_and_crop":
+        return fragments_and_crop(frame, size)
     h, w = size
     av_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
     return av_frame.reformat(width=w, height=h, format="rgb24", interpolation=INTERPOLATION).to_ndarray()

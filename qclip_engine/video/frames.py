@@ -218,8 +218,8 @@ def device_preprocessing_unsupported(preprocessing: str) -> str | None:
     native-resolution cuts, run on the host."""
     if preprocessing == "fast":
         return None
-    if preprocessing == "fragments":
-        return ("the 'fragments' preprocessing cuts its cells from the native-size frame on the host, "
+    if preprocessing in ("fragments", "fragments_and_crop"):
+        return (f"the {preprocessing!r} preprocessing cuts its cells from the native-size frame on the host, "
                 "which the device path (DALI's GPU resize to model size) cannot give")
     how = ("the released CLIPVQA transform's bilinear" if preprocessing == "mmcv_short_side_crop"
            else "PIL's bilinear filter")

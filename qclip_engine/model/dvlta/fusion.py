@@ -7,7 +7,8 @@ eqs. 12–13) and its loss (Sec. III-F, eqs. 14–15).
 * ``FusionHead(dim, branches=3, mode="text" | "concat" | "add")``: ``forward(features) → fused``;
   ``weights(features) → [B, K]`` (text: the cosines; add: 1/K each).
 * ``quality_from_prompts(fused, positive, negative, scale=1.0) → [B]`` and ``PromptQuality(dim, scale)``:
-  ``Q = e^{s·S+} / (e^{s·S+} + e^{s·S−})``, ``S± = cos(F_fused, T±)`` (eqs. 12–13).
+  ``Q = e^{s·S+} / (e^{s·S+} + e^{s·S−})``, ``S± = cos(F_fused, T±)`` (eqs. 12–13); its ``sims`` gives
+  ``[S−, S+]`` and ``score_from_sims`` Q from them (the family's two levels, negative first).
 * ``plcc_loss(pred, target) = 1 − PLCC`` (eqs. 14–15).
 
 Choices (DVLTA-VQA has no released code):
@@ -171,6 +172,14 @@ class PromptQuality(nn.Module):
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
         return quality_from_prompts(fused, self.positive, self.negative, self.log_scale.exp(), self.eps)
+
+    def sims(self, fused: torch.Tensor) -> torch.Tensor:
+        """``[S−, S+]`` per video, ``[B, 2]`` (the negative prompt first: the lower level)."""
+        return torch.stack([cosine(fused, self.negative, self.eps), cosine(fused, self.positive, self.eps)], dim=-1)
+
+    def score_from_sims(self, sims: torch.Tensor) -> torch.Tensor:
+        """Eq. 13 from :meth:`sims`: ``softmax(s · [S−, S+])`` of the positive, as ``sigmoid(s · (S+ − S−))``."""
+        return torch.sigmoid(self.log_scale.exp().to(sims.dtype) * (sims[..., 1] - sims[..., 0]))
 
 
 def plcc_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = EPS) -> torch.Tensor:
