@@ -332,3 +332,14 @@ def test_a_model_size_fragments_and_crop_cannot_make_is_refused_before_any_video
         VideoClips(records, image_size=size, num_frames=2, sampler="uniform", training=True,
                    preprocessing="fragments_and_crop", progress=False)
     check_preprocessing_size("fragments_and_crop", (64, 128))  # two squares of whole cells
+
+
+def test_a_multi_view_ventral_stream_averages_its_views_features(clipvqa_backbone):
+    views = VENTRAL | {"num_frames": 2 * FRAMES, "views": 2, "sampler": "temporal_fragments:2"}
+    model = create_model(**tiny(clipvqa_backbone, ventral=views, dorsal_stride=2)).eval()
+    fragments = torch.randn(2, 2 * FRAMES, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        each = [model.ventral_head(model.ventral(fragments[:, v * FRAMES:(v + 1) * FRAMES].transpose(1, 2)))
+                for v in range(2)]
+        torch.testing.assert_close(model.ventral_features(fragments), (each[0] + each[1]) / 2, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(each[0], each[1])

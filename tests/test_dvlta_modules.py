@@ -278,6 +278,23 @@ class TinyTemporalContext(nn.Module):
         return self.cbam(x)
 
 
+def test_ventral_head_is_eq_9_then_the_mean_by_hand():
+    from qclip_engine.model.dvlta.ventral import VentralHead
+
+    head = jitter(VentralHead(channels=3, hidden=2, dim=4), seed=5)
+    x = torch.randn(2, 3, 2, 2, 3, generator=torch.Generator().manual_seed(6))  # [N, C, T, H, W]
+    w1, b1 = head.conv1.weight.reshape(2, 3), head.conv1.bias
+    w2, b2 = head.conv2.weight.reshape(4, 2), head.conv2.bias
+    by_hand = torch.zeros(2, 4)
+    for n in range(2):
+        positions = [x[n, :, t, i, j] for t in range(2) for i in range(2) for j in range(3)]
+        for v in positions:  # a 1×1×1 conv is the same matrix at every position
+            hidden = w1 @ v + b1
+            gelu = 0.5 * hidden * (1 + torch.erf(hidden / math.sqrt(2)))
+            by_hand[n] += (w2 @ gelu + b2) / len(positions)
+    torch.testing.assert_close(head(x), by_hand, rtol=1e-5, atol=1e-6)
+
+
 def test_onnx_export_with_a_dynamic_batch_matches_torch(tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
