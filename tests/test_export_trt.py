@@ -75,3 +75,29 @@ def test_a_fastvqa_engine_matches_torch(tmp_path, precision, tolerance):
     sims, score = runner(pixels.cuda())
     torch.cuda.synchronize()
     assert sims.shape == (2, 0) and np.abs(score.cpu().numpy() - ref).max() < tolerance
+
+
+@pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-3), ("fp16", 1e-2)])
+def test_a_dvlta_engine_matches_torch(tmp_path, clipvqa_backbone, precision, tolerance):
+    """The DVLTA graph (one [B, F, S, 2S, 3] input split inside, two levels) builds and runs through the same module."""
+    from test_dvlta_end_to_end import FRAMES, SIDE, tiny
+
+    from qclip_engine.export.tensorrt import Profile, build_engine
+    from qclip_engine.model.families import create_model, deployable
+    from qclip_engine.runtime.tensorrt_backend import TensorRTRunner
+
+    model = create_model(**tiny(clipvqa_backbone)).eval()
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    graph = export_onnx(deployable(model, dtype), tmp_path / f"{precision}.onnx")
+    plan = tmp_path / f"{precision}.plan"
+    build_engine(graph, plan, Profile(batch=2, num_frames=FRAMES, image_size=(SIDE, 2 * SIDE)), precision=precision)
+    runner = TensorRTRunner(plan)
+    pixels = torch.randint(0, 256, (2, FRAMES, SIDE, 2 * SIDE, 3), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    with torch.no_grad():
+        ref_sims = model(model.normalize(pixels), output="sims").numpy()
+        ref = model.score_from_sims(torch.from_numpy(ref_sims)).numpy()
+    sims, score = runner(pixels.cuda())
+    torch.cuda.synchronize()
+    assert sims.shape == (2, 2) and np.abs(score.cpu().numpy() - ref).max() < tolerance
+    assert np.abs(sims.cpu().numpy() - ref_sims).max() < tolerance
