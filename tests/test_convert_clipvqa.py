@@ -275,7 +275,7 @@ def test_an_empty_out_directory_becomes_the_artifact_and_a_full_one_keeps_its_fi
 def test_every_cli_option_states_its_default():
     parser = _parser()
     subparsers = next(a for a in parser._actions if a.dest == "kind").choices
-    assert set(subparsers) == {"official", "clipvqa", "fastvqa"}
+    assert set(subparsers) == {"official", "clipvqa", "fastvqa", "vificlip"}
     for sub in subparsers.values():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":

@@ -1,4 +1,6 @@
-"""``qclip-convert {official,clipvqa,fastvqa} CKPT --out DIR``: a checkpoint of another code base → an artifact.
+"""``qclip-convert {official,clipvqa,fastvqa} CKPT --out DIR``: a checkpoint of another code base → an artifact;
+``qclip-convert vificlip CKPT --out FILE``: a ViFi-CLIP checkpoint → an open_clip weights file
+(``qclip_engine/convert/vificlip.py``), a ``pretrained`` for DVLTA-VQA's CLIP tower.
 
 ``official``: a ``.pth`` saved by the official Q-CLIP ``train.py``
 (``qclip_engine/convert/official_qclip.py`` says what maps where). ``clipvqa``: a ``.pth`` saved by
@@ -91,6 +93,27 @@ def _parser() -> argparse.ArgumentParser:
                          help="views averaged per video: the video is cut into that many equal segments, each "
                               "sampled as one view of the variant (default: the variant's, 4 for fast-vqa-b and "
                               "fast-vqa-m, 1 for fastervqa; each view costs one backbone pass)")
+
+    vificlip = kinds.add_parser(
+        "vificlip", help="a fully fine-tuned ViFi-CLIP checkpoint (e.g. vifi_clip_10_epochs_k400_full_finetuned.pth) → "
+                         "an open_clip weights file",
+        description="Convert a fully fine-tuned ViFi-CLIP checkpoint into one open_clip-layout .safetensors weights file "
+                    "(every tensor of the backbone; the token embedding, which ViFi-CLIP never trained, from "
+                    "--token-embedding-from, checked against the class prompts the checkpoint embedded with it). Use "
+                    "it as backbone: ViT-B-16, pretrained: FILE, quick_gelu: true. Prompt-learning checkpoints are "
+                    "refused. Weights only: nothing in the file runs.")
+    vificlip.add_argument("checkpoint", type=Path,
+                          help="the .pth ({'model': …, 'epoch': …, 'config': …}, keys 'module.'-prefixed; read "
+                               "weights-only, yacs not needed)")
+    vificlip.add_argument("--out", type=Path, required=True, metavar="FILE",
+                          help="weights file to write, ending in .safetensors (required, no default; an existing file "
+                               "is replaced)")
+    vificlip.add_argument("--token-embedding-from", default="openai", metavar="WEIGHTS",
+                          help="where token_embedding.weight comes from: an open_clip pretrained tag of --backbone or "
+                               "a local open_clip-layout weights file (default: openai, OpenAI's weights ViFi-CLIP "
+                               "started from; downloaded once)")
+    vificlip.add_argument("--backbone", default="ViT-B-16",
+                          help="open_clip model whose layout the file has (default: ViT-B-16, the released models')")
     return parser
 
 
@@ -111,9 +134,24 @@ def _unwritable_dir(path: Path) -> str | None:
     return cannot_create_in(existing)
 
 
+def _unwritable_file(path: Path) -> str | None:
+    """Why the weights file ``path`` cannot be written, or None: not a ``.safetensors`` name (open_clip
+    reads a file by its suffix), an existing directory there, or a parent that cannot be created or
+    written into."""
+    if path.suffix != ".safetensors":
+        return "must end in .safetensors (open_clip picks its reader by the file's suffix)"
+    if os.path.isdir(path):
+        return "is a directory"
+    existing = next(p for p in path.parents if os.path.exists(p))  # what is there of its folder
+    if not os.path.isdir(existing):
+        return f"{existing} is not a directory"
+    return cannot_create_in(existing)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if problem := _unwritable_dir(args.out):
+    unwritable = _unwritable_file if args.kind == "vificlip" else _unwritable_dir
+    if problem := unwritable(args.out):
         print(f"qclip-convert: --out {args.out}: {problem}", file=sys.stderr)
         return 2
     from ..errors import QCLIPError
@@ -121,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"reading {args.checkpoint}", flush=True)
     try:
-        out = {"official": _official, "clipvqa": _clipvqa, "fastvqa": _fastvqa}[args.kind](args)
+        out = {"official": _official, "clipvqa": _clipvqa, "fastvqa": _fastvqa, "vificlip": _vificlip}[args.kind](args)
     except QCLIPError as exc:
         print(f"qclip-convert: [{exc.code}] {exc}", file=sys.stderr)
         return 2
-    print(f"artifact: {out} ({time.perf_counter() - started:.1f} s)")
+    print(f"{'weights file' if args.kind == 'vificlip' else 'artifact'}: {out} ({time.perf_counter() - started:.1f} s)")
     return 0
 
 
@@ -217,6 +255,29 @@ def _fastvqa(args: argparse.Namespace) -> Path:
     with staged_directory(args.out) as stage:
         save_artifact(converted.model, stage)
     return args.out
+
+
+def _vificlip(args: argparse.Namespace) -> Path:
+    from ..convert.vificlip import convert_vificlip
+
+    done = convert_vificlip(args.checkpoint, args.out, backbone=args.backbone,
+                            token_embedding_from=args.token_embedding_from)
+    print(f"the checkpoint: epoch {done.epoch}, max_accuracy {done.max_accuracy} (its validation top-1); its config "
+          f"says {done.config or 'nothing readable'}")
+    strip = f", 'module.' stripped from {done.prefixed} keys" if done.prefixed else ""
+    print(f"mapped {done.tensors - 1} tensors (ViFi-CLIP → open_clip {done.backbone}{strip}):")
+    width = max(len(src) for src, _, _ in done.rules)
+    for src, dst, n in done.rules:
+        print(f"  {src:<{width}}  →  {dst}  ({n})")
+    print(f"added token_embedding.weight {list(done.token_embedding_shape)} from {done.token_embedding_from} "
+          "(ViFi-CLIP never trained it: it embedded its class prompts with OpenAI's)")
+    for name, shape in done.dropped:
+        print(f"dropped: {name} {list(shape)}")
+    print(f"sanity check {done.check}")
+    if done.left_out:
+        print(f"left out (training state): {', '.join(done.left_out)}")
+    print(f"wrote {done.tensors} tensors; use backbone: {done.backbone}, pretrained: {done.out}, quick_gelu: true")
+    return done.out
 
 
 if __name__ == "__main__":

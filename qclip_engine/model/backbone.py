@@ -256,6 +256,12 @@ def preprocess_config(backbone: str, pretrained: str | None, clip: nn.Module) ->
     }
 
 
+def _has_timm_tower(backbone: str) -> bool:
+    """Whether open_clip builds ``backbone``'s visual tower from timm (PE-Core does; OpenAI-layout ViTs do not)."""
+    config = open_clip.get_model_config(backbone) or {}
+    return bool(config.get("vision_cfg", {}).get("timm_model_name"))
+
+
 def _meta_pe_weights(path: str) -> dict[str, torch.Tensor] | None:
     """The tensors of a weights file in Meta's PE layout (``PE-Core-*.pt``), or None for any other
     file (open_clip loads those itself)."""
@@ -332,7 +338,11 @@ def create_clip(
             raise WeightsUnavailableError(
                 f"{weights!r} is neither a weights file nor a published tag of {backbone!r} (tags: {tags})"
             )
-    meta_pe = _meta_pe_weights(weights) if weights is not None and Path(weights).is_file() else None
+    # Meta's PE layout shares its top-level names with OpenAI's (visual.conv1, token_embedding): only a
+    # backbone with a timm tower (open_clip's PE-Core) reads a file as Meta's; an OpenAI-layout ViT's
+    # weights file (e.g. qclip-convert vificlip's) goes to open_clip's own loader.
+    meta_pe = (_meta_pe_weights(weights) if weights is not None and Path(weights).is_file() and _has_timm_tower(backbone)
+               else None)
     if meta_pe is not None:
         # as open_clip loads its own files: at the weights' native size, then resized (set_input_size);
         # the throw-away init leaves the global RNG as it was (training seeds stay meaningful)
