@@ -42,6 +42,9 @@ ROPE = "pe"
 # records its own; new Q-CLIP models: fast, new CLIPVQA models: mmcv_short_side_crop.
 PREPROCESSINGS = ("fast", "reference", "short_side_crop", "mmcv_short_side_crop", "fragments", "fragments_and_crop")
 PREPROCESSING = "fast"
+# Those that pack two inputs into one frame: only the family built for them (DVLTA-VQA) takes them.
+PACKED_PREPROCESSINGS = ("fragments_and_crop",)
+ONE_INPUT_PREPROCESSINGS = tuple(p for p in PREPROCESSINGS if p not in PACKED_PREPROCESSINGS)
 # fragments: the side of one cell (FAST-VQA's 32: a 224 model sees 7 × 7 cells); a model size
 # for fragments is a multiple of it on both axes.
 FRAGMENT_SIZE = 32

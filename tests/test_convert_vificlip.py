@@ -229,3 +229,32 @@ def test_every_option_states_its_default():
     for action in options:
         assert action.help and "default" in action.help, action.option_strings
     assert kinds["vificlip"].parse_args(["x.pth", "--out", "y.safetensors"]).token_embedding_from == "openai"
+
+
+# Names as a released ViFi-CLIP checkpoint's "model" holds them (its trainer's module tree, saved under
+# DistributedDataParallel) → where open_clip's ViT-B-16 keeps each: written out, not derived from the map.
+RELEASED_NAMES = {
+    "module.image_encoder.conv1.weight": "visual.conv1.weight",
+    "module.image_encoder.class_embedding": "visual.class_embedding",
+    "module.image_encoder.positional_embedding": "visual.positional_embedding",
+    "module.image_encoder.transformer.resblocks.0.attn.in_proj_weight": "visual.transformer.resblocks.0.attn.in_proj_weight",
+    "module.image_encoder.ln_post.weight": "visual.ln_post.weight",
+    "module.image_encoder.proj": "visual.proj",
+    "module.text_encoder.transformer.resblocks.11.mlp.c_fc.weight": "transformer.resblocks.11.mlp.c_fc.weight",
+    "module.text_encoder.positional_embedding": "positional_embedding",
+    "module.text_encoder.ln_final.bias": "ln_final.bias",
+    "module.text_encoder.text_projection": "text_projection",
+    "module.logit_scale": "logit_scale",
+}
+
+
+def test_the_released_names_land_where_open_clip_keeps_them():
+    from qclip_engine.convert.vificlip import expected_state, map_vificlip
+
+    state = {k.removeprefix("module."): torch.zeros(1) for k in RELEASED_NAMES}
+    state["prompt_learner.complete_text_embeddings"] = torch.zeros(2, 77, 8)
+    mapped, _, dropped = map_vificlip(state)
+    assert set(mapped) == set(RELEASED_NAMES.values())
+    assert [name for name, _ in dropped] == ["prompt_learner.complete_text_embeddings"]
+    assert set(RELEASED_NAMES.values()) <= set(expected_state("ViT-B-16"))  # open_clip's own names
+    assert all(vificlip_name(ours) == theirs for theirs, ours in RELEASED_NAMES.items())  # the fixtures' map agrees

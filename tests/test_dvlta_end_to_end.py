@@ -143,9 +143,10 @@ def _parts(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     ({"fusion": "concat"}, ("fusion.",)),
     ({"temporal_op": "c3d"}, ("tcm.layers.0.op.", "tcm.layers.1.op.")),  # eq. 6's aggregation stays
     ({"temporal_op": "r2plus1d"}, ("tcm.layers.0.op.", "tcm.layers.1.op.")),
-    ({"branches": ["vbtc", "tcm"]}, ("ventral.", "ventral_head.", "fusion.")),
-    ({"branches": ["bvfe", "tcm"]}, ("visual.", "vbtc.", "fusion.")),
-    ({"branches": ["bvfe", "vbtc"]}, ("tcm.", "fusion.")),
+    # text fusion's tensors do not depend on how many branches it weighs: they stay too
+    ({"branches": ["vbtc", "tcm"]}, ("ventral.", "ventral_head.")),
+    ({"branches": ["bvfe", "tcm"]}, ("visual.", "vbtc.")),
+    ({"branches": ["bvfe", "vbtc"]}, ("tcm.",)),
 ])
 def test_an_ablation_switch_changes_only_what_it_names(clipvqa_backbone, switch, named):
     full = create_model(**tiny(clipvqa_backbone)).eval()
@@ -204,11 +205,13 @@ def test_training_draws_fragment_layouts_for_the_left_half_only(quick_demo_data)
 def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, demo_heldout, tmp_path, capsys):
     out, _ = trained
     best = out / "best"
-    assert export_main([str(best), "--engine", "onnx", "--fp16"]) == 0
+    assert export_main([str(best), "--engine", "onnx", "--fp16", "--int8"]) == 0
     report = json.loads((best / "parity_onnx.json").read_text())["results"]
     assert report["model.onnx"]["score"]["max_abs_diff"] <= 1e-4
     assert report["model.onnx"]["level_sims"]["max_abs_diff"] <= 1e-4
     assert report["model.fp16.onnx"]["score"]["max_abs_diff"] < 1e-2
+    drift = json.loads((best / "precision.json").read_text())["precisions"]  # BF16 torch and the INT8 graph ran
+    assert set(drift) == {"bf16", "int8"} and all(np.isfinite(d["max_abs_score_diff"]) for d in drift.values())
     capsys.readouterr()
 
     videos = demo_heldout[:6]
@@ -281,6 +284,8 @@ def test_the_graph_is_the_model(clipvqa_backbone):
     ({"tcm_width": 8}, r"tcm_width ≥ 16"),
     ({"preprocessing": "fragments"}, r"take 'fragments_and_crop' frames"),
     ({"positive_prompt": " "}, r"positive_prompt must be a non-empty text"),
+    ({"dorsal_stride": 2.0}, r"dorsal_stride must be an integer, got 2.0"),
+    ({"tcm_width": True}, r"tcm_width must be an integer"),
 ])
 def test_settings_the_model_cannot_run_are_refused_when_it_is_built(settings, message):
     base = {k: v for k, v in tiny("ViT-B-16").items() if k != "family"}
@@ -304,7 +309,7 @@ def test_a_tampered_artifact_is_artifact_invalid_before_anything_is_built(traine
 
     out, _ = trained
     for edit, message in [
-        (lambda c: c["model"]["ventral"].update(embed_dim=100000), r"model.ventral must be an object whose embed_dim"),
+        (lambda c: c["model"]["ventral"].update(embed_dim=100000), r"model.ventral must be one of fast-vqa-b, .*, or an object whose embed_dim is an integer in 1..256"),
         (lambda c: c["model"].update(branches=["bvfe", "bvfe"]), r"model.branches must be a non-empty list"),
         (lambda c: c["preprocess"].update(image_size=[64, 64]), r"must equal the model's frame size \(\[64, 128\]\)"),
     ]:
@@ -343,3 +348,80 @@ def test_a_multi_view_ventral_stream_averages_its_views_features(clipvqa_backbon
                 for v in range(2)]
         torch.testing.assert_close(model.ventral_features(fragments), (each[0] + each[1]) / 2, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(each[0], each[1])
+
+
+def test_each_stream_reads_its_own_half_and_the_dorsal_stream_every_stride_th_frame(clipvqa_backbone):
+    model = create_model(**tiny(clipvqa_backbone, ventral=VENTRAL | {"num_frames": 2 * FRAMES},
+                                dorsal_stride=2)).eval()
+    frames = torch.randint(0, 256, (1, 2 * FRAMES, SIDE, 2 * SIDE, 3), generator=torch.Generator().manual_seed(4),
+                           dtype=torch.uint8)
+
+    def features(f):
+        with torch.no_grad():
+            return dict(zip(model.config.branches, model.branch_features(model.normalize(f)).unbind(1)))
+
+    base = features(frames)
+    changed = {}
+    for what, region in {"left half": (slice(None), slice(None), slice(None), slice(0, SIDE)),
+                         "right half": (slice(None), slice(None), slice(None), slice(SIDE, None)),
+                         "right half of odd frames": (slice(None), slice(1, None, 2), slice(None), slice(SIDE, None))}.items():
+        other = frames.clone()
+        other[region] = 255 - other[region]
+        got = features(other)
+        changed[what] = {b for b in base if not torch.equal(got[b], base[b])}
+    assert changed == {"left half": {"bvfe"}, "right half": {"vbtc", "tcm"}, "right half of odd frames": set()}
+
+
+def test_the_reduced_precision_graphs_run_on_the_cpu_with_the_head_in_fp32(clipvqa_backbone):
+    model = create_model(**tiny(clipvqa_backbone)).eval()
+    frames = torch.randint(0, 256, (2, FRAMES, SIDE, 2 * SIDE, 3), generator=torch.Generator().manual_seed(5),
+                           dtype=torch.uint8)
+    with torch.no_grad():
+        _, reference = deployable(model)(frames)
+        for dtype in (torch.bfloat16, torch.float16):  # BF16 is the CPU's reduced precision (eq. 6's pool included)
+            graph = deployable(model, dtype)
+            assert {t.dtype for t in [*graph.model.fusion.state_dict().values(), *graph.model.quality.state_dict().values()]} == {torch.float32}
+            assert graph.model.tcm.stem[0][0].weight.dtype == dtype
+            sims, score = graph(frames)
+            assert sims.dtype == score.dtype == torch.float32
+            assert (score - reference).abs().max() < 2e-2
+
+
+def test_no_other_family_takes_the_packed_frames():
+    from qclip_engine.model.clipvqa import CLIPVQAConfig
+    from qclip_engine.model.fastvqa import FASTVQAConfig
+    from qclip_engine.model.qclip import QCLIPConfig
+
+    for config in (QCLIPConfig, CLIPVQAConfig, FASTVQAConfig):
+        with pytest.raises(ValueError, match="fragments_and_crop"):
+            config(preprocessing="fragments_and_crop")
+
+
+def test_resume_keeps_the_batch_norm_statistics_of_the_trained_parts(clipvqa_backbone, tmp_path):
+    from train.checkpoint import load_checkpoint, save_checkpoint
+
+    model = create_model(**tiny(clipvqa_backbone)).train()
+    frames = torch.randint(0, 256, (2, FRAMES, SIDE, 2 * SIDE, 3), generator=torch.Generator().manual_seed(6),
+                           dtype=torch.uint8)
+    model(model.normalize(frames))  # a training step's forward moves the running statistics
+    optimiser = torch.optim.AdamW(model.trainable_parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
+    save_checkpoint(tmp_path / "checkpoint.pt", 0, model, optimiser, scheduler, {"score": 0.0})
+    fresh = create_model(**tiny(clipvqa_backbone))
+    fresh_optimiser = torch.optim.AdamW(fresh.trainable_parameters())
+    load_checkpoint(tmp_path / "checkpoint.pt", fresh, fresh_optimiser,
+                    torch.optim.lr_scheduler.LambdaLR(fresh_optimiser, lambda step: 1.0))
+    statistics = [n for n in model.state_dict() if n.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert statistics and all(torch.equal(fresh.state_dict()[n], model.state_dict()[n]) for n in model.state_dict())
+
+
+def test_several_cpu_processes_refuse_trained_batch_norm_and_other_families_have_none(clipvqa_backbone, monkeypatch):
+    from train import distributed
+    from train.errors import ConfigError
+
+    model = create_model(**tiny(clipvqa_backbone))
+    assert "vbtc.adapter.conv2.1" in distributed.trained_batch_norms(model)
+    assert distributed.trained_batch_norms(create_model("fastvqa", **VENTRAL)) == []
+    monkeypatch.setattr(distributed, "active", lambda: True)  # as under torchrun with gloo
+    with pytest.raises(ConfigError, match="SyncBatchNorm, which needs CUDA"):
+        distributed.wrap(model, torch.device("cpu"))

@@ -54,8 +54,8 @@ def test_an_artifact_without_a_family_is_a_qclip_artifact(tmp_path):
 def test_an_unknown_family_in_an_artifact_is_artifact_invalid(tmp_path):
     save_artifact(QCLIP(QCLIPConfig(**TINY_QCLIP)), tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps(config | {"family": "dvlta"}))
-    with pytest.raises(ArtifactError, match="unknown model family 'dvlta'") as info:
+    (tmp_path / "config.json").write_text(json.dumps(config | {"family": "rsfiqa"}))
+    with pytest.raises(ArtifactError, match="unknown model family 'rsfiqa'") as info:
         load_artifact(tmp_path)
     assert info.value.code == "artifact_invalid"
 

@@ -25,12 +25,25 @@ def no_best() -> dict:
     return {"score": -math.inf}
 
 
+def trained_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers of every module that holds a trained parameter: what training changes besides the
+    parameters (a BatchNorm's running statistics, e.g. DVLTA-VQA's trained parts)."""
+    out = {}
+    for prefix, module in model.named_modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            for name, buffer in module.named_buffers(recurse=False):
+                out[f"{prefix}.{name}" if prefix else name] = buffer.detach()
+    return out
+
+
 def save_checkpoint(path: Path, epoch: int, model: torch.nn.Module, optimizer, scheduler, best: dict) -> None:
-    """After 0-based ``epoch``: trainable tensors, optimiser, schedule, best so far and torch's RNG."""
+    """After 0-based ``epoch``: trainable tensors and the buffers of their modules, optimiser,
+    schedule, best so far and torch's RNG."""
     torch.save(
         {
             "epoch": epoch,
             "trainable": {name: p.detach() for name, p in model.named_parameters() if p.requires_grad},
+            "buffers": trained_buffers(model),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "best": best,
@@ -53,6 +66,10 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
         for name, p in model.named_parameters():
             if name in state["trainable"]:
                 p.copy_(state["trainable"][name])
+        saved = state.get("buffers", {})  # a checkpoint written before buffers were kept has none
+        for name, buffer in model.named_buffers():
+            if name in saved:
+                buffer.copy_(saved[name])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])

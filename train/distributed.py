@@ -27,6 +27,10 @@ What stays equal to the single-process run:
 * DDP covers the trainable tensors only: :func:`wrap` tells DDP to ignore every frozen
   parameter and every buffer, so the backbone is neither broadcast at construction nor
   all-reduced (every process builds it identically from the same weights or ``init_seed``).
+* Trained BatchNorm layers (DVLTA-VQA's): :func:`wrap` makes them ``SyncBatchNorm`` on CUDA, so
+  they normalise with the statistics of the global batch and every process keeps the same running
+  statistics; on the CPU (gloo), where SyncBatchNorm does not run, such a model is refused with
+  several processes (``ConfigError``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import warnings
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .errors import ConfigError, DatasetError
@@ -113,11 +118,25 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """
     if not active():
         return model
+    if norms := trained_batch_norms(model):
+        if device.type != "cuda":
+            raise ConfigError(
+                f"{len(norms)} trained BatchNorm layers ({norms[0]}, …) would each normalise one process's share "
+                f"of the batch and keep their own statistics; across processes they run as SyncBatchNorm, which "
+                f"needs CUDA: train this model in one process on the CPU")
+        # batch statistics over the whole global batch, so every process keeps the same running statistics
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place below the root: same parameters
     ignored = [name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad]
     ignored += [name for name, _ in model.named_buffers(remove_duplicate=False)]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def trained_batch_norms(model: torch.nn.Module) -> list[str]:
+    """The BatchNorm layers of ``model`` that train (DVLTA-VQA's adapter and Temporal Context Module)."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(p.requires_grad for p in m.parameters())]
 
 
 def unwrap(net: torch.nn.Module) -> torch.nn.Module:

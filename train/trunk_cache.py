@@ -194,7 +194,7 @@ def open_cache(tcfg: dict, model: QCLIP) -> TrunkCache | None:
         return None
     if not isinstance(model, QCLIP):  # the split at the first adapted block is Q-CLIP's: a frozen trunk
         raise ConfigError(f"train.cache_trunk serves qclip models (a frozen trunk before the adapters); "
-                          f"this is a {type(model).__name__}, whose whole tower trains")
+                          f"a {type(model).__name__} has no such split")
     return TrunkCache(directory, model, str(tcfg.get("cache_trunk_dtype", "float16")), str(tcfg.get("precision", "fp32")))
 
 

@@ -58,7 +58,7 @@ from typing import Any
 
 import open_clip
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from ..artifact import write_artifact_file
 from ..errors import BackboneError, ConversionError, QCLIPError
@@ -217,22 +217,27 @@ def unwritable_file(path: str | os.PathLike) -> str | None:
 
 
 def _write(out: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], backbone: str) -> None:
-    """Write ``tensors`` to ``out`` (atomically, parents created) and check that open_clip builds
-    ``backbone`` from it holding them; a failure leaves no file and none of the parents it created."""
-    created = [p for p in out.parents if not os.path.exists(p)]  # deepest first
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        write_artifact_file(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    """Write ``tensors`` to ``out`` (parents created) once the written file is checked to load into
+    open_clip's ``backbone`` strictly, holding them: the file is put in place only then (a failure
+    leaves any earlier file at ``out`` as it was, and none of the parents it created)."""
+
+    def write_checked(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=metadata)
         try:
             with weights_loaded_after():
-                loaded = create_clip(backbone, str(out)).state_dict()
-            check_state(loaded, tensors)
+                clip = create_clip(backbone, None)
+            clip.load_state_dict(load_file(str(tmp)), strict=True)  # what open_clip does with the file
+            loaded = clip.state_dict()
             differ = sorted(k for k, v in tensors.items() if not torch.equal(loaded[k], v.to(loaded[k].dtype)))
             if differ:
                 raise ValueError(f"tensors that read back otherwise: {differ}")
-        except (QCLIPError, ValueError) as exc:
-            out.unlink(missing_ok=True)
+        except (QCLIPError, RuntimeError, ValueError) as exc:
             raise ConversionError(f"the written file does not load as open_clip's {backbone}: {exc}") from exc
+
+    created = [p for p in out.parents if not os.path.exists(p)]  # deepest first
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_artifact_file(out, write_checked)
     except BaseException:
         for parent in created:
             with contextlib.suppress(OSError):  # one that something else wrote into stays

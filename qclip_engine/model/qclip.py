@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..contract import QUALITY_LEVELS
-from ..defaults import BACKBONE, PREPROCESSING, PREPROCESSINGS, ROPE, ROPES
+from ..defaults import BACKBONE, ONE_INPUT_PREPROCESSINGS, PREPROCESSING, ROPE, ROPES
 from ..video.sampling import check_sampler
 from .backbone import load_backbone
 from .pixels import check_frames
@@ -85,8 +85,8 @@ class QCLIPConfig:
         check_sampler(self.sampler, self.num_frames)
         if self.rope not in ROPES:
             raise ValueError(f"rope must be one of {ROPES}, got {self.rope!r}")
-        if self.preprocessing not in PREPROCESSINGS:
-            raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {self.preprocessing!r}")
+        if self.preprocessing not in ONE_INPUT_PREPROCESSINGS:
+            raise ValueError(f"preprocessing must be one of {ONE_INPUT_PREPROCESSINGS}, got {self.preprocessing!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

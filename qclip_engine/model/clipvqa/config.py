@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ...defaults import PREPROCESSINGS
+from ...defaults import ONE_INPUT_PREPROCESSINGS
 from ...video.sampling import check_sampler
 from .recipe import CROP_SIZE, LEVEL_WORDS
 
@@ -67,8 +67,8 @@ class CLIPVQAConfig:
         if len(self.level_words) < 2:
             raise ValueError(f"need at least two level words, got {self.level_words}")
         check_sampler(self.sampler, self.num_frames)
-        if self.preprocessing not in PREPROCESSINGS:
-            raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {self.preprocessing!r}")
+        if self.preprocessing not in ONE_INPUT_PREPROCESSINGS:
+            raise ValueError(f"preprocessing must be one of {ONE_INPUT_PREPROCESSINGS}, got {self.preprocessing!r}")
         if not self.mos_scale > 0:
             raise ValueError(f"mos_scale must be > 0, got {self.mos_scale}")
 

@@ -35,8 +35,10 @@ Every point the paper leaves open — paper says / we chose / why (the modules g
   sampling; one sampler means one decode; 16 frames is what ViFi-CLIP's fully supervised
   Kinetics-400 model takes, and the CLIP tower, run per frame, is the costliest part.
 * **The dorsal frames.** Paper: "a sequence of continuous video frames". We chose: every
-  ``dorsal_stride``-th of the sampled frames (with FasterVQA's sampler: 8 runs of 2 frames 4 apart).
-  Why: the same decode as the ventral stream; ``dorsal_stride: 1`` gives it every frame.
+  ``dorsal_stride``-th of the sampled frames (with FasterVQA's sampler: 8 runs of 2 frames 4 apart),
+  as one clip even when the ventral stream scores several views (FAST-VQA-B: every stride-th of
+  its 4 × 32 frames). Why: the same decode as the ventral stream, and the dorsal stream averages
+  over time anyway; ``dorsal_stride: 1`` gives it every frame.
 * **The dorsal crop and normalisation.** Paper: nothing. We chose: short side to 256 (S = 224),
   centre crop, the released CLIPVQA/X-CLIP transform's rounding and non-antialiased bilinear
   (``mmcv_short_side_crop``); ImageNet's mean/std on 0–255 for both halves. Why: that is ViFi-CLIP's

@@ -13,6 +13,8 @@ from .temporal_context import TEMPORAL_OPS
 
 CBAM_REDUCTION = 16  # temporal_context.TemporalContextModule's default: CBAM's channel attention divides by it
 TCM_POOL_FRAMES = 3  # temporal_context.TemporalAggregation's default pool_kernel: the dorsal frames it needs
+INTEGER_SETTINGS = ("ventral_hidden", "dorsal_stride", "adapter_reduction", "adapter_kernel", "tcm_width", "init_seed",
+                    "num_frames")
 BRANCHES = ("bvfe", "vbtc", "tcm")  # the paper's F_bvfe (ventral), F_vbtc and F_tcm (dorsal), in its order
 PREPROCESSING = "fragments_and_crop"  # one decoded frame: the ventral fragments and the dorsal crop side by side
 
@@ -71,6 +73,10 @@ class DVLTAConfig:
     preprocessing: str = PREPROCESSING
 
     def __post_init__(self):
+        for name in INTEGER_SETTINGS:  # a float from YAML (2.0) would pass the checks and fail in forward
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if isinstance(self.ventral, str):
             if self.ventral not in VARIANTS:
                 raise ValueError(f"ventral must be a FAST-VQA variant {sorted(VARIANTS)} or a dict of its settings, "
@@ -89,6 +95,7 @@ class DVLTAConfig:
         half = v.frame_size
         if half[0] != half[1]:
             raise ValueError(f"the ventral stream's image_size must be square (the dorsal crop is), got {half}")
+
         if self.num_frames is None:
             self.num_frames = v.num_frames
         if self.num_frames != v.num_frames:

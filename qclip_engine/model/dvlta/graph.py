@@ -8,11 +8,14 @@ the graph splits them. Out: ``(level_sims [B, 2], score [B])``. Inside: the cast
 normalisation, the branches, the fusion and the prompt score; the text side is constant (the
 prompt embeddings are buffers: no text weight is in the graph).
 
-Reduced precision (``dtype`` FP16/BF16): the towers and the new modules in ``dtype``, their
-LayerNorms, the input scaling and the head (cosines, score) in FP32.
+Reduced precision (``dtype`` FP16/BF16): the towers and the branches' new modules in ``dtype``;
+their LayerNorms, the input scaling, eq. 6's temporal pool and the head — the text adapter, the
+fusion's cosines and weighted sum, the prompt embeddings and the score — in FP32.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -32,6 +35,9 @@ class DVLTAGraph(nn.Module):
         self.num_frames = model.config.num_frames
         self.levels = model.levels
         self.model = at_precision(without_module(model.eval(), "text"), dtype)
+        if dtype != torch.float32:  # the head stays FP32: eq. 10's cosines, the weighted sum, eq. 12–13
+            self.model.fusion = copy.deepcopy(model.fusion).float().requires_grad_(False)
+            self.model.quality = copy.deepcopy(model.quality).float().requires_grad_(False)
         self.compute_dtype = dtype
         register_pixel_affine(self, PIXEL_MEAN, PIXEL_STD)
 

@@ -148,8 +148,9 @@ class DVLTA(nn.Module):
 
     # -- head --------------------------------------------------------------------------
     def fused(self, video: torch.Tensor) -> torch.Tensor:
-        """F_fused ``[B, D]`` (eqs. 10–11, or the concat/add ablation)."""
-        return self.fusion(self.branch_features(video))
+        """F_fused ``[B, D]`` (eqs. 10–11, or the concat/add ablation), in the fusion's dtype (FP32 in
+        every graph, graph.py)."""
+        return self.fusion(self.branch_features(video).to(self.quality.positive.dtype))
 
     def fusion_weights(self, video: torch.Tensor) -> torch.Tensor:
         """Each branch's weight ``[B, K]``: the cosines of eq. 10 (text fusion), 1/K (add)."""

@@ -141,7 +141,9 @@ class TemporalAggregation(nn.Module):
             nn.init.zeros_(self.pool_bn.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(x) + self.pool_bn(self.pool(x)))
+        # the pool in FP32 at least: torch's CPU avg_pool3d has no BF16 kernel (a reduced-precision graph runs it)
+        pooled = self.pool(x.to(torch.promote_types(x.dtype, torch.float32))).to(x.dtype)
+        return torch.relu(self.bn(x) + self.pool_bn(pooled))
 
 
 class TemporalLayer(nn.Module):
