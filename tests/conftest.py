@@ -156,6 +156,24 @@ def train_on_demo(root: Path, name: str, data: Path, model: dict, train: dict) -
     return root / "run"
 
 
+def export_and_score(best: Path, videos: list, *flags: str) -> tuple[dict, dict[str, list[dict]]]:
+    """``qclip-export best --engine onnx *flags`` (it must succeed), then the records of ``videos``
+    scored through ``QualityEngine`` with torch and with ONNX Runtime (FP32, CPU, batches of 4):
+    ``(parity_onnx.json's results, {"torch": records, "onnxruntime": records})``. Every family's
+    end-to-end test asserts its own figures on them."""
+    from qclip_engine import QualityEngine
+    from qclip_engine.export.cli import main as export_main
+
+    assert export_main([str(best), "--engine", "onnx", *flags]) == 0
+    report = json.loads((best / "parity_onnx.json").read_text())["results"]
+    records = {}
+    for engine in ("torch", "onnxruntime"):
+        scorer = QualityEngine(best, engine=engine, precision="fp32", device="cpu", batch=4)
+        records[engine] = [r.to_record() for r in scorer.score(videos)]
+    assert {r["backend"] for r in records["onnxruntime"]} == {"onnxruntime-fp32"}
+    return report, records
+
+
 def tiny_train_config(
     path: Path, data: Path, train: dict, labels: str = "labels.txt", ratio: float = 0.75, model: dict | None = None
 ) -> Path:

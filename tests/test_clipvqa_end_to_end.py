@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import train_on_demo
+from conftest import export_and_score, train_on_demo
 from starlette.testclient import TestClient
 
-from qclip_engine import QualityEngine, load_artifact
+from qclip_engine import load_artifact
 from qclip_engine.cli.score import main as score_main
-from qclip_engine.export.cli import main as export_main
 from qclip_engine.model.clipvqa import CLIPVQA, LEVEL_WORDS
 from qclip_engine.model.families import create_model
 from qclip_engine.serve.app import SCORE_PATH, create_app
@@ -59,21 +58,14 @@ def test_train_run_trains_the_clipvqa_family_by_its_recipe(trained):
 def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, demo_heldout, tmp_path, capsys):
     out, _ = trained
     best = out / "best"
-    assert export_main([str(best), "--engine", "onnx", "--fp16"]) == 0
-    report = json.loads((best / "parity_onnx.json").read_text())["results"]
+    videos = demo_heldout[:6]
+    report, records = export_and_score(best, videos, "--fp16")
     parity = report["model.onnx"]
     assert parity["score"]["max_abs_diff"] <= 1e-4 and parity["level_sims"]["max_abs_diff"] <= 1e-4
     # the FP16 graph (FP16 tower, FP32 head) runs in ONNX Runtime on the CPU too (its layout
     # optimisations crash on it: runtime/onnxruntime_backend.py)
     assert report["model.fp16.onnx"]["score"]["max_abs_diff"] < 1e-2
     capsys.readouterr()
-
-    videos = demo_heldout[:6]
-    records = {}
-    for engine in ("torch", "onnxruntime"):
-        scorer = QualityEngine(best, engine=engine, precision="fp32", device="cpu", batch=4)
-        records[engine] = [r.to_record() for r in scorer.score(videos)]
-    assert {r["backend"] for r in records["onnxruntime"]} == {"onnxruntime-fp32"}
     for t, o in zip(records["torch"], records["onnxruntime"]):
         assert "error" not in t and list(t["levels"]) == list(LEVEL_WORDS) and len(t["frames"]) == FRAMES
         assert abs(t["score"] - o["score"]) <= 1e-4 and abs(t["mos"] - o["mos"]) <= 1e-3

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import train_on_demo
+from conftest import export_and_score, train_on_demo
 from starlette.testclient import TestClient
 
 from qclip_engine import QualityEngine, load_artifact
 from qclip_engine.artifact import save_artifact
 from qclip_engine.errors import BackboneError, WeightsUnavailableError
-from qclip_engine.export.cli import main as export_main
 from qclip_engine.model.dvlta import DVLTA, DVLTAConfig
 from qclip_engine.model.dvlta.fusion import cosine
 from qclip_engine.model.families import create_model, deployable
@@ -205,21 +204,14 @@ def test_training_draws_fragment_layouts_for_the_left_half_only(quick_demo_data)
 def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, demo_heldout, tmp_path, capsys):
     out, _ = trained
     best = out / "best"
-    assert export_main([str(best), "--engine", "onnx", "--fp16", "--int8"]) == 0
-    report = json.loads((best / "parity_onnx.json").read_text())["results"]
+    videos = demo_heldout[:6]
+    report, records = export_and_score(best, videos, "--fp16", "--int8")
     assert report["model.onnx"]["score"]["max_abs_diff"] <= 1e-4
     assert report["model.onnx"]["level_sims"]["max_abs_diff"] <= 1e-4
     assert report["model.fp16.onnx"]["score"]["max_abs_diff"] < 1e-2
     drift = json.loads((best / "precision.json").read_text())["precisions"]  # BF16 torch and the INT8 graph ran
     assert set(drift) == {"bf16", "int8"} and all(np.isfinite(d["max_abs_score_diff"]) for d in drift.values())
     capsys.readouterr()
-
-    videos = demo_heldout[:6]
-    records = {}
-    for engine in ("torch", "onnxruntime"):
-        scorer = QualityEngine(best, engine=engine, precision="fp32", device="cpu", batch=4)
-        records[engine] = [r.to_record() for r in scorer.score(videos)]
-    assert {r["backend"] for r in records["onnxruntime"]} == {"onnxruntime-fp32"}
     for t, o in zip(records["torch"], records["onnxruntime"]):
         assert "error" not in t and set(t["levels"]) == {"negative", "positive"} and len(t["frames"]) == FRAMES
         assert abs(t["score"] - o["score"]) <= 1e-4 and abs(t["mos"] - o["mos"]) <= 1e-3

@@ -13,3 +13,24 @@ def check_state(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor
               for name in sorted(set(expected) & set(given)) if given[name].shape != expected[name].shape]
     if missing or unexpected or shapes:
         raise ValueError(f"the tensors do not fit the model: missing {missing}, unexpected {unexpected}, shapes {shapes}")
+
+
+class StoresEveryTensor:
+    """The artifact methods (model/families.py) of a family whose artifacts store every tensor
+    (``Family.stores_every_tensor``): CLIPVQA, FAST-VQA and DVLTA-VQA, whose frozen parts come from
+    files the config cannot rebuild them from (a converted checkpoint, the user's weights). Mixed
+    into an ``nn.Module``."""
+
+    def artifact_tensors(self) -> dict[str, torch.Tensor]:
+        """Every persistent tensor, detached on the CPU."""
+        return {name: t.detach().to("cpu") for name, t in self.state_dict().items()}
+
+    def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load what :meth:`artifact_tensors` gave; ValueError listing every missing and unexpected
+        name and every shape that differs."""
+        check_state(self.state_dict(), tensors)
+        self.load_state_dict(tensors, strict=True)
+
+    def rebuilt_state(self) -> dict[str, torch.Tensor]:
+        """What ``config`` rebuilds on load rather than the artifact storing it: nothing."""
+        return {}

@@ -11,7 +11,7 @@ from torch import nn
 from ...defaults import short_side_for_crop
 from ..backbone import create_openai_layout_clip
 from ..pixels import normalize_0_255
-from ..state import check_state
+from ..state import StoresEveryTensor
 from .config import CLIPVQAConfig
 from .modules import FrameMessages, SpatioTemporalAggregation, VideoAwareText
 from .recipe import ADAMW_BETAS, ADAMW_EPS, LR, NEW_MODULE_LR_SCALE, PIXEL_MEAN, PIXEL_STD, WEIGHT_DECAY
@@ -24,7 +24,7 @@ def cosine_sims(video: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bd,bkd->bk", F.normalize(video.to(dtype), dim=-1), F.normalize(texts.to(dtype), dim=-1))
 
 
-class CLIPVQA(nn.Module):
+class CLIPVQA(StoresEveryTensor, nn.Module):
     """CLIPVQA: normalised frames ``[B, F, 3, H, W]`` (F = ``num_frames``) → score ``[B]`` on 0 … 5.
 
     Modules: ``visual`` (open_clip ``VisionTransformer``, trainable), ``messages`` (one
@@ -103,23 +103,7 @@ class CLIPVQA(nn.Module):
             "resize_short_side": short_side_for_crop(self.image_size),  # 256 at 224, the released sizes
         }
 
-    # -- what an artifact holds (model/families.py) ------------------------------------
-    def artifact_tensors(self) -> dict[str, torch.Tensor]:
-        """Every persistent tensor, detached on the CPU: the whole tower trains, and the frozen text
-        tower, ``logit_scale`` and temporal conv are not rebuilt from the config (a converted
-        checkpoint carries its own), so an artifact stores them all."""
-        return {name: t.detach().to("cpu") for name, t in self.state_dict().items()}
-
-    def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load what :meth:`artifact_tensors` gave; ValueError listing every missing and unexpected
-        name and every shape that differs. The level texts are re-encoded afterwards."""
-        check_state(self.state_dict(), tensors)
-        self.load_state_dict(tensors, strict=True)
-
-    def rebuilt_state(self) -> dict[str, torch.Tensor]:
-        """What ``config`` rebuilds on load rather than the artifact storing it: nothing."""
-        return {}
-
+    # -- what an artifact holds (model/families.py; the tensors: state.StoresEveryTensor) ----
     def artifact_info(self) -> dict:
         visual, text = self.visual.transformer, self.text.transformer
         return {

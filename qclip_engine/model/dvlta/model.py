@@ -11,7 +11,7 @@ from torch import nn
 from ..backbone import create_openai_layout_clip
 from ..clipvqa.recipe import PIXEL_MEAN, PIXEL_STD
 from ..pixels import normalize_0_255
-from ..state import check_state
+from ..state import StoresEveryTensor
 from .adapter import TemporalCLIPFeatures, patch_tokens_to_maps
 from .config import DVLTAConfig
 from .fusion import FusionHead, PromptQuality, plcc_loss
@@ -31,7 +31,7 @@ def _seeded(seed: int, build):
         return build()
 
 
-class DVLTA(nn.Module):
+class DVLTA(StoresEveryTensor, nn.Module):
     """DVLTA-VQA: normalised frames ``[B, F, 3, S, 2S]`` (the fragments left, the crop right) →
     score ``[B]`` in (0, 1).
 
@@ -194,22 +194,7 @@ class DVLTA(nn.Module):
     def evaluation_inputs(self) -> dict[str, torch.Tensor]:
         return {}
 
-    # -- what an artifact holds (model/families.py) ------------------------------------
-    def artifact_tensors(self) -> dict[str, torch.Tensor]:
-        """Every persistent tensor, detached on the CPU: the frozen towers are not rebuilt from the
-        config (their files are the user's), so an artifact stores them all."""
-        return {name: t.detach().to("cpu") for name, t in self.state_dict().items()}
-
-    def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load what :meth:`artifact_tensors` gave; ValueError listing every missing and unexpected
-        name and every shape that differs."""
-        check_state(self.state_dict(), tensors)
-        self.load_state_dict(tensors, strict=True)
-
-    def rebuilt_state(self) -> dict[str, torch.Tensor]:
-        """What ``config`` rebuilds on load rather than the artifact storing it: nothing."""
-        return {}
-
+    # -- what an artifact holds (model/families.py; the tensors: state.StoresEveryTensor) ----
     def artifact_info(self) -> dict:
         c, v = self.config, self.config.ventral_config
         return {

@@ -10,14 +10,14 @@ from torch import nn
 from ..clipvqa.recipe import PIXEL_MEAN, PIXEL_STD
 from ..pixels import normalize_0_255
 from ..qclip_losses import qclip_loss
-from ..state import check_state
+from ..state import StoresEveryTensor
 from .config import FASTVQAConfig
 from .head import VQAHead
 from .recipe import ADAMW_BETAS, ADAMW_EPS, BACKBONE_LR_SCALE, LR, WEIGHT_DECAY
 from .swin3d import SwinTransformer3D
 
 
-class FASTVQA(nn.Module):
+class FASTVQA(StoresEveryTensor, nn.Module):
     """FAST-VQA: normalised fragment frames ``[B, F, 3, H, W]`` (F = ``num_frames``, ``views``
     consecutive clips) → score ``[B]``, the mean of the head's local quality map over each view,
     averaged over the views.
@@ -112,21 +112,7 @@ class FASTVQA(nn.Module):
     def evaluation_inputs(self) -> dict[str, torch.Tensor]:
         return {}
 
-    # -- what an artifact holds (model/families.py) ------------------------------------
-    def artifact_tensors(self) -> dict[str, torch.Tensor]:
-        """Every persistent tensor (everything trains), detached on the CPU."""
-        return {name: t.detach().to("cpu") for name, t in self.state_dict().items()}
-
-    def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load what :meth:`artifact_tensors` gave; ValueError listing every missing and unexpected
-        name and every shape that differs."""
-        check_state(self.state_dict(), tensors)
-        self.load_state_dict(tensors, strict=True)
-
-    def rebuilt_state(self) -> dict[str, torch.Tensor]:
-        """What ``config`` rebuilds on load rather than the artifact storing it: nothing."""
-        return {}
-
+    # -- what an artifact holds (model/families.py; the tensors: state.StoresEveryTensor) ----
     def artifact_info(self) -> dict:
         c = self.config
         return {
