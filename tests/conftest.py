@@ -174,6 +174,24 @@ def export_and_score(best: Path, videos: list, *flags: str) -> tuple[dict, dict[
     return report, records
 
 
+def served_answer(best: Path, video):
+    """The service's answer (ONNX Runtime, FP32, CPU) to a path request for ``video``, once it is ready."""
+    import time
+
+    from starlette.testclient import TestClient
+
+    from qclip_engine.serve.app import SCORE_PATH, create_app
+    from qclip_engine.serve.settings import ServeSettings
+
+    settings = ServeSettings(best, engine="onnxruntime", device="cpu", precision="fp32", batch=2,
+                             allow_dirs=(Path(video).parent,))
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:  # loads in the background
+            time.sleep(0.1)
+        return client.post(SCORE_PATH, json={"path": str(video)})
+
+
 def tiny_train_config(
     path: Path, data: Path, train: dict, labels: str = "labels.txt", ratio: float = 0.75, model: dict | None = None
 ) -> Path:

@@ -6,22 +6,17 @@ clips with six levels, the exported graph within 1e-4 of the torch model."""
 import csv
 import io
 import json
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import export_and_score, train_on_demo
-from starlette.testclient import TestClient
+from conftest import export_and_score, served_answer, train_on_demo
 
 from qclip_engine import load_artifact
 from qclip_engine.cli.score import main as score_main
 from qclip_engine.model.clipvqa import CLIPVQA, LEVEL_WORDS
 from qclip_engine.model.families import create_model
-from qclip_engine.serve.app import SCORE_PATH, create_app
-from qclip_engine.serve.settings import ServeSettings
 from qclip_engine.train import run
 
 FRAMES = 4
@@ -81,13 +76,7 @@ def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, d
     assert [abs(float(row["score"]) - t["score"]) <= 1e-4 for row, t in zip(rows, records["torch"])] == [True] * len(videos)
 
     # the service: a path request answered with the six levels and the same score
-    settings = ServeSettings(best, engine="onnxruntime", device="cpu", precision="fp32", batch=2,
-                             allow_dirs=(Path(videos[0]).parent,))
-    with TestClient(create_app(settings)) as client:
-        deadline = time.monotonic() + 120
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:  # loads in the background
-            time.sleep(0.1)
-        answer = client.post(SCORE_PATH, json={"path": str(videos[0])})
+    answer = served_answer(best, videos[0])
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert list(body["levels"]) == list(LEVEL_WORDS)

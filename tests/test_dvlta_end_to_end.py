@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import export_and_score, train_on_demo
-from starlette.testclient import TestClient
+from conftest import export_and_score, served_answer, train_on_demo
 
 from qclip_engine import QualityEngine, load_artifact
 from qclip_engine.artifact import save_artifact
@@ -22,8 +21,6 @@ from qclip_engine.errors import BackboneError, WeightsUnavailableError
 from qclip_engine.model.dvlta import DVLTA, DVLTAConfig
 from qclip_engine.model.dvlta.fusion import cosine
 from qclip_engine.model.families import create_model, deployable
-from qclip_engine.serve.app import SCORE_PATH, create_app
-from qclip_engine.serve.settings import ServeSettings
 from qclip_engine.stream import stream_windows
 from qclip_engine.train.data import read_labels
 from qclip_engine.video.container import fragments_and_crop, mmcv_short_side_crop
@@ -216,13 +213,7 @@ def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, d
         assert "error" not in t and set(t["levels"]) == {"negative", "positive"} and len(t["frames"]) == FRAMES
         assert abs(t["score"] - o["score"]) <= 1e-4 and abs(t["mos"] - o["mos"]) <= 1e-3
 
-    settings = ServeSettings(best, engine="onnxruntime", device="cpu", precision="fp32", batch=2,
-                             allow_dirs=(Path(videos[0]).parent,))
-    with TestClient(create_app(settings)) as client:
-        deadline = time.monotonic() + 120
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:  # loads in the background
-            time.sleep(0.1)
-        answer = client.post(SCORE_PATH, json={"path": str(videos[0])})
+    answer = served_answer(best, videos[0])
     assert answer.status_code == 200, answer.text
     assert abs(answer.json()["score"] - records["torch"][0]["score"]) <= 1e-4
 

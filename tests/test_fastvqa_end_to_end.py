@@ -8,20 +8,16 @@ import csv
 import io
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import export_and_score, train_on_demo
-from starlette.testclient import TestClient
+from conftest import export_and_score, served_answer, train_on_demo
 
 from qclip_engine import QualityEngine, load_artifact
 from qclip_engine.cli.score import main as score_main
 from qclip_engine.model.families import create_model, deployable
 from qclip_engine.model.fastvqa import FASTVQA
-from qclip_engine.serve.app import SCORE_PATH, create_app
-from qclip_engine.serve.settings import ServeSettings
 from qclip_engine.stream import stream_windows
 from qclip_engine.train.data import read_labels
 from qclip_engine.video.fragments import fragment_clip
@@ -130,13 +126,7 @@ def test_the_export_and_every_front_door_score_it_within_1e4_of_torch(trained, d
     assert [abs(float(row["score"]) - t["score"]) <= 1e-4 for row, t in zip(rows, records["torch"])] == [True] * len(videos)
 
     # the service
-    settings = ServeSettings(best, engine="onnxruntime", device="cpu", precision="fp32", batch=2,
-                             allow_dirs=(Path(videos[0]).parent,))
-    with TestClient(create_app(settings)) as client:
-        deadline = time.monotonic() + 120
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:  # loads in the background
-            time.sleep(0.1)
-        answer = client.post(SCORE_PATH, json={"path": str(videos[0])})
+    answer = served_answer(best, videos[0])
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["levels"] == {} and abs(body["score"] - records["torch"][0]["score"]) <= 1e-4
