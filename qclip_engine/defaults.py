@@ -27,7 +27,7 @@ PRECISION_MIN_SROCC = {"bf16": 0.995, "int8": 0.99}
 # unrotated; "qclip_official" the earlier order the official Q-CLIP code trained with. New models: pe.
 ROPES = ("pe", "qclip_official")
 ROPE = "pe"
-# How decoded frames reach model size (qclip_engine/video/container.py: to_rgb): "fast" converts and
+# How decoded frames reach model size (qclip_engine/video/container.py: to_rgb; video/resize.py): "fast" converts and
 # resizes in one swscale step; "reference" decodes RGB at native size, then resizes with PIL bilinear
 # as the official Q-CLIP transform does; "short_side_crop" decodes RGB at native size, resizes its
 # short side to short_side_for_crop(model size) with PIL bilinear and takes the centre crop (the

@@ -44,7 +44,7 @@ from .runtime import create_backend
 from .video.frame_mse import frame_mse
 from .video.frames import DECODERS, DeviceSource, HostSource, device_path_unavailable
 from .video.limits import DecodeLimits
-from .video.container import check_preprocessing_size
+from .video.resize import check_preprocessing_size
 from .video.sampling import candidate_indices, check_sampler, frame_indices
 
 SAMPLER_SEED = defaults.SAMPLER_SEED
@@ -156,7 +156,7 @@ class QualityEngine:
     model's backbone when no artifact is given. ``strict``: a file that looks cut short is the
     ``truncated`` error instead of a score with a ``truncated`` warning (``video/scan.py``).
     ``preprocessing``: ``fast`` | ``reference`` | ``short_side_crop`` | ``mmcv_short_side_crop`` | ``fragments``
-    (``video/container.py``);
+    | ``fragments_and_crop`` (``video/resize.py``);
     defaults to the model's ``config.preprocessing``, so an artifact is scored on frames made as
     in its training; all but ``fast`` run on the host decoder only (``auto`` says why in
     ``decoder_reason``). ``limits``: what one input may cost to decode (``video/limits.py``:

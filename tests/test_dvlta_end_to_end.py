@@ -23,7 +23,7 @@ from qclip_engine.model.dvlta.fusion import cosine
 from qclip_engine.model.families import create_model, deployable
 from qclip_engine.stream import stream_windows
 from qclip_engine.train.data import read_labels
-from qclip_engine.video.container import fragments_and_crop, mmcv_short_side_crop
+from qclip_engine.video.resize import fragments_and_crop, mmcv_short_side_crop
 from qclip_engine.video.fragments import fragment_clip, fragment_frame
 
 SIDE, FRAMES = 64, 4
@@ -311,7 +311,7 @@ def test_a_tampered_artifact_is_artifact_invalid_before_anything_is_built(traine
 def test_a_model_size_fragments_and_crop_cannot_make_is_refused_before_any_video(quick_demo_data, size, message):
     from qclip_engine.train.data import VideoClips
     from qclip_engine.train.errors import DatasetError
-    from qclip_engine.video.container import check_preprocessing_size
+    from qclip_engine.video.resize import check_preprocessing_size
 
     records = read_labels(quick_demo_data / "labels_train.txt", str(quick_demo_data / "videos"))[:1]
     with pytest.raises(ValueError, match=message):

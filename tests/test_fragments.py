@@ -25,7 +25,7 @@ from media import lossless
 
 from qclip_engine.defaults import FRAGMENT_SIZE, PREPROCESSINGS
 from qclip_engine.video import fragments as F
-from qclip_engine.video.container import resize_rgb
+from qclip_engine.video.resize import resize_rgb
 from qclip_engine.video.frames import DeviceSource, HostSource, device_path_unavailable
 from qclip_engine.video.sampling import check_sampler, temporal_fragments
 

@@ -18,7 +18,7 @@ from qclip_engine.defaults import PREPROCESSINGS
 from qclip_engine.model.clipvqa import CLIPVQAConfig
 from qclip_engine.samples import sample_clips
 from qclip_engine.video import decode
-from qclip_engine.video.container import resize_rgb
+from qclip_engine.video.resize import resize_rgb
 
 NAME = "mmcv_short_side_crop"
 

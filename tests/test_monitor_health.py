@@ -9,7 +9,7 @@ import pytest
 from media import encode, moving_frames
 from qclip_engine.monitor.health import HEALTH_KEYS, HealthSettings, HealthTracker
 from qclip_engine.stream.windowing import Windower
-from qclip_engine.video.container import resize_rgb
+from qclip_engine.video.resize import resize_rgb
 from qclip_engine.video.frame_mse import pair_mse
 
 FPS = 25

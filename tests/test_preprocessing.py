@@ -19,7 +19,7 @@ from qclip_engine.engine import QualityEngine
 from qclip_engine.samples import sample_clips
 from qclip_engine.stream import stream_windows
 from qclip_engine.video import decode, frames as frame_sources
-from qclip_engine.video.container import resize_rgb
+from qclip_engine.video.resize import resize_rgb
 
 SIZES = [(336, 336), (64, 96)]  # PE-Core-L's size, and a small non-square one
 

@@ -17,7 +17,7 @@ from conftest import tiny_model
 from qclip_engine.engine import QualityEngine, VideoResult
 from qclip_engine.cli.timeline import plot_timeline
 from qclip_engine.stream import WindowResult, stream_windows
-from qclip_engine.video.container import resize_rgb
+from qclip_engine.video.resize import resize_rgb
 from qclip_engine.video import decode
 
 FPS = 25

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from qclip_engine.defaults import PREPROCESSING, PREPROCESSINGS
 from qclip_engine.errors import DecodeFailedError, VideoError
 from qclip_engine.video import decode
-from qclip_engine.video.container import check_preprocessing_size, fragments_and_crop, packed_half
+from qclip_engine.video.resize import check_preprocessing_size, fragments_and_crop, packed_half
 from qclip_engine.video.fragments import fragment_clip
 from qclip_engine.video.frame_mse import frame_mse
 from qclip_engine.video.sampling import check_sampler, frame_indices

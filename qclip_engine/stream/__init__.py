@@ -18,7 +18,7 @@ Sources
     * an iterable of frames: uint8 RGB ``[H, W, 3]`` arrays (timed ``index / fps``), or
       ``(timestamp_s, frame)`` tuples (timestamps taken as given, relative to the first),
       or ``av.VideoFrame`` objects. Frames not at the model's size are resized as the
-      engine's preprocessing resizes (``container.resize_rgb``: swscale or PIL bilinear).
+      engine's preprocessing resizes (``video/resize.py: resize_rgb``: swscale or PIL bilinear).
 
 Time. For PyAV sources a frame's time is its own pts (``frame.time``) minus the first
 frame's, so variable-frame-rate media are windowed by real time, not by frame count. A frame

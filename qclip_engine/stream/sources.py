@@ -29,9 +29,9 @@ import numpy as np
 
 from ..defaults import PREPROCESSING, PREPROCESSINGS
 from ..errors import DecodeFailedError, NotAVideoError, TruncatedVideoError, UnsupportedCodecError, VideoError, VideoNotFoundError
-from ..video.container import (FrameReader, check_opened, display_orientation, open_video, resize_rgb, to_rgb,
-                               video_stream)
+from ..video.container import FrameReader, check_opened, display_orientation, open_video, to_rgb, video_stream
 from ..video.limits import DecodeLimits, Work
+from ..video.resize import resize_rgb
 # The file rules of truncation, one copy (video/scan.py: what the file path flags as cut short).
 from ..video.scan import declared_duration_s, truncation_signs
 

@@ -46,7 +46,6 @@ import numpy as np
 from ..defaults import MAX_ANALYSIS_FRAMES, PREPROCESSING, PREPROCESSINGS
 from ..errors import DecodeFailedError
 from .container import (
-    INTERPOLATION,
     VIDEO_SUFFIXES,
     FrameReader,
     open_video,
@@ -55,6 +54,7 @@ from .container import (
     video_stream,
 )
 from .limits import DecodeLimits, Work
+from .resize import INTERPOLATION
 from .sampling import candidate_indices
 from .scan import FrameTable, VideoInfo, open_scanned, probe, scan
 

@@ -62,7 +62,7 @@ Unusual points of the released code, reproduced so its checkpoints load and scor
   256 with the long side rounded to nearest (176 × 144 → 313 × 256), takes the centre 224 crop
   with offsets rounded down, and resizes by bilinear with half-pixel centres and no filter
   widening when shrinking (OpenCV's, not PIL's): ``preprocessing="mmcv_short_side_crop"``
-  (``video/container.py``), the default; ``short_side_crop`` is torchvision's rounding and PIL's
+  (``video/resize.py``), the default; ``short_side_crop`` is torchvision's rounding and PIL's
   antialiased bilinear.
 * **Normalisation** is ImageNet's mean/std (``123.675, 116.28, 103.53`` / ``58.395, 57.12,
   57.375`` on 0–255), not CLIP's, although the tower is OpenAI CLIP.

@@ -3,7 +3,7 @@ Assessment") as a model family of this engine, from its paper (it has no release
 
 From a video to its score (``model.py``, ``graph.py``):
 
-1. **One decode, two inputs** (``video/container.py``: ``fragments_and_crop``): each sampled frame
+1. **One decode, two inputs** (``video/resize.py``: ``fragments_and_crop``): each sampled frame
    becomes an (S, 2S) frame — on the left its FAST-VQA fragments (S × S, 32-pixel cells cut at
    native resolution), on the right its short-side-then-centre crop (S × S). The graph splits them.
 2. **Ventral stream** (``ventral.py``, eqs. 8–9): the frozen FAST-VQA Swin-T 3D on the fragments

@@ -45,7 +45,7 @@ class DVLTAConfig:
     / ``negative_prompt`` (eqs. 12–13) and ``score_scale`` (the softmax's scale; the paper's is 1).
 
     The input spec: ``num_frames`` frames chosen by ``sampler``, each made by
-    ``fragments_and_crop`` (``video/container.py``): a frame of (S, 2S), the fragments on the
+    ``fragments_and_crop`` (``video/resize.py``): a frame of (S, 2S), the fragments on the
     left, the short-side-256/centre-224 crop (at S = 224) on the right, from one decode.
     """
 

@@ -3,7 +3,7 @@ docs/architecture.md with L = 2 levels, the negative and the positive prompt, an
 count).
 
 One input, uint8 frames ``[B, F, S, 2S, 3]``: the ventral fragments (left half) and the dorsal crop
-(right half) of the same decoded frames, made by ``fragments_and_crop`` (``video/container.py``);
+(right half) of the same decoded frames, made by ``fragments_and_crop`` (``video/resize.py``);
 the graph splits them. Out: ``(level_sims [B, 2], score [B])``. Inside: the cast and ImageNet
 normalisation, the branches, the fusion and the prompt score; the text side is constant (the
 prompt embeddings are buffers: no text weight is in the graph).
